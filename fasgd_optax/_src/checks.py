@@ -1,0 +1,103 @@
+"""Validation of hyperparameters and of per-step ids.
+
+Hyperparameters may arrive as JAX arrays (e.g. from `optax.inject_hyperparams`)
+and, inside `jit`, as tracers; values are checked whenever they are concrete.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import checkify
+import numpy as np
+
+
+def is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _concrete_value(x: Any) -> Any:
+  """`x` as a NumPy value, or None if it is traced or not numeric."""
+  if is_traced(x):
+    return None
+  try:
+    return np.asarray(x)
+  except (TypeError, ValueError):
+    return None
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False,
+                   allow_none: bool = False) -> None:
+  """Raises a ValueError naming `name` unless `value` is a positive number.
+
+  Callables (Optax schedules) pass; traced values pass unchecked.
+  """
+  if value is None:
+    if allow_none:
+      return
+    raise ValueError(f'`{name}` must be given; got None.')
+  if callable(value):
+    return
+  if isinstance(value, bool):
+    raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
+  concrete = _concrete_value(value)
+  if concrete is None:
+    if is_traced(value):
+      return
+    raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
+  if concrete.ndim != 0 or not np.issubdtype(concrete.dtype, np.number):
+    raise ValueError(f'`{name}` must be a positive scalar; got {value!r}.')
+  if integer and not np.issubdtype(concrete.dtype, np.integer):
+    if not (np.isfinite(concrete) and float(concrete).is_integer()):
+      raise ValueError(f'`{name}` must be a positive integer; got {value!r}.')
+  if not np.isfinite(concrete) or concrete <= 0:
+    raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
+
+
+def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
+  """`ids` as an integer array; a TypeError naming the leaf otherwise."""
+  dtype = getattr(ids, 'dtype', None)
+  if dtype is None:
+    ids = np.asarray(ids)
+    dtype = ids.dtype
+    if ids.size == 0:  # An empty Python list: no rows touched.
+      ids = ids.astype(np.int32)
+      dtype = ids.dtype
+  if not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
+    raise TypeError(
+        f"ids for parameter '{leaf_path or '<root>'}' must be an integer array;"
+        f' got dtype {dtype}.'
+    )
+  return jnp.asarray(ids)
+
+
+def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str) -> None:
+  """Rejects ids outside [0, num_rows).
+
+  Outside `jit` this raises a ValueError naming the leaf and the first bad
+  value. Under `jit` it adds a `checkify.debug_check`: a no-op unless the caller
+  wraps the step in `jax.experimental.checkify.checkify`, where it reports the
+  bad value. Either way the counting code drops bad ids.
+  """
+  name = leaf_path or '<root>'
+  if is_traced(ids):
+    flat = jnp.ravel(ids)
+    if flat.size == 0:
+      return
+    in_range = (flat >= 0) & (flat < num_rows)
+    first_bad = flat[jnp.argmin(in_range)]
+    checkify.debug_check(
+        jnp.all(in_range),
+        f"ids for parameter '{name}' must be in [0, {num_rows}); got {{}}",
+        first_bad,
+    )
+    return
+  flat = np.ravel(np.asarray(ids))
+  bad = (flat < 0) | (flat >= num_rows)
+  if bad.any():
+    position = int(np.argmax(bad))
+    raise ValueError(
+        f"ids for parameter '{name}' must be in [0, {num_rows}) (the leaf's "
+        f'number of rows); got {int(flat[position])} at flat position '
+        f'{position}.'
+    )

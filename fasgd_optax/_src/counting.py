@@ -1,0 +1,211 @@
+"""Per-row occurrence counting and the per-row step size of DESIGN.md §2-3.
+
+Shared by the dense transformations and the sparse path so that both compute
+the same counts and step sizes from the same state layout.
+"""
+
+from typing import Any, Optional
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from fasgd_optax._src import checks
+
+INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def num_rows(leaf: Any) -> int:
+  """Rows of a parameter leaf: its leading dimension; a scalar is one row."""
+  return leaf.shape[0] if leaf.ndim >= 1 else 1
+
+
+def row_shape(leaf: Any) -> tuple[int, ...]:
+  """Shape of a per-row state leaf: ``leaf.shape[:1]``, () for a scalar."""
+  return tuple(leaf.shape[:1])
+
+
+def saturating_add(counts: jax.Array, increments: jax.Array) -> jax.Array:
+  """int32 ``counts + increments`` (increments ≥ 0) that stops at 2^31 - 1."""
+  overflow = counts > INT32_MAX - increments
+  return jnp.where(overflow, INT32_MAX, counts + increments)
+
+
+def id_increments(ids: jax.Array, rows: int) -> jax.Array:
+  """Occurrences of each row in `ids`, with multiplicity, shape (rows,).
+
+  Ids outside [0, rows) are dropped: JAX would otherwise wrap negative indices
+  and clamp large ones into other rows.
+  """
+  flat = jnp.ravel(ids)
+  valid = (flat >= 0) & (flat < rows)
+  # `rows` is out of bounds, so mode='drop' discards it; a negative id would
+  # instead be wrapped by JAX's index normalisation before the scatter.
+  safe = jnp.where(valid, flat, rows).astype(jnp.int32)
+  return jnp.zeros((rows,), jnp.int32).at[safe].add(1, mode='drop')
+
+
+def presence_increments(grad: jax.Array) -> jax.Array:
+  """1 for each row with any non-zero gradient element, else 0."""
+  if grad.ndim == 0:
+    return (grad != 0).astype(jnp.int32)
+  return jnp.any(grad != 0, axis=tuple(range(1, grad.ndim))).astype(jnp.int32)
+
+
+def leaf_increments(
+    grad: jax.Array,
+    ids: Optional[Any],
+    leaf_path: str,
+    axis_name: Optional[str],
+) -> jax.Array:
+  """This step's count increments for one leaf, shape ``row_shape(grad)``.
+
+  With ids, occurrences are counted with multiplicity and summed over
+  `axis_name`; without, a row counts once if present on any replica (`pmax`),
+  matching a single-device run over the concatenated batch either way.
+  """
+  if ids is None:
+    increments = presence_increments(grad)
+    if axis_name is not None:
+      increments = lax.pmax(increments, axis_name)
+    return increments
+  ids = checks.check_ids_dtype(ids, leaf_path)
+  rows = num_rows(grad)
+  checks.check_ids_in_range(ids, rows, leaf_path)
+  increments = id_increments(ids, rows)
+  if axis_name is not None:
+    increments = lax.psum(increments, axis_name)
+  return increments.reshape(row_shape(grad))
+
+
+def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
+  """2^(-steps_elapsed / half_life), as float32."""
+  return jnp.exp2(-jnp.asarray(steps_elapsed, jnp.float32)
+                  / jnp.asarray(half_life, jnp.float32))
+
+
+def decayed_step_count(step: jax.Array, half_life: Any) -> jax.Array:
+  """sum_{s=1..t} 2^(-(t-s)/H): the step count t under a half-life H."""
+  ratio = decay_factor(1, half_life)
+  return (1.0 - decay_factor(step, half_life)) / (1.0 - ratio)
+
+
+def updated_counts(
+    row_counts: jax.Array,
+    row_last_step: Optional[jax.Array],
+    increments: jax.Array,
+    step: jax.Array,
+    half_life: Any,
+) -> tuple[jax.Array, Optional[jax.Array], jax.Array]:
+  """Adds this step's increments to the stored counts.
+
+  Args:
+    row_counts: stored counts; int32, or float32 decayed counts as of
+      `row_last_step` when `half_life` is set.
+    row_last_step: the step each row was last seen (half-life only).
+    increments: int32 occurrences this step.
+    step: t, this step's number (1 for the first update).
+    half_life: None, or the half-life H in steps.
+
+  Returns:
+    (new row_counts, new row_last_step, n_k^t as float32) where n_k^t is every
+    row's (decayed) count at step t, including step t.
+  """
+  if half_life is None:
+    new_counts = saturating_add(row_counts, increments)
+    return new_counts, None, new_counts.astype(jnp.float32)
+  current = row_counts * decay_factor(step - row_last_step, half_life)
+  current = current + increments.astype(jnp.float32)
+  seen = increments > 0
+  new_counts = jnp.where(seen, current, row_counts)
+  new_last_step = jnp.where(seen, step, row_last_step)
+  return new_counts, new_last_step, current
+
+
+def effective_counts(
+    counts_now: jax.Array,
+    step: jax.Array,
+    num_steps: Any,
+    half_life: Any,
+) -> jax.Array:
+  """c_k^t of DESIGN.md §2: T·n/t with a horizon T, n without one."""
+  if num_steps is None:
+    return counts_now
+  if half_life is None:
+    steps_now = jnp.asarray(step, jnp.float32)
+  else:
+    steps_now = decayed_step_count(step, half_life)
+  return jnp.asarray(num_steps, jnp.float32) * counts_now / steps_now
+
+
+def step_sizes(
+    counts: jax.Array,
+    learning_rate: Any,
+    max_learning_rate: Any,
+) -> jax.Array:
+  """η = min(η_max, α/sqrt(c)) where c > 0, and 0 where c = 0 (float32)."""
+  counts = jnp.asarray(counts, jnp.float32)
+  seen = counts > 0
+  eta = jnp.asarray(learning_rate, jnp.float32) * lax.rsqrt(
+      jnp.where(seen, counts, 1.0))
+  if max_learning_rate is not None:
+    eta = jnp.minimum(eta, jnp.asarray(max_learning_rate, jnp.float32))
+  return jnp.where(seen, eta, 0.0)
+
+
+def scale_rows(grad: jax.Array, row_scale: jax.Array) -> jax.Array:
+  """``grad`` with row k multiplied by ``row_scale[k]``, in grad's dtype."""
+  row_scale = row_scale.reshape(row_scale.shape + (1,) * (grad.ndim - row_scale.ndim))
+  if grad.dtype == jnp.float32:
+    return grad * row_scale
+  return (grad.astype(jnp.float32) * row_scale).astype(grad.dtype)
+
+
+def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
+  """α_t: a schedule is called with the number of earlier updates."""
+  return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+# ---------------------------------------------------------------------------
+# Shardings: per-row state lives on the same mesh axis as the table's rows.
+
+
+def row_sharding(leaf: Any) -> Optional[jax.sharding.Sharding]:
+  """The sharding for `leaf`'s per-row state, or None if `leaf` has none."""
+  if checks.is_traced(leaf):
+    return None
+  try:
+    sharding = getattr(leaf, 'sharding', None)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    spec = tuple(sharding.spec)
+    row_spec = spec[:1] if leaf.ndim >= 1 else ()
+    return jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(*row_spec))
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    return sharding
+  return None
+
+
+def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
+  """Per-row zeros for `leaf`, sharded like its rows when it is sharded."""
+  zeros = jnp.zeros(row_shape(leaf), dtype)
+  sharding = row_sharding(leaf)
+  if sharding is not None:
+    zeros = jax.device_put(zeros, sharding)
+  return zeros
+
+
+def keep_sharding(new: jax.Array, old: jax.Array) -> jax.Array:
+  """`new` placed like `old` when both are concrete and placements differ.
+
+  Under `jit`, propagation from `old` decides; eagerly, an op mixing a sharded
+  state with unsharded increments may place its result elsewhere.
+  """
+  if checks.is_traced(new) or checks.is_traced(old):
+    return new
+  old_sharding = getattr(old, 'sharding', None)
+  if old_sharding is None or new.sharding == old_sharding:
+    return new
+  return jax.device_put(new, old_sharding)

@@ -1,0 +1,111 @@
+"""Matching per-parameter arguments (`ids`, `frequencies`) to parameter leaves.
+
+Users pass such arguments in one of three forms, all reduced here to one
+mapping from a leaf's path string (e.g. ``'user_embed/embedding'``) to a value:
+
+- a single array, when the parameters are a single array;
+- a pytree mirroring the parameters, with None for leaves that have no entry;
+- a flat dict keyed by path strings, ``{'user_embed/embedding': ids}``, which is
+  the convenient form for Flax (`nnx.State`, linen ``{'params': ...}``) trees.
+
+Matching by path (rather than by tree structure) is what lets one `ids` tree
+serve transformations that see only part of the parameters, as inside
+`optax.masked` and `optax.partition`: entries for masked-out leaves are ignored.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+_ROOT = ''
+
+
+def key_to_str(key: Any) -> str:
+  """One entry of a JAX key path as a plain string."""
+  if isinstance(key, jax.tree_util.DictKey):
+    return str(key.key)
+  if isinstance(key, jax.tree_util.GetAttrKey):
+    return key.name
+  if isinstance(key, jax.tree_util.SequenceKey):
+    return str(key.idx)
+  if isinstance(key, jax.tree_util.FlattenedIndexKey):
+    return str(key.key)
+  return str(key)
+
+
+def path_to_str(path: tuple[Any, ...]) -> str:
+  """A JAX key path as a '/'-joined string; the root is ''."""
+  return '/'.join(key_to_str(key) for key in path)
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def leaves_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
+  """Leaves of `tree` with path strings, keeping `optax.MaskedNode`s as leaves."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_masked)
+  return [(path_to_str(path), leaf) for path, leaf in flat], treedef
+
+
+def _is_array_like(x: Any) -> bool:
+  return hasattr(x, 'shape') and hasattr(x, 'dtype')
+
+
+def per_leaf(
+    arg: Any,
+    tree: Any,
+    arg_name: str,
+) -> list[Any]:
+  """Aligns `arg` with the leaves of `tree`.
+
+  Args:
+    arg: None, a single array, a pytree mirroring `tree` (None for leaves
+      without an entry), or a dict keyed by leaf path strings.
+    tree: the updates or parameters; may contain `optax.MaskedNode`s.
+    arg_name: the argument's name, for error messages.
+
+  Returns:
+    A list with one entry per leaf of `tree` (MaskedNodes included), None where
+    `arg` has no entry.
+
+  Raises:
+    ValueError: if an entry of `arg` matches no leaf of `tree`, or a single
+      array is given for a tree with more than one leaf.
+  """
+  leaves, _ = leaves_with_paths(tree)
+  if arg is None:
+    return [None] * len(leaves)
+  single_root_leaf = len(leaves) == 1 and leaves[0][0] == _ROOT
+  if _is_array_like(arg) or (single_root_leaf and not isinstance(arg, Mapping)):
+    if single_root_leaf:
+      return [arg]
+    paths = [path for path, leaf in leaves if not _is_masked(leaf)]
+    raise ValueError(
+        f'`{arg_name}` is a single array, but the parameters are a pytree with '
+        f'leaves {paths}; pass a pytree mirroring the parameters (None for '
+        'leaves without an entry) or a dict keyed by these paths.'
+    )
+
+  flat_arg, _ = jax.tree_util.tree_flatten_with_path(
+      arg, is_leaf=lambda x: x is None or _is_array_like(x)
+  )
+  by_path = {
+      path_to_str(path): value for path, value in flat_arg if value is not None
+  }
+  leaf_paths = {path for path, _ in leaves}
+  unknown = sorted(set(by_path) - leaf_paths)
+  if unknown:
+    known = [path for path, leaf in leaves if not _is_masked(leaf)]
+    raise ValueError(
+        f'`{arg_name}` does not match the parameters: entries {unknown} match '
+        f'no parameter leaf. Parameter leaves are {known}. Pass a pytree '
+        'mirroring the parameters (None for leaves without an entry) or a dict '
+        'keyed by these paths.'
+    )
+  return [
+      None if _is_masked(leaf) else by_path.get(path)
+      for path, leaf in leaves
+  ]
