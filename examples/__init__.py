@@ -1,0 +1,1 @@
+"""Examples for fasgd_optax: each subfolder is one self-contained example."""

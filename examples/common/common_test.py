@@ -1,0 +1,178 @@
+"""Tests for the shared examples module."""
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from examples.common import checkpointing
+from examples.common import metrics
+from examples.common import optimizers
+from examples.common import training
+
+
+class MetricsTest(parameterized.TestCase):
+
+  def test_auc_hand_checked_with_ties(self):
+    # Positives score .9, .2, .5; negatives .9, .1. Pairs won: (.9,.9) tie = .5,
+    # (.9,.1) = 1, (.2,.9) = 0, (.2,.1) = 1, (.5,.9) = 0, (.5,.1) = 1 -> 3.5/6.
+    labels = np.array([1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.9, 0.2, 0.1, 0.5])
+    self.assertAlmostEqual(metrics.auc(labels, scores), 3.5 / 6)
+
+  def test_auc_matches_pairwise_count(self):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.integers(0, 20, 300).astype(float)  # many ties
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    pairwise = (
+        (positives[:, None] > negatives[None, :]).sum()
+        + 0.5 * (positives[:, None] == negatives[None, :]).sum()
+    ) / (positives.size * negatives.size)
+    self.assertAlmostEqual(metrics.auc(labels, scores), pairwise)
+
+  def test_auc_edge_cases(self):
+    self.assertEqual(metrics.auc(np.array([0, 1]), np.array([0.1, 0.2])), 1.0)
+    self.assertTrue(np.isnan(metrics.auc(np.ones(3), np.arange(3.0))))
+    with self.assertRaisesRegex(ValueError, 'labels must be 0 or 1'):
+      metrics.auc(np.array([0, 2]), np.array([0.1, 0.2]))
+    with self.assertRaisesRegex(ValueError, 'one shape'):
+      metrics.auc(np.array([0, 1]), np.array([0.1]))
+
+  def test_log_loss(self):
+    labels = np.array([1, 0])
+    probabilities = np.array([0.8, 0.4])
+    expected = -(np.log(0.8) + np.log(0.6)) / 2
+    self.assertAlmostEqual(metrics.log_loss(labels, probabilities), expected)
+
+  def test_auc_by_bucket(self):
+    labels = np.array([1, 0, 1, 0])
+    scores = np.array([0.9, 0.1, 0.1, 0.9])
+    buckets = np.array([0, 0, 1, 1])
+    self.assertEqual(
+        dict(metrics.auc_by_bucket(labels, scores, buckets, ['a', 'b'])),
+        {'a': 1.0, 'b': 0.0},
+    )
+
+
+class OptimizersTest(parameterized.TestCase):
+
+  @parameterized.parameters('sgd', 'adagrad', 'adam', 'cf_sgd')
+  def test_every_optimizer_accepts_ids(self, name):
+    params = {'embedding': {'embedding': jnp.ones((4, 2))}, 'bias': jnp.ones(())}
+    tx = optimizers.make_optimizer(name, 0.1, num_steps=10)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(
+        grads, state, params, ids={'embedding/embedding': jnp.array([0, 0])}
+    )
+    self.assertLess(float(updates['bias']), 0.0)
+
+  def test_fa_sgd_needs_frequencies(self):
+    with self.assertRaisesRegex(ValueError, 'fa_sgd.*frequencies'):
+      optimizers.make_optimizer('fa_sgd', 0.1, num_steps=10)
+
+  def test_unknown_name_and_bad_rate(self):
+    with self.assertRaisesRegex(ValueError, "Unknown optimizer 'sgdd'"):
+      optimizers.make_optimizer('sgdd', 0.1)
+    with self.assertRaisesRegex(ValueError, 'learning_rate.*> 0'):
+      optimizers.make_optimizer('sgd', 0.0)
+
+  def test_split_optimizer_counts_only_embedding_rows(self):
+    params = {'embedding': {'embedding': jnp.ones((4, 2))}, 'bias': jnp.ones(())}
+    labels = optimizers.label_embeddings(params, lambda p: 'embedding' in p)
+    self.assertEqual(labels, {'embedding': {'embedding': 'embedding'},
+                              'bias': 'dense'})
+    tx = optimizers.make_split_optimizer(
+        optimizers.make_optimizer('cf_sgd', 1.0, num_steps=None),
+        optimizers.make_optimizer('sgd', 0.5),
+        labels,
+    )
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = tx.update(
+        grads, state, params, ids={'embedding/embedding': jnp.array([1, 1, 3])}
+    )
+    counts = optax.tree.get(state, 'row_counts')['embedding']['embedding']
+    np.testing.assert_array_equal(counts, [0, 2, 0, 1])
+    self.assertAlmostEqual(float(updates['bias']), -0.5)
+    # Row 1 seen twice in step 1 (no horizon): step 1/sqrt(2).
+    np.testing.assert_allclose(
+        updates['embedding']['embedding'][1], -1 / np.sqrt(2), rtol=1e-6
+    )
+
+
+class CheckpointingTest(absltest.TestCase):
+
+  def _state(self, value):
+    tx = optimizers.make_optimizer('cf_sgd', 0.1, num_steps=5)
+    params = {'w': jnp.full((3, 2), value)}
+    return {'params': params, 'opt_state': tx.init(params)}
+
+  def test_resume_exact_and_errors(self):
+    directory = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, directory)
+    config = {'lr': 0.1}
+    train_epoch_calls = []
+
+    def train_epoch(state, epoch):
+      train_epoch_calls.append(epoch)
+      return jax.tree.map(lambda x: x + epoch, state), [float(epoch)]
+
+    def evaluate(state):
+      return {'validation': {'auc': float(-abs(state['params']['w'][0, 0] - 3))}}
+
+    def stop_after_first(epoch, state, history):
+      del state, history
+      if epoch == 1:
+        raise KeyboardInterrupt
+
+    with self.assertRaises(KeyboardInterrupt):
+      training.run_epochs(
+          self._state(0.0), num_epochs=3, train_epoch=train_epoch,
+          evaluate=evaluate,
+          checkpointer=checkpointing.EpochCheckpointer(directory, config),
+          on_epoch_end=stop_after_first)
+    resumed, history = training.run_epochs(
+        self._state(0.0), num_epochs=3, train_epoch=train_epoch,
+        evaluate=evaluate,
+        checkpointer=checkpointing.EpochCheckpointer(directory, config))
+    self.assertEqual(train_epoch_calls, [1, 2, 3])
+    uninterrupted, _ = training.run_epochs(
+        self._state(0.0), num_epochs=3, train_epoch=train_epoch,
+        evaluate=evaluate)
+    chex.assert_trees_all_equal(resumed, uninterrupted)
+    self.assertEqual([r['epoch'] for r in history], [1, 2, 3])
+    self.assertEqual(training.best_epoch(history)['epoch'], 2)  # w = 3
+
+    with self.assertRaisesRegex(checkpointing.CheckpointError,
+                                r'other settings \(lr: 0.1 -> 0.2\)'):
+      checkpointing.EpochCheckpointer(directory, {'lr': 0.2}).restore_latest(
+          self._state(0.0))
+
+    os.makedirs(os.path.join(directory, '4.orbax-checkpoint-tmp-123'))
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'Partial'):
+      checkpointing.EpochCheckpointer(directory, config).restore_latest(
+          self._state(0.0))
+    shutil.rmtree(os.path.join(directory, '4.orbax-checkpoint-tmp-123'))
+
+    # Corrupt the latest checkpoint's array data.
+    for root, _, files in os.walk(os.path.join(directory, '3', 'state')):
+      for name in files:
+        if os.path.basename(root) == 'd':
+          with open(os.path.join(root, name), 'wb') as f:
+            f.write(b'garbage')
+    with self.assertRaisesRegex(checkpointing.CheckpointError, 'corrupt'):
+      checkpointing.EpochCheckpointer(directory, config).restore_latest(
+          self._state(0.0))
+
+
+if __name__ == '__main__':
+  absltest.main()
