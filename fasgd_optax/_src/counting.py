@@ -170,22 +170,40 @@ def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
 # Shardings: per-row state lives on the same mesh axis as the table's rows.
 
 
-def row_sharding(leaf: Any) -> Optional[jax.sharding.Sharding]:
-  """The sharding for `leaf`'s per-row state, or None if `leaf` has none."""
+def row_sharding(leaf: Any) -> Optional[jax.sharding.NamedSharding]:
+  """The mesh sharding for `leaf`'s per-row state; None if not on a mesh.
+
+  Arrays on a single device get None: placing state there explicitly would
+  commit it to that device, which `pmap` and multi-device `jit` then reject.
+  """
   if checks.is_traced(leaf):
     return None
   try:
     sharding = getattr(leaf, 'sharding', None)
   except Exception:  # pylint: disable=broad-except
     return None
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    spec = tuple(sharding.spec)
-    row_spec = spec[:1] if leaf.ndim >= 1 else ()
-    return jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec(*row_spec))
-  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
-    return sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return None
+  row_spec = tuple(sharding.spec)[:1] if leaf.ndim >= 1 else ()
+  return jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec(*row_spec))
+
+
+def replicated_like(tree: Any) -> Optional[jax.sharding.NamedSharding]:
+  """Replicated sharding on the mesh of the first mesh-sharded leaf, if any."""
+  for leaf in jax.tree.leaves(tree):
+    sharding = row_sharding(leaf)
+    if sharding is not None:
+      return jax.sharding.NamedSharding(sharding.mesh,
+                                        jax.sharding.PartitionSpec())
   return None
+
+
+def step_counter(params: Any) -> jax.Array:
+  """A zero int32 step count, replicated on the parameters' mesh if any."""
+  count = jnp.zeros([], jnp.int32)
+  sharding = replicated_like(params)
+  return count if sharding is None else jax.device_put(count, sharding)
 
 
 def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
@@ -206,6 +224,7 @@ def keep_sharding(new: jax.Array, old: jax.Array) -> jax.Array:
   if checks.is_traced(new) or checks.is_traced(old):
     return new
   old_sharding = getattr(old, 'sharding', None)
-  if old_sharding is None or new.sharding == old_sharding:
+  if (not isinstance(old_sharding, jax.sharding.NamedSharding)
+      or new.sharding == old_sharding):
     return new
   return jax.device_put(new, old_sharding)

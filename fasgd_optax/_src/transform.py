@@ -82,7 +82,7 @@ def scale_by_counted_frequency(
       row_last_step = jax.tree.map(
           lambda p: counting.zeros_for_rows(p, jnp.int32), params)
     return ScaleByCountedFrequencyState(
-        count=jnp.zeros([], jnp.int32),
+        count=counting.step_counter(params),
         row_counts=row_counts,
         row_last_step=row_last_step,
     )
@@ -121,7 +121,7 @@ def scale_by_counted_frequency(
           None if last is None else counting.keep_sharding(last, row_last))
 
     new_state = ScaleByCountedFrequencyState(
-        count=step,
+        count=counting.keep_sharding(step, state.count),
         row_counts=treedef.unflatten(new_counts),
         row_last_step=(None if count_half_life is None
                        else treedef.unflatten(new_last)),
@@ -209,7 +209,7 @@ def scale_by_known_frequency(
   def init_fn(params):
     if jax.tree.leaves(params):  # Not optax.tree.map_params' placeholder.
       leaf_frequencies(params)
-    return ScaleByKnownFrequencyState(count=jnp.zeros([], jnp.int32))
+    return ScaleByKnownFrequencyState(count=counting.step_counter(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -227,6 +227,7 @@ def scale_by_known_frequency(
       eta = counting.step_sizes(total_steps * freq, alpha, max_learning_rate)
       new_updates.append(counting.scale_rows(grad, eta))
     return treedef.unflatten(new_updates), ScaleByKnownFrequencyState(
-        count=optax.safe_increment(state.count))
+        count=counting.keep_sharding(optax.safe_increment(state.count),
+                                     state.count))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
