@@ -1,0 +1,167 @@
+"""Bad input: clear errors that name the problem, and nothing corrupted."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+from jax.experimental import checkify
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fasgd_optax
+
+
+def _params():
+  return {'embed': jnp.zeros((6, 2)), 'dense': jnp.zeros((2, 2))}
+
+
+def _grads():
+  return jax.tree.map(jnp.ones_like, _params())
+
+
+class BadIdsTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(('negative', -1), ('too_large', 6),
+                                  ('far_negative', -7), ('far', 1000))
+  def test_out_of_range_ids_raise_outside_jit(self, bad_id):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    state = tx.init(_params())
+    with self.assertRaisesRegex(
+        ValueError, rf"'embed'.*\[0, 6\).*got {bad_id}"):
+      tx.update(_grads(), state, _params(),
+                ids={'embed': jnp.array([0, bad_id])})
+
+  @parameterized.named_parameters(('negative', -1), ('too_large', 6),
+                                  ('wraps_to_row_5', -7))
+  def test_out_of_range_ids_are_dropped_under_jit(self, bad_id):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=None)
+    state = tx.init(_params())
+    _, state = jax.jit(tx.update)(_grads(), state, _params(),
+                                  ids={'embed': jnp.array([0, 1, bad_id])})
+    # Never counted into another row (JAX would wrap -1 to 5, clamp 6 to 5).
+    np.testing.assert_array_equal(state[0].row_counts['embed'],
+                                  [1, 1, 0, 0, 0, 0])
+
+  def test_out_of_range_ids_are_reported_by_checkify(self):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    state = tx.init(_params())
+    checked = jax.jit(checkify.checkify(
+        lambda g, s, p, i: tx.update(g, s, p, ids={'embed': i})))
+    error, _ = checked(_grads(), state, _params(), jnp.array([2, 9, 1]))
+    message = error.get()
+    self.assertIsNotNone(message)
+    self.assertRegex(message, r"'embed'.*\[0, 6\).*9")
+    with self.assertRaises(checkify.JaxRuntimeError):
+      error.throw()
+    error, _ = checked(_grads(), state, _params(), jnp.array([2, 5, 1]))
+    self.assertIsNone(error.get())
+
+  def test_float_ids(self):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    with self.assertRaisesRegex(TypeError, "'embed'.*integer.*float32"):
+      tx.update(_grads(), tx.init(_params()), _params(),
+                ids={'embed': jnp.array([0.0, 1.0])})
+    with self.assertRaisesRegex(TypeError, 'integer.*bool'):
+      tx.update(_grads(), tx.init(_params()), _params(),
+                ids={'embed': jnp.array([True])})
+
+  @parameterized.named_parameters(
+      ('unknown_key', {'embeddings': jnp.array([0])}, 'embeddings'),
+      ('list', [jnp.array([0]), None], r"\['0'\]"),
+      ('nested_too_deep', {'embed': {'x': jnp.array([0])}}, 'embed/x'),
+  )
+  def test_ids_structure_not_matching_params(self, ids, named):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    with self.assertRaisesRegex(ValueError, f'`ids` does not match.*{named}'):
+      tx.update(_grads(), tx.init(_params()), _params(), ids=ids)
+
+  def test_single_array_ids_for_a_pytree(self):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    with self.assertRaisesRegex(ValueError, 'single array.*dense.*embed'):
+      tx.update(_grads(), tx.init(_params()), _params(), ids=jnp.array([0]))
+
+  def test_nothing_is_corrupted_by_a_rejected_step(self):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    state = tx.init(_params())
+    _, state = tx.update(_grads(), state, _params(),
+                         ids={'embed': jnp.array([1, 1])})
+    before = jax.tree.map(np.array, state)
+    with self.assertRaises(ValueError):
+      tx.update(_grads(), state, _params(), ids={'embed': jnp.array([1, 6])})
+    chex.assert_trees_all_equal(state, before)
+    _, state = tx.update(_grads(), state, _params(),
+                         ids={'embed': jnp.array([1])})
+    np.testing.assert_array_equal(state[0].row_counts['embed'],
+                                  [0, 3, 0, 0, 0, 0])
+
+
+class BadHyperparametersTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('zero_lr', dict(learning_rate=0.0), 'learning_rate'),
+      ('negative_lr', dict(learning_rate=-0.1), 'learning_rate'),
+      ('nan_lr', dict(learning_rate=float('nan')), 'learning_rate'),
+      ('zero_num_steps', dict(num_steps=0), 'num_steps'),
+      ('negative_num_steps', dict(num_steps=-5), 'num_steps'),
+      ('fractional_num_steps', dict(num_steps=10.5), 'num_steps'),
+      ('bool_num_steps', dict(num_steps=True), 'num_steps'),
+      ('zero_max_lr', dict(max_learning_rate=0.0), 'max_learning_rate'),
+      ('negative_max_lr', dict(max_learning_rate=-1.0), 'max_learning_rate'),
+      ('zero_half_life', dict(count_half_life=0.0), 'count_half_life'),
+      ('negative_half_life', dict(count_half_life=-3.0), 'count_half_life'),
+      ('string_half_life', dict(count_half_life='10'), 'count_half_life'),
+  )
+  def test_cf_sgd_rejects(self, overrides, named):
+    kwargs = dict(learning_rate=0.1, num_steps=100)
+    kwargs.update(overrides)
+    with self.assertRaisesRegex(ValueError, f'`{named}`.*got'):
+      fasgd_optax.cf_sgd(**kwargs)
+
+  def test_num_steps_is_required(self):
+    with self.assertRaisesRegex(TypeError, 'num_steps'):
+      fasgd_optax.cf_sgd(0.1)  # pytype: disable=missing-parameter
+    with self.assertRaisesRegex(TypeError, 'num_steps'):
+      fasgd_optax.fa_sgd(0.1, None)  # pytype: disable=missing-parameter
+    with self.assertRaisesRegex(ValueError, '`num_steps`.*FA-SGD.*None'):
+      fasgd_optax.fa_sgd(0.1, None, num_steps=None)
+
+  @parameterized.named_parameters(
+      ('zero_lr', dict(learning_rate=0.0), 'learning_rate'),
+      ('zero_num_steps', dict(num_steps=0), 'num_steps'),
+      ('negative_max_lr', dict(max_learning_rate=-0.5), 'max_learning_rate'),
+  )
+  def test_fa_sgd_rejects(self, overrides, named):
+    kwargs = dict(learning_rate=0.1, frequencies=None, num_steps=100)
+    kwargs.update(overrides)
+    with self.assertRaisesRegex(ValueError, f'`{named}`.*got'):
+      fasgd_optax.fa_sgd(**kwargs)
+
+  def test_frequencies_with_negative_values(self):
+    with self.assertRaisesRegex(ValueError, "'embed'.*>= 0.*-0.5"):
+      fasgd_optax.fa_sgd(0.1, {'embed': np.array([0.1, -0.5, 0, 0, 0, 0])},
+                         num_steps=10)
+    with self.assertRaisesRegex(ValueError, "'embed'.*finite"):
+      fasgd_optax.fa_sgd(0.1, {'embed': np.array([np.nan] * 6)}, num_steps=10)
+
+  def test_frequencies_with_wrong_shape(self):
+    tx = fasgd_optax.fa_sgd(0.1, {'embed': np.full(5, 0.1)}, num_steps=10)
+    with self.assertRaisesRegex(ValueError, r"'embed'.*shape \(6,\).*\(5,\)"):
+      tx.init(_params())
+    with self.assertRaisesRegex(ValueError, r"'embed'.*1-D"):
+      fasgd_optax.fa_sgd(0.1, {'embed': np.full((6, 2), 0.1)}, num_steps=10)
+    tx = fasgd_optax.fa_sgd(0.1, {'embedding': np.full(6, 0.1)}, num_steps=10)
+    with self.assertRaisesRegex(ValueError, '`frequencies` does not match'):
+      tx.init(_params())
+
+  def test_traced_hyperparameters_are_accepted(self):
+    # Under inject_hyperparams + jit, hyperparameters arrive as tracers.
+    tx = optax.inject_hyperparams(fasgd_optax.cf_sgd)(
+        learning_rate=0.1, num_steps=10, count_half_life=4.0)
+    state = tx.init(_params())
+    jax.jit(tx.update)(_grads(), state, _params(),
+                       ids={'embed': jnp.array([0])})
+
+
+if __name__ == '__main__':
+  absltest.main()
