@@ -188,6 +188,25 @@ class ShardedTableTest(parameterized.TestCase):
     chex.assert_trees_all_close(params, unsharded_params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(state, unsharded_state, rtol=1e-6)
 
+  @parameterized.named_parameters(('jit', True), ('eager', False))
+  def test_explicit_sharding_mesh(self, use_jit):
+    # jax.make_mesh gives Explicit axes on recent JAX, where a sharding the
+    # compiler cannot resolve is an error rather than a guess.
+    mesh = jax.make_mesh((NUM_DEVICES,), ('rows',))
+    table = jax.device_put(jnp.ones((ROWS, DIM)),
+                           NamedSharding(mesh, P('rows', None)))
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10, count_half_life=3.0)
+    state = tx.init(table)
+    update = jax.jit(tx.update) if use_jit else tx.update
+    updates, new_state = update(jnp.ones_like(table), state, table,
+                                ids=jnp.array([1, 2, 2, ROWS - 1]))
+    self.assertEqual(updates.sharding.spec, table.sharding.spec)
+    for before, after in zip(jax.tree.leaves(state),
+                             jax.tree.leaves(new_state)):
+      self.assertTrue(after.sharding.is_equivalent_to(before.sharding,
+                                                      after.ndim))
+    np.testing.assert_allclose(new_state[0].row_counts[:3], [0.0, 1.0, 2.0])
+
 
 if __name__ == '__main__':
   absltest.main()
