@@ -205,7 +205,8 @@ class ShardedTableTest(parameterized.TestCase):
                              jax.tree.leaves(new_state)):
       self.assertTrue(after.sharding.is_equivalent_to(before.sharding,
                                                       after.ndim))
-    np.testing.assert_allclose(new_state[0].row_counts[:3], [0.0, 1.0, 2.0])
+    np.testing.assert_allclose(np.asarray(new_state[0].row_counts)[:3],
+                               [0.0, 1.0, 2.0])
 
 
 if __name__ == '__main__':
