@@ -41,6 +41,8 @@ class MetricsTest(parameterized.TestCase):
   def test_auc_edge_cases(self):
     self.assertEqual(metrics.auc(np.array([0, 1]), np.array([0.1, 0.2])), 1.0)
     self.assertTrue(np.isnan(metrics.auc(np.ones(3), np.arange(3.0))))
+    self.assertTrue(np.isnan(metrics.auc(np.array([0, 1]),
+                                         np.array([np.nan, 0.2]))))
     with self.assertRaisesRegex(ValueError, 'labels must be 0 or 1'):
       metrics.auc(np.array([0, 2]), np.array([0.1, 0.2]))
     with self.assertRaisesRegex(ValueError, 'one shape'):

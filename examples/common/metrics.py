@@ -30,11 +30,14 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     scores: shape (n,), any real scores (logits or probabilities).
 
   Returns:
-    The AUC, or NaN when all labels are equal (AUC is undefined).
+    The AUC, or NaN when all labels are equal (AUC is undefined) or any score
+    is NaN (e.g. a diverged model: NaNs have no rank).
   """
   labels = np.asarray(labels)
   scores = np.asarray(scores, dtype=np.float64)
   _check_pair(labels, scores, 'auc')
+  if np.isnan(scores).any():
+    return float('nan')
   num_positive = int(labels.sum())
   num_negative = labels.size - num_positive
   if num_positive == 0 or num_negative == 0:

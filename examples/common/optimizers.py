@@ -22,6 +22,9 @@ import fasgd_optax
 
 OPTIMIZERS = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
 FREQUENCY_AWARE = ('fa_sgd', 'cf_sgd')
+# Optimizers with a sparse path (fasgd_optax.sparse_*): the table's update
+# reads and writes only the rows of the batch.
+SPARSE = ('rowwise_adagrad', 'fa_sgd', 'cf_sgd')
 
 EMBEDDING = 'embedding'
 DENSE = 'dense'
@@ -86,6 +89,51 @@ def make_optimizer(
         f'Unknown optimizer {name!r}; expected one of {", ".join(OPTIMIZERS)}.'
     )
   return optax.with_extra_args_support(tx)
+
+
+def make_sparse_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    num_steps: Optional[int] = None,
+    frequencies: Optional[np.ndarray] = None,
+) -> 'fasgd_optax.SparseTransformation':
+  """Returns the sparse-path optimizer called `name` for one embedding table.
+
+  Args:
+    name: one of `SPARSE`.
+    learning_rate: the learning rate (α for fa_sgd / cf_sgd).
+    num_steps: the horizon T (see `make_optimizer`).
+    frequencies: fa_sgd's per-row frequencies of this table, shape (N,).
+
+  Returns:
+    A `fasgd_optax.SparseTransformation`: ``init(table)`` and
+    ``apply(table, state, ids, row_grads) -> (table, state)``.
+
+  Raises:
+    ValueError: for a name without a sparse path, or bad arguments.
+  """
+  if name not in SPARSE:
+    raise ValueError(
+        f'Optimizer {name!r} has no sparse path; the sparse path supports '
+        f'{", ".join(SPARSE)}.'
+    )
+  if not learning_rate > 0:
+    raise ValueError(
+        f'learning_rate for optimizer {name!r} must be > 0, got '
+        f'{learning_rate!r}.'
+    )
+  if name == 'rowwise_adagrad':
+    return fasgd_optax.sparse_rowwise_adagrad(learning_rate)
+  if name == 'fa_sgd':
+    if frequencies is None or num_steps is None:
+      raise ValueError(
+          "optimizer 'fa_sgd' needs `frequencies` and `num_steps`."
+      )
+    return fasgd_optax.sparse_fa_sgd(
+        learning_rate, frequencies, num_steps=num_steps
+    )
+  return fasgd_optax.sparse_cf_sgd(learning_rate, num_steps=num_steps)
 
 
 def label_embeddings(

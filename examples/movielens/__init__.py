@@ -1,0 +1,1 @@
+"""MovieLens click-through prediction: FM and DeepFM, optimizers compared."""

@@ -1,0 +1,55 @@
+"""Default settings of the MovieLens example and the tuned learning rates.
+
+`TUNED_LEARNING_RATES` holds, for each (model, optimizer), the learning rate
+that `python -m examples.movielens.sweep` picked by validation AUC on
+MovieLens-100K with the defaults below (see README.md in this folder for the
+sweep's command, grid and results).
+"""
+
+import dataclasses
+from typing import Optional
+
+MODELS = ('fm', 'deepfm')
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One training run.
+
+  Attributes:
+    model: 'fm' or 'deepfm'.
+    optimizer: optimizer of the embedding tables (examples.common.optimizers).
+    learning_rate: its learning rate (α for fa_sgd / cf_sgd).
+    dense_optimizer: optimizer of the dense parameters (FM bias, DeepFM's
+      MLP); None uses `optimizer` for everything.
+    dense_learning_rate: its learning rate (None: `learning_rate`).
+    batch_size: examples per step.
+    num_epochs: passes over the training set; with fa_sgd / cf_sgd the horizon
+      T is num_epochs × batches per epoch.
+    embedding_dim: factor dimension k.
+    mlp_features: DeepFM's hidden layer widths.
+    init_scale: standard deviation of the initial embeddings.
+    seed: parameter initialisation and data order.
+    sparse: update the two embedding tables with the sparse path
+      (`fasgd_optax.sparse_*`: gradients with respect to the gathered rows,
+      only the batch's rows read and written); the dense parameters use
+      `dense_optimizer` (or `optimizer`) as usual. Same result as the dense
+      path, up to float rounding.
+  """
+
+  model: str = 'fm'
+  optimizer: str = 'cf_sgd'
+  learning_rate: float = 1.0
+  dense_optimizer: Optional[str] = None
+  dense_learning_rate: Optional[float] = None
+  batch_size: int = 256
+  num_epochs: int = 20
+  embedding_dim: int = 16
+  mlp_features: tuple[int, ...] = (64, 32)
+  init_scale: float = 0.05
+  seed: int = 0
+  sparse: bool = False
+
+
+# Filled in from the sweep (examples/movielens/results/sweep.json).
+TUNED_LEARNING_RATES: dict[tuple[str, str], float] = {}
