@@ -1,0 +1,215 @@
+"""The Flax NNX helper for the sparse path: same steps as the dense path."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fasgd_optax
+from fasgd_optax import nnx_sparse
+from tests import reference
+
+USERS, ITEMS, DIM, BATCH = 20, 30, 4, 8
+
+
+class TwoTower(nnx.Module):
+  """Dot product of user and item rows plus a dense layer on their product."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.user_embed = nnx_sparse.SparseEmbed(USERS, DIM, rngs=rngs)
+    self.item_embed = nnx_sparse.SparseEmbed(ITEMS, DIM, rngs=rngs)
+    self.dense = nnx.Linear(DIM, 1, rngs=rngs)
+    self.calls = nnx.Variable(jnp.zeros((), jnp.int32))
+
+  def __call__(self, users, items):
+    self.calls[...] += 1
+    user_rows, item_rows = self.user_embed(users), self.item_embed(items)
+    return (jnp.sum(user_rows * item_rows, -1)
+            + self.dense(user_rows * item_rows)[..., 0])
+
+
+class SharedTable(nnx.Module):
+  """One table looked up twice (e.g. both ends of a word2vec pair)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.embed = nnx_sparse.SparseEmbed(USERS, DIM, rngs=rngs)
+    self.scale = nnx.Param(jnp.ones(()))
+
+  def __call__(self, users, items):
+    return self.scale * jnp.sum(self.embed(users) * self.embed(items % USERS),
+                                -1)
+
+
+def loss_fn(model, batch):
+  predictions = model(batch['users'], batch['items'])
+  return jnp.mean((predictions - batch['targets']) ** 2)
+
+
+def batches(num_steps):
+  rng = np.random.default_rng(1)
+  for _ in range(num_steps):
+    yield {
+        'users': jnp.asarray(reference.zipf_ids(rng, USERS, (BATCH,))),
+        'items': jnp.asarray(reference.zipf_ids(rng, ITEMS, (BATCH,))),
+        'targets': jnp.asarray(rng.normal(size=BATCH), jnp.float32),
+    }
+
+
+def table_ids(model, batch):
+  if isinstance(model, SharedTable):
+    return {'embed/embedding': jnp.concatenate(
+        [batch['users'], batch['items'] % USERS])}
+  return {'user_embed/embedding': batch['users'],
+          'item_embed/embedding': batch['items']}
+
+
+def sparse_train(model, dense_tx, sparse_tx, num_steps, use_jit):
+  dense_opt = nnx.Optimizer(model, dense_tx, wrt=nnx.Param)
+  sparse_opt = nnx_sparse.SparseOptimizer(model, sparse_tx)
+
+  def train_step(model, dense_opt, sparse_opt, batch):
+    loss, grads, table_grads = nnx_sparse.value_and_grad(loss_fn)(model, batch)
+    dense_opt.update(model, grads)
+    sparse_opt.update(model, table_grads)
+    return loss
+
+  if use_jit:
+    train_step = nnx.jit(train_step,
+                         donate_argnames=('model', 'dense_opt', 'sparse_opt'))
+  losses = [float(train_step(model, dense_opt, sparse_opt, batch))
+            for batch in batches(num_steps)]
+  return losses, sparse_opt
+
+
+def dense_train(model, tx, num_steps):
+  optimizer = nnx.Optimizer(model, tx, wrt=(nnx.Param, nnx_sparse.SparseTable))
+
+  @nnx.jit
+  def train_step(model, optimizer, batch):
+    loss, grads = nnx.value_and_grad(
+        loss_fn, argnums=nnx.DiffState(
+            0, (nnx.Param, nnx_sparse.SparseTable)))(model, batch)
+    optimizer.update(model, grads, ids=table_ids(model, batch))
+    return loss
+
+  losses = [float(train_step(model, optimizer, batch))
+            for batch in batches(num_steps)]
+  return losses, optimizer
+
+
+class NnxSparseTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('two_tower_jit', TwoTower, True, 3),
+      ('two_tower_eager', TwoTower, False, 1),
+      ('shared_table_jit', SharedTable, True, 3),
+  )
+  def test_matches_dense_cf_sgd(self, model_class, use_jit, num_steps):
+    sparse_model = model_class(nnx.Rngs(0))
+    sparse_losses, sparse_opt = sparse_train(
+        sparse_model, fasgd_optax.cf_sgd(0.5, num_steps=20),
+        fasgd_optax.sparse_cf_sgd(0.5, num_steps=20), num_steps, use_jit)
+    dense_model = model_class(nnx.Rngs(0))
+    dense_losses, dense_opt = dense_train(
+        dense_model, fasgd_optax.cf_sgd(0.5, num_steps=20), num_steps)
+
+    np.testing.assert_allclose(sparse_losses, dense_losses, rtol=1e-5)
+    initial_tables = nnx_sparse.tables_by_path(model_class(nnx.Rngs(0)))
+    for path, table in nnx_sparse.tables_by_path(sparse_model).items():
+      self.assertFalse(np.allclose(table.get_value(),
+                                   initial_tables[path].get_value()), path)
+    chex.assert_trees_all_close(
+        nnx.to_pure_dict(nnx.state(sparse_model)),
+        nnx.to_pure_dict(nnx.state(dense_model)), rtol=1e-5, atol=1e-6)
+    dense_counts = optax.tree.get(nnx.as_pure(dense_opt.opt_state),
+                                  'row_counts')
+    for path, state in sparse_opt.states.items():
+      keys = path.split('/')
+      expected = dense_counts
+      for key in keys:
+        expected = expected[key]
+      np.testing.assert_array_equal(nnx.as_pure(state).row_counts, expected)
+    if model_class is TwoTower:
+      # The forward pass's own state updates are kept.
+      self.assertEqual(int(sparse_model.calls[...]), num_steps)
+
+  def test_a_transformation_per_table(self):
+    model = TwoTower(nnx.Rngs(0))
+    item_table = jnp.array(model.item_embed.embedding.get_value())
+    sparse_opt = nnx_sparse.SparseOptimizer(
+        model, {'user_embed/embedding': fasgd_optax.sparse_rowwise_adagrad(
+            0.1)})
+    batch = next(batches(1))
+    loss, grads, table_grads = nnx.jit(nnx_sparse.value_and_grad(loss_fn))(
+        model, batch)
+    self.assertEqual(sorted(table_grads),
+                     ['item_embed/embedding', 'user_embed/embedding'])
+    # The row gradients are those of the gathered rows.
+    user_rows = model.user_embed.embedding.get_value()[batch['users']]
+    item_rows = model.item_embed(batch['items'])
+
+    @jax.jit
+    def expected_user_grads(user_rows, item_rows):
+      products = user_rows * item_rows
+      return jax.grad(lambda products: jnp.mean(
+          (jnp.sum(products, -1) + model.dense(products)[..., 0]
+           - batch['targets']) ** 2))(products) * item_rows
+
+    np.testing.assert_allclose(table_grads['user_embed/embedding'].row_grads,
+                               expected_user_grads(user_rows, item_rows),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(table_grads['user_embed/embedding'].ids,
+                                  batch['users'])
+    self.assertEqual(set(nnx.to_pure_dict(grads)), {'dense'})
+    self.assertGreater(float(loss), 0.0)
+    sparse_opt.update(model, table_grads)
+    np.testing.assert_array_equal(model.item_embed.embedding.get_value(),
+                                  item_table)
+    accumulators = nnx.as_pure(
+        sparse_opt.states['user_embed/embedding'])[0].accumulators
+    np.testing.assert_array_equal(
+        np.flatnonzero(accumulators), np.unique(batch['users']))
+
+  def test_has_aux(self):
+    model = TwoTower(nnx.Rngs(0))
+
+    def loss_with_aux(model, batch):
+      loss = loss_fn(model, batch)
+      return loss, {'twice': 2 * loss}
+
+    (loss, aux), _, _ = nnx.jit(nnx_sparse.value_and_grad(
+        loss_with_aux, has_aux=True))(model, next(batches(1)))
+    np.testing.assert_allclose(aux['twice'], 2 * loss)
+
+  def test_lookup_outside_value_and_grad_is_a_gather(self):
+    model = TwoTower(nnx.Rngs(0))
+    ids = jnp.array([[1, 2], [2, 19]])
+    np.testing.assert_array_equal(
+        model.user_embed(ids), model.user_embed.embedding.get_value()[ids])
+    with self.assertRaisesRegex(TypeError, 'SparseTable'):
+      nnx_sparse.lookup(model.dense.kernel, ids)
+
+  def test_bad_arguments(self):
+    model = TwoTower(nnx.Rngs(0))
+    with self.assertRaisesRegex(ValueError, r"\['nope'\] are not SparseTable"):
+      nnx_sparse.SparseOptimizer(
+          model, {'nope': fasgd_optax.sparse_cf_sgd(0.1, num_steps=10)})
+    with self.assertRaisesRegex(ValueError, 'no SparseTable'):
+      nnx_sparse.SparseOptimizer(nnx.Linear(2, 2, rngs=nnx.Rngs(0)),
+                                 fasgd_optax.sparse_cf_sgd(0.1, num_steps=10))
+    other = TwoTower(nnx.Rngs(1))
+
+    def foreign_lookup(model, batch):
+      del model
+      return jnp.sum(other.user_embed(batch['users']))
+
+    with self.assertRaisesRegex(ValueError, 'not part of the model'):
+      nnx_sparse.value_and_grad(foreign_lookup)(model, next(batches(1)))
+
+
+if __name__ == '__main__':
+  absltest.main()
