@@ -1,6 +1,11 @@
 """The sparse path (DESIGN.md §6): same results as the dense transformations."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -449,6 +454,43 @@ class TouchedRowsTest(absltest.TestCase):
     self.assertEqual(by_row[4][1], 3)
     np.testing.assert_array_equal(by_row[2][0], [2.0, 2.0])
     self.assertEqual(by_row[2][1], 1)
+
+
+class BenchmarkScriptTest(absltest.TestCase):
+  """benchmarks/embedding_step.py and make_table.py run end to end."""
+
+  def test_tiny_benchmark_and_table(self):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS='cpu')
+    with tempfile.TemporaryDirectory() as output:
+      subprocess.run(
+          [sys.executable, os.path.join(root, 'benchmarks', 'embedding_step.py'),
+           '--num_rows=1000,2000', '--dim=8', '--batch=64', '--steps=2',
+           '--warmup=1', '--num_batches=2', '--max_memory_gb=0.0002',
+           '--optimizers=cf_sgd,adam,sparse_cf_sgd,sparse_fa_sgd',
+           f'--output={output}', '--name=tiny'],
+          check=True, env=env, capture_output=True, timeout=300)
+      with open(os.path.join(output, 'tiny.json')) as f:
+        report = json.load(f)
+      self.assertTrue(os.path.exists(os.path.join(output, 'tiny.png')))
+      by_name = {(r['optimizer'], r['num_rows']): r for r in report['results']}
+      self.assertEqual(len(by_name), 8)
+      # Adam's 5 tables' worth of 2000 × 8 floats exceed the 200 kB budget.
+      self.assertIn('skipped', by_name[('adam', 2000)])
+      cf = by_name[('sparse_cf_sgd', 2000)]
+      self.assertEqual(cf['state_bytes'], 2000 * 4 + 4)
+      self.assertEqual(cf['params_bytes'], 2000 * 8 * 4)
+      self.assertGreater(cf['median_ms'], 0.0)
+      self.assertEqual(by_name[('sparse_fa_sgd', 1000)]['frequencies_bytes'],
+                       1000 * 4)
+      markdown = subprocess.run(
+          [sys.executable, os.path.join(root, 'benchmarks', 'make_table.py'),
+           f'--input={output}/tiny.json', '--output=-'],
+          check=True, env=env, capture_output=True, text=True,
+          timeout=120).stdout
+    self.assertIn('| CF-SGD, sparse |', markdown)
+    self.assertIn('skipped¹', markdown)
+    self.assertIn('CF-SGD state bytes ≤ params bytes / d + 1 KiB', markdown)
 
 
 if __name__ == '__main__':

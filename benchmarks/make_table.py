@@ -1,0 +1,229 @@
+r"""Renders `embedding_step.py`'s JSON as a Markdown report with the targets.
+
+  python benchmarks/make_table.py --input benchmarks/results/cpu.json \
+      --output benchmarks/results/README.md
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+
+_INPUT = flags.DEFINE_string('input', 'benchmarks/results/cpu.json',
+                             'JSON written by embedding_step.py.')
+_OUTPUT = flags.DEFINE_string(
+    'output', 'benchmarks/results/README.md',
+    'Markdown file to write; "-" prints to stdout.')
+
+ORDER = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd',
+         'sparse_cf_sgd', 'sparse_fa_sgd', 'sparse_rowwise_adagrad')
+LABELS = {
+    'sgd': '`optax.sgd`', 'adagrad': '`optax.adagrad`',
+    'adam': '`optax.adam`', 'rowwise_adagrad': 'row-wise Adagrad',
+    'fa_sgd': 'FA-SGD', 'cf_sgd': 'CF-SGD',
+    'sparse_cf_sgd': 'CF-SGD, sparse', 'sparse_fa_sgd': 'FA-SGD, sparse',
+    'sparse_rowwise_adagrad': 'row-wise Adagrad, sparse',
+}
+
+
+def _sizes(results) -> list[int]:
+  return sorted({r['num_rows'] for r in results})
+
+
+def _find(results, name: str, num_rows: int) -> Optional[dict[str, Any]]:
+  for result in results:
+    if result['optimizer'] == name and result['num_rows'] == num_rows:
+      return result
+  return None
+
+
+def _median(results, name, num_rows) -> Optional[float]:
+  result = _find(results, name, num_rows)
+  return None if result is None else result.get('median_ms')
+
+
+def _rows_label(num_rows: int) -> str:
+  exponent = len(str(num_rows)) - 1
+  if num_rows == 10 ** exponent:
+    return f'1e{exponent}'
+  return f'{num_rows:,}'
+
+
+def _format_ms(value: float) -> str:
+  if value >= 100:
+    return f'{value:.0f}'
+  if value >= 10:
+    return f'{value:.1f}'
+  return f'{value:.2f}'
+
+
+def _format_bytes(num_bytes: int) -> str:
+  for unit, size in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+    if num_bytes >= size:
+      return f'{num_bytes / size:.3g} {unit}'
+  return f'{num_bytes} B'
+
+
+def time_table(results) -> list[str]:
+  sizes = _sizes(results)
+  lines = ['| optimizer | ' + ' | '.join(f'N = {_rows_label(n)}' for n in sizes)
+           + ' |', '|---|' + '---:|' * len(sizes)]
+  for name in ORDER:
+    cells = []
+    for num_rows in sizes:
+      result = _find(results, name, num_rows)
+      if result is None:
+        cells.append('')
+      elif 'skipped' in result:
+        cells.append('skipped¹')
+      else:
+        cells.append(_format_ms(result['median_ms']))
+    if any(cells):
+      lines.append(f'| {LABELS[name]} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def memory_table(results) -> list[str]:
+  sizes = _sizes(results)
+  lines = ['| optimizer | (state + frequencies²) / params | ' + ' | '.join(
+      f'state, N = {_rows_label(n)}' for n in sizes) + ' |',
+           '|---|---:|' + '---:|' * len(sizes)]
+  for name in ORDER:
+    measured = [r for r in results
+                if r['optimizer'] == name and 'state_bytes' in r]
+    if not measured:
+      continue
+    largest = max(measured, key=lambda r: r['num_rows'])
+    ratio = (largest['state_bytes'] + largest.get('frequencies_bytes', 0)
+             ) / largest['params_bytes']
+    cells = []
+    for num_rows in sizes:
+      result = _find(results, name, num_rows)
+      cell = ''
+      if result and 'state_bytes' in result:
+        cell = _format_bytes(result['state_bytes'])
+        if result.get('frequencies_bytes'):
+          cell += f" + {_format_bytes(result['frequencies_bytes'])}²"
+      cells.append(cell)
+    lines.append(f'| {LABELS[name]} | {ratio:.4f} | ' + ' | '.join(cells)
+                 + ' |')
+  return lines
+
+
+def _verdict(ok: Optional[bool]) -> str:
+  return {True: 'met', False: '**not met**', None: 'not measured'}[ok]
+
+
+def targets(results, dim: int) -> list[str]:
+  """The issue's targets, each computed from the measurements."""
+  lines = ['| target | measured | verdict |', '|---|---|---|']
+
+  def ratio(numerator, denominator):
+    if numerator is None or denominator is None:
+      return None
+    return numerator / denominator
+
+  cf, sgd, adagrad = (_median(results, n, 1_000_000)
+                      for n in ('cf_sgd', 'sgd', 'adagrad'))
+  value = ratio(cf, sgd)
+  lines.append('| CF-SGD dense step ≤ 1.1× `optax.sgd`, N = 1e6 | '
+               + ('' if value is None else f'{value:.2f}×') + ' | '
+               + _verdict(None if value is None else value <= 1.1) + ' |')
+  value = ratio(cf, adagrad)
+  lines.append('| CF-SGD dense step ≤ 0.5× `optax.adagrad`, N = 1e6 | '
+               + ('' if value is None else f'{value:.2f}×') + ' | '
+               + _verdict(None if value is None else value <= 0.5) + ' |')
+
+  excess = []
+  for result in results:
+    if result['optimizer'] in ('cf_sgd', 'sparse_cf_sgd') and (
+        'state_bytes' in result):
+      excess.append(result['state_bytes'] - result['params_bytes'] / dim)
+  worst = max(excess) if excess else None
+  lines.append('| CF-SGD state bytes ≤ params bytes / d + 1 KiB | '
+               + ('' if worst is None else
+                  f'at most params / d + {worst:.0f} B') + ' | '
+               + _verdict(None if worst is None else worst <= 1024) + ' |')
+
+  value = ratio(sgd, _median(results, 'sparse_cf_sgd', 1_000_000))
+  lines.append('| CF-SGD sparse step ≥ 100× faster than `optax.sgd`, N = 1e6 | '
+               + ('' if value is None else f'{value:.0f}×') + ' | '
+               + _verdict(None if value is None else value >= 100) + ' |')
+  value = ratio(_median(results, 'sparse_cf_sgd', 10_000_000),
+                _median(results, 'sparse_cf_sgd', 100_000))
+  lines.append('| CF-SGD sparse step grows < 1.5× from N = 1e5 to 1e7 | '
+               + ('' if value is None else f'{value:.2f}×') + ' | '
+               + _verdict(None if value is None else value < 1.5) + ' |')
+  return lines
+
+
+def render(report: dict[str, Any], json_name: str) -> str:
+  results = report['results']
+  config = report['config']
+  machine = report['machine']
+  lines = [
+      '# Embedding step benchmark',
+      '',
+      'One jitted training step (loss over the gathered rows, its gradient and '
+      "the optimizer's update, table and optimizer state donated) on an N × "
+      f"{config['dim']} float32 table with batches of {config['batch']} "
+      f"Zipf ids (exponent {config['zipf_exponent']}). Median over "
+      f"{config['steps']} steps after {config['warmup']} warm-up steps. "
+      'Dense optimizers take the gradient w.r.t. the whole table and update '
+      'all of it; sparse ones take it w.r.t. the gathered rows and update only '
+      'those.',
+      '',
+      f'Made by `{report["command"]}` on {machine["cpu"]} '
+      f'({machine["cpu_count"]} cores, JAX {machine["jax_version"]}, backend '
+      f'{machine["jax_backend"]}), in {report["total_seconds"]} s. The machine '
+      'is shared: load average (1, 5, 15 min) '
+      f'{report["load_average_before"]} before and '
+      f'{report["load_average_after"]} after the run. Rendered from '
+      f'`{json_name}` by `python benchmarks/make_table.py`; the plot is '
+      f'`{os.path.splitext(json_name)[0]}.png`.',
+      '',
+      '## Median step time (ms)',
+      '',
+  ]
+  lines += time_table(results)
+  skipped = [r for r in results if 'skipped' in r]
+  if skipped:
+    lines += ['', '¹ Skipped: ' + '; '.join(
+        f"{LABELS[r['optimizer']]} at N = {_rows_label(r['num_rows'])} "
+        f"({r['skipped']})" for r in skipped) + '.']
+  lines += ['', '## Optimizer state', '']
+  lines += memory_table(results)
+  lines += ['', '² FA-SGD\'s per-row frequencies (float32), which it holds '
+            'outside its state; the other optimizers have none.']
+  lines += ['', '## Targets (issue 3)', '']
+  lines += targets(results, config['dim'])
+  lines.append('')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  try:
+    with open(_INPUT.value) as f:
+      report = json.load(f)
+  except FileNotFoundError as e:
+    raise app.UsageError(
+        f'--input {_INPUT.value}: no such file; run '
+        'benchmarks/embedding_step.py first.') from e
+  for key in ('results', 'config', 'machine', 'command'):
+    if key not in report:
+      raise app.UsageError(
+          f'--input {_INPUT.value}: not a benchmark report (no {key!r} key).')
+  markdown = render(report, os.path.basename(_INPUT.value))
+  if _OUTPUT.value == '-':
+    print(markdown)
+  else:
+    with open(_OUTPUT.value, 'w') as f:
+      f.write(markdown)
+    print(f'Wrote {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
