@@ -29,6 +29,10 @@ Outside `value_and_grad`, `lookup` is a plain gather, so the same model also
 trains on the dense path, e.g. with ``nnx.Optimizer(model, cf_sgd(...),
 wrt=(nnx.Param, SparseTable))`` and ``update(model, grads, ids=...)``.
 
+Lookups are matched to tables by the `SparseTable` objects of the model passed
+to `value_and_grad`; a lookup inside a lifted NNX transform over the model
+(``nnx.vmap``, ``nnx.scan``) sees copies of them and is rejected with an error.
+
 This module imports Flax; the core package `fasgd_optax` does not.
 """
 
