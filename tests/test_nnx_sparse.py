@@ -105,7 +105,6 @@ class NnxSparseTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ('two_tower_jit', TwoTower, True, 3),
-      ('two_tower_eager', TwoTower, False, 1),
       ('shared_table_jit', SharedTable, True, 3),
   )
   def test_matches_dense_cf_sgd(self, model_class, use_jit, num_steps):
