@@ -8,7 +8,8 @@ of it; sparse ones get the gradient with respect to the gathered rows and
 update only those.
 
 For each table size N and optimizer it reports the median step time over
-``--steps`` steps after ``--warmup`` steps, and the optimizer state's bytes
+at least ``--steps`` steps (more for fast steps, up to ``--min_seconds`` of
+timing) after ``--warmup`` steps, and the optimizer state's bytes
 (summed over the state pytree's arrays; FA-SGD's per-row frequencies, held
 outside its state, are reported separately). Results go to ``<output>/<name>.json``
 and ``<output>/<name>.png``; ``make_table.py`` renders the JSON as Markdown.
@@ -52,7 +53,15 @@ _NUM_ROWS = flags.DEFINE_list(
     'Table sizes N (rows) to time.')
 _DIM = flags.DEFINE_integer('dim', 64, 'Embedding dimension d.')
 _BATCH = flags.DEFINE_integer('batch', 4096, 'Ids per step B.')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (median reported).')
+_STEPS = flags.DEFINE_integer(
+    'steps', 20, 'Timed steps at least (the median is reported).')
+_MIN_SECONDS = flags.DEFINE_float(
+    'min_seconds', 2.0,
+    'Keep timing fast steps until this many seconds are timed (at most '
+    '--max_steps), so that medians of sub-millisecond steps on a shared '
+    'machine rest on many samples.')
+_MAX_STEPS = flags.DEFINE_integer('max_steps', 1000,
+                                  'Timed steps at most.')
 _WARMUP = flags.DEFINE_integer(
     'warmup', 2, 'Untimed steps first (the first one compiles).')
 _OPTIMIZERS = flags.DEFINE_list(
@@ -182,19 +191,23 @@ def time_optimizer(name: str, num_rows: int, batches, frequencies,
                    weights) -> dict[str, Any]:
   """Median step time and state bytes for one optimizer and table size."""
   steps, warmup = _STEPS.value, _WARMUP.value
+  # The horizon T only scales step sizes; it does not change the work.
   step, init = make_step(name, frequencies, steps + warmup, weights)
   table = make_table(num_rows, _DIM.value)
   params_bytes = tree_bytes(table)
   state = init(table)
   state_bytes = tree_bytes(state)
   times = []
-  for i in range(warmup + steps):
+  i = 0
+  while (len(times) < steps or sum(times) < _MIN_SECONDS.value) and (
+      len(times) < max(steps, _MAX_STEPS.value)):
     ids, targets = batches[i % len(batches)]
     start = time.perf_counter()
     table, state, loss = step(table, state, ids, targets)
     jax.block_until_ready((table, state, loss))
     if i >= warmup:
       times.append(time.perf_counter() - start)
+    i += 1
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f'{name} at N={num_rows}: loss is {loss}.')
   del table, state
@@ -323,7 +336,9 @@ def main(argv):
       'total_seconds': round(time.time() - started, 1),
       'config': {
           'dim': _DIM.value, 'batch': _BATCH.value, 'steps': _STEPS.value,
-          'warmup': _WARMUP.value, 'zipf_exponent': _ZIPF_EXPONENT.value,
+          'warmup': _WARMUP.value, 'min_seconds': _MIN_SECONDS.value,
+          'max_steps': _MAX_STEPS.value,
+          'zipf_exponent': _ZIPF_EXPONENT.value,
           'num_batches': _NUM_BATCHES.value, 'dtype': 'float32',
           'max_memory_gb': _MAX_MEMORY_GB.value,
       },

@@ -169,8 +169,11 @@ def render(report: dict[str, Any], json_name: str) -> str:
       'One jitted training step (loss over the gathered rows, its gradient and '
       "the optimizer's update, table and optimizer state donated) on an N × "
       f"{config['dim']} float32 table with batches of {config['batch']} "
-      f"Zipf ids (exponent {config['zipf_exponent']}). Median over "
-      f"{config['steps']} steps after {config['warmup']} warm-up steps. "
+      f"Zipf ids (exponent {config['zipf_exponent']}). Median over at least "
+      f"{config['steps']} steps (fast steps: as many as fit in "
+      f"{config.get('min_seconds', 0)} s, at most "
+      f"{config.get('max_steps', config['steps'])}) after {config['warmup']} "
+      'warm-up steps. '
       'Dense optimizers take the gradient w.r.t. the whole table and update '
       'all of it; sparse ones take it w.r.t. the gathered rows and update only '
       'those.',

@@ -467,6 +467,7 @@ class BenchmarkScriptTest(absltest.TestCase):
           [sys.executable, os.path.join(root, 'benchmarks', 'embedding_step.py'),
            '--num_rows=1000,2000', '--dim=8', '--batch=64', '--steps=2',
            '--warmup=1', '--num_batches=2', '--max_memory_gb=0.0002',
+           '--min_seconds=0',
            '--optimizers=cf_sgd,adam,sparse_cf_sgd,sparse_fa_sgd',
            f'--output={output}', '--name=tiny'],
           check=True, env=env, capture_output=True, timeout=300)
