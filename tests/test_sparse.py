@@ -310,6 +310,13 @@ class SparseBehaviourTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'num_steps'):
       fasgd_optax.sparse_fa_sgd(0.1, np.ones(5), num_steps=None)
 
+  def test_state_is_one_counter_per_row(self):
+    table = jax.ShapeDtypeStruct((1000, 64), jnp.float32)
+    state = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10).init(table)
+    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    params_bytes = 1000 * 64 * 4
+    self.assertLessEqual(state_bytes, params_bytes / 64 + 1024)
+
   def test_bad_hyperparameters(self):
     with self.assertRaisesRegex(ValueError, 'learning_rate'):
       fasgd_optax.sparse_cf_sgd(-1.0, num_steps=10)
