@@ -258,7 +258,7 @@ def build_vocabulary(sentences: Sentences, min_count: int) -> Vocabulary:
   words, counts = words[keep], counts[keep]
   # Stable sort of words (already alphabetical) by descending count.
   order = np.argsort(-counts, kind='stable')
-  words = tuple(words[order].tolist())
+  words = tuple(str(word) for word in words[order])
   if not words:
     raise CorpusError(
         f'No word occurs at least min_count={min_count} times in the training '

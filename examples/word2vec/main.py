@@ -1,7 +1,7 @@
 r"""Trains Skip-gram or CBOW on the Brown corpus (or your text) with any optimizer.
 
   python -m examples.word2vec.main --model=skipgram --optimizer=cf_sgd \
-      --learning_rate=1000 --sparse --epochs=3 --workdir=/tmp/w2v_cf_sgd
+      --learning_rate=1000 --update=scatter --epochs=3 --workdir=/tmp/w2v_cf_sgd
 
 Rerunning the same command on the same --workdir resumes from its last
 checkpoint. Results go to `<workdir>/results.json`.
@@ -34,9 +34,12 @@ _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Passes over the corpus.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096,
                                    'Examples (pairs or centers) per step.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_SPARSE = flags.DEFINE_bool(
-    'sparse', False, 'Update only the batch\'s rows (sgd, rowwise_adagrad, '
-    'fa_sgd, cf_sgd).')
+_UPDATE = flags.DEFINE_enum(
+    'update', 'dense', train.UPDATES,
+    'dense: Optax update of whole tables (any optimizer); sparse: '
+    'fasgd_optax\'s sparse path, only the batch\'s rows (sgd, '
+    'rowwise_adagrad, fa_sgd, cf_sgd); scatter: the same rows by a sort-free '
+    'scatter-add (sgd, fa_sgd, cf_sgd; fastest on CPU).')
 _EVALS_PER_EPOCH = flags.DEFINE_integer(
     'evals_per_epoch', 4, 'Held-out evaluations (and checkpoints) per pass.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -65,7 +68,7 @@ def main(argv):
       learning_rate=_LEARNING_RATE.value, dim=_DIM.value,
       window=_WINDOW.value, negatives=_NEGATIVES.value,
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
-      batch_size=_BATCH_SIZE.value, seed=_SEED.value, sparse=_SPARSE.value,
+      batch_size=_BATCH_SIZE.value, seed=_SEED.value, update=_UPDATE.value,
       evals_per_epoch=_EVALS_PER_EPOCH.value)
   sentences = input_pipeline.read_corpus(
       _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value, _BROWN_CACHE.value)

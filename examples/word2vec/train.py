@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 import fasgd_optax
+from fasgd_optax._src import counting
 from examples.common import checkpointing
 from examples.common import optimizers
 from examples.common import training
@@ -38,8 +39,16 @@ from examples.word2vec import input_pipeline
 
 INPUT_TABLE = 'input_embed/embedding'
 OUTPUT_TABLE = 'output_embed/embedding'
-# Optimizers with a sparse path (only the batch's rows are read and written).
+# How the tables are updated (Config.update):
+# - 'dense': autodiff through the model and an Optax update of whole tables;
+# - 'sparse': fasgd_optax's sparse path: gradients of the gathered rows,
+#   duplicates summed (a sort of the ids), only touched rows written;
+# - 'scatter': gradients of the gathered rows scatter-added per occurrence
+#   with no sort. Exact for rules linear in the gradient, whose step size
+#   depends on the row alone (sgd, fa_sgd, cf_sgd): η_k Σ_i g_i = Σ_i η_k g_i.
+UPDATES = ('dense', 'sparse', 'scatter')
 SPARSE_OPTIMIZERS = ('sgd', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
+SCATTER_OPTIMIZERS = ('sgd', 'fa_sgd', 'cf_sgd')
 # Common words whose nearest neighbours the results show.
 PROBE_WORDS = ('man', 'city', 'government', 'money', 'war', 'good')
 # The held-out loss is computed in fixed-size chunks so it compiles once.
@@ -60,7 +69,7 @@ class Config:
   epochs: int = 1
   batch_size: int = 1024
   seed: int = 0
-  sparse: bool = False
+  update: str = 'dense'  # One of UPDATES.
   evals_per_epoch: int = 4
   test_fraction: float = 0.1
   max_test_examples: int = 200_000
@@ -177,46 +186,72 @@ def with_tables(input_table, output_table):
 
 
 @dataclasses.dataclass(frozen=True)
-class Data:
-  """Everything a run reads: vocabulary, encoded corpus, fixed test set.
+class HeldOut:
+  """Fixed held-out examples with fixed negatives."""
+  inputs: np.ndarray
+  targets: np.ndarray
+  negatives: np.ndarray
 
-  The test examples and their negatives depend on the corpus, the model, the
-  window and the seed only, never on the optimizer, so every optimizer is
-  scored on the same samples.
+  @property
+  def size(self) -> int:
+    return self.targets.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Everything a run reads: vocabulary, encoded corpus, held-out sets.
+
+  10% of the sentences are held out and dealt alternately into a validation
+  set (for choosing learning rates) and a test set (for reporting). Their
+  examples and negatives depend on the corpus, the model, the window and
+  the seed only, never on the optimizer, so every optimizer is scored on the
+  same samples.
   """
   vocab: input_pipeline.Vocabulary
   train: input_pipeline.EncodedCorpus
   keep_probability: np.ndarray
   negative_table: np.ndarray
-  test_inputs: np.ndarray
-  test_targets: np.ndarray
-  test_negatives: np.ndarray
-  num_test_sentences: int
+  heldout: dict[str, HeldOut]
+  num_heldout_sentences: int
+
+
+def _heldout_examples(sentences, vocab, keep_probability, negative_table,
+                      config: Config, stream: int) -> HeldOut:
+  # A random stream of its own, apart from the training passes'.
+  rng = np.random.default_rng([config.seed, 2**31 - 1, stream])
+  inputs, targets, _ = input_pipeline.epoch_examples(
+      input_pipeline.encode(sentences, vocab), model=config.model,
+      window=config.window, keep_probability=keep_probability, rng=rng)
+  if targets.shape[0] > config.max_test_examples:
+    keep = np.sort(rng.choice(targets.shape[0], config.max_test_examples,
+                              replace=False))
+    inputs, targets = inputs[keep], targets[keep]
+  negatives = negative_table[rng.integers(
+      0, negative_table.shape[0], (targets.shape[0], config.negatives))]
+  return HeldOut(inputs, targets, negatives)
 
 
 def prepare_data(config: Config, sentences: input_pipeline.Sentences) -> Data:
-  """Splits the corpus; builds the vocabulary and the fixed test set."""
-  train_sentences, test_sentences = input_pipeline.split_sentences(
+  """Splits the corpus; builds the vocabulary and the held-out sets."""
+  train_sentences, heldout_sentences = input_pipeline.split_sentences(
       sentences, test_fraction=config.test_fraction)
+  if len(heldout_sentences) < 2:
+    raise input_pipeline.CorpusError(
+        f'The corpus has {len(sentences)} sentences: too few to hold out '
+        f'{config.test_fraction:.0%} for validation and test.')
   vocab = input_pipeline.build_vocabulary(train_sentences, config.min_count)
   train = input_pipeline.encode(train_sentences, vocab)
   keep_probability = input_pipeline.keep_probabilities(vocab.counts,
                                                        config.sample)
   negative_table = input_pipeline.unigram_table(vocab.counts)
-  # A stream of its own: the test set never moves with the training seed's
-  # epochs.
-  rng = np.random.default_rng([config.seed, 2**31 - 1])
-  test_inputs, test_targets, _ = input_pipeline.epoch_examples(
-      input_pipeline.encode(test_sentences, vocab), model=config.model,
-      window=config.window, keep_probability=keep_probability, rng=rng)
-  if test_targets.shape[0] > config.max_test_examples:
-    keep = np.sort(rng.choice(test_targets.shape[0], config.max_test_examples,
-                              replace=False))
-    test_inputs, test_targets = test_inputs[keep], test_targets[keep]
-  test_negatives = negative_table[rng.integers(
-      0, negative_table.shape[0], (test_targets.shape[0], config.negatives))]
-  return Data(vocab, train, keep_probability, negative_table, test_inputs,
-              test_targets, test_negatives, len(test_sentences))
+  heldout = {
+      split: _heldout_examples(heldout_sentences[start::2], vocab,
+                               keep_probability, negative_table, config,
+                               stream)
+      for stream, (split, start) in enumerate(
+          (('validation', 0), ('test', 1)))}
+  return Data(vocab, train, keep_probability, negative_table, heldout,
+              len(heldout_sentences))
 
 
 def make_epoch(data: Data, config: Config,
@@ -254,37 +289,92 @@ def table_frequencies(data: Data, config: Config,
 # Optimizers and steps.
 
 
-def sparse_sgd(learning_rate: float) -> fasgd_optax.SparseTransformation:
-  """Plain SGD on the touched rows: ``table[ids] -= lr · row_grads``."""
+def _scatter_add(table, ids, row_grads, row_step_sizes):
+  """``table[ids] -= η[ids] · row_grads`` per occurrence, bad ids dropped."""
+  ids = jnp.ravel(ids)
+  row_grads = row_grads.reshape((ids.shape[0],) + table.shape[1:])
+  # -1 (CBOW padding) must not wrap to the last row: send it out of bounds.
+  safe = jnp.where((ids >= 0) & (ids < table.shape[0]), ids, table.shape[0])
+  eta = row_step_sizes.at[safe].get(mode='fill', fill_value=0)
+  delta = -(eta[:, None] * row_grads.astype(jnp.float32))
+  return table.at[safe].add(delta.astype(table.dtype), mode='drop')
+
+
+def scatter_sgd(learning_rate: float) -> fasgd_optax.SparseTransformation:
+  """Plain SGD on the touched rows."""
 
   def apply(table, state, ids, row_grads):
-    ids = jnp.ravel(ids)
-    row_grads = row_grads.reshape((ids.shape[0],) + table.shape[1:])
-    # -1 ids (CBOW padding) must not wrap to the last row.
-    return table.at[jnp.where(ids >= 0, ids, table.shape[0])].add(
-        -learning_rate * row_grads, mode='drop'), state
+    step_sizes = jnp.full((table.shape[0],), learning_rate, jnp.float32)
+    return _scatter_add(table, ids, row_grads, step_sizes), state
 
   return fasgd_optax.SparseTransformation(lambda table: optax.EmptyState(),
                                           apply)
 
 
+def scatter_cf_sgd(learning_rate: float, *,
+                   num_steps: int) -> fasgd_optax.SparseTransformation:
+  """`fasgd_optax.sparse_cf_sgd` without the sort: same state, same result.
+
+  The counts (one int32 per row, 1/dim of the table) are updated for every
+  row, which is cheap; the table is touched only at the batch's ids. The
+  step-size arithmetic is the library's (`fasgd_optax._src.counting`).
+  """
+  dense = fasgd_optax.scale_by_counted_frequency(learning_rate,
+                                                 num_steps=num_steps)
+
+  def apply(table, state, ids, row_grads):
+    step = optax.safe_increment(state.count)
+    row_counts = counting.saturating_add(
+        state.row_counts, counting.id_increments(ids, table.shape[0]))
+    step_sizes = counting.step_sizes(
+        counting.effective_counts(row_counts.astype(jnp.float32), step,
+                                  num_steps, None),
+        counting.learning_rate_at(learning_rate, state.count), None)
+    return (_scatter_add(table, ids, row_grads, step_sizes),
+            state._replace(count=step, row_counts=row_counts))
+
+  return fasgd_optax.SparseTransformation(dense.init, apply)
+
+
+def scatter_fa_sgd(learning_rate: float, frequencies: np.ndarray, *,
+                   num_steps: int) -> fasgd_optax.SparseTransformation:
+  """`fasgd_optax.sparse_fa_sgd` without the sort: same state and result."""
+  dense = fasgd_optax.scale_by_known_frequency(
+      learning_rate, frequencies, num_steps=num_steps)
+  expected = jnp.asarray(frequencies, jnp.float32) * num_steps
+
+  def apply(table, state, ids, row_grads):
+    step_sizes = counting.step_sizes(
+        expected, counting.learning_rate_at(learning_rate, state.count), None)
+    return (_scatter_add(table, ids, row_grads, step_sizes),
+            state._replace(count=optax.safe_increment(state.count)))
+
+  return fasgd_optax.SparseTransformation(dense.init, apply)
+
+
 def make_sparse_optimizers(config: Config, num_steps: int,
                            frequencies) -> dict[str, Any]:
-  """One `SparseTransformation` per table."""
-  if config.optimizer not in SPARSE_OPTIMIZERS:
+  """One `SparseTransformation` per table, for 'sparse' or 'scatter'."""
+  allowed = (SPARSE_OPTIMIZERS if config.update == 'sparse'
+             else SCATTER_OPTIMIZERS)
+  if config.optimizer not in allowed:
     raise ValueError(
-        f'--sparse needs one of {", ".join(SPARSE_OPTIMIZERS)}; optimizer '
-        f'{config.optimizer!r} has no sparse path (it keeps per-element state)'
-        '. Drop --sparse.')
+        f'--update={config.update} needs one of {", ".join(allowed)}; '
+        f'optimizer {config.optimizer!r} has no such path. Use '
+        '--update=dense.')
   lr = config.learning_rate
   if not lr > 0:
     raise ValueError(f'learning_rate must be > 0; got {lr!r}.')
 
   def for_table(path):
     if config.optimizer == 'sgd':
-      return sparse_sgd(lr)
+      return scatter_sgd(lr)
     if config.optimizer == 'rowwise_adagrad':
       return fasgd_optax.sparse_rowwise_adagrad(lr)
+    if config.update == 'scatter':
+      if config.optimizer == 'fa_sgd':
+        return scatter_fa_sgd(lr, frequencies[path], num_steps=num_steps)
+      return scatter_cf_sgd(lr, num_steps=num_steps)
     if config.optimizer == 'fa_sgd':
       return fasgd_optax.sparse_fa_sgd(lr, frequencies[path],
                                        num_steps=num_steps)
@@ -360,16 +450,16 @@ def make_train_steps(step_fn, negatives: int):
   return jax.jit(train_steps, donate_argnums=(0,))
 
 
-def make_evaluate(graphdef) -> Callable[[Any, Data], float]:
-  """Mean held-out loss over the fixed test examples and negatives."""
+def make_evaluate(graphdef) -> Callable[[Any, HeldOut], float]:
+  """Mean loss over fixed held-out examples and negatives."""
 
   @jax.jit
   def chunk_loss(params, inputs, targets, negatives, weights):
     return (merge(graphdef, params)(inputs, targets, negatives) *
             weights).sum()
 
-  def evaluate(params, data: Data) -> float:
-    n = data.test_targets.shape[0]
+  def evaluate(params, heldout: HeldOut) -> float:
+    n = heldout.size
     total = 0.0
     for start in range(0, n, EVAL_CHUNK):
       stop = min(start + EVAL_CHUNK, n)
@@ -379,9 +469,9 @@ def make_evaluate(graphdef) -> Callable[[Any, Data], float]:
         return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1))
 
       weights = np.pad(np.ones(stop - start, np.float32), (0, pad))
-      total += float(chunk_loss(params, padded(data.test_inputs),
-                                padded(data.test_targets),
-                                padded(data.test_negatives), weights))
+      total += float(chunk_loss(params, padded(heldout.inputs),
+                                padded(heldout.targets),
+                                padded(heldout.negatives), weights))
     return total / max(n, 1)
 
   return evaluate
@@ -439,6 +529,7 @@ def train_and_evaluate(
     wordsim_rows: Optional[list[tuple[str, str, float]]] = None,
     show_progress: Optional[bool] = None,
     stop_after_rounds: Optional[int] = None,
+    data: Optional[Data] = None,
 ) -> dict[str, Any]:
   """Trains and evaluates; resumes from `workdir`'s checkpoint if present.
 
@@ -454,16 +545,19 @@ def train_and_evaluate(
     wordsim_rows: WordSim-353 rows (`input_pipeline.read_wordsim`), if any.
     show_progress: progress bars (None: when stderr is a terminal).
     stop_after_rounds: stop after this many rounds (as if killed; tests).
+    data: `prepare_data(config, sentences)`, when the caller already has it
+      (a sweep over optimizers reuses one).
 
   Returns:
     A JSON-ready results dict (also written to `workdir/results.json`), plus
     'train_state' with the final parameters and optimizer state.
   """
   start_time = time.perf_counter()
-  data = prepare_data(config, sentences)
+  if data is None:
+    data = prepare_data(config, sentences)
   logging.info('vocabulary %d words; %d training words (%d raw); %d test '
                'examples', len(data.vocab), data.train.word_ids.shape[0],
-               data.train.num_raw_words, data.test_targets.shape[0])
+               data.train.num_raw_words, data.heldout['test'].size)
   first_pass = make_epoch(data, config, 0)
   steps_per_epoch = first_pass.num_batches
   num_steps = config.epochs * steps_per_epoch
@@ -476,7 +570,10 @@ def train_and_evaluate(
   graphdef, params = split(model)
   frequencies = (table_frequencies(data, config, first_pass)
                  if config.optimizer == 'fa_sgd' else None)
-  if config.sparse:
+  if config.update not in UPDATES:
+    raise ValueError(f'update must be one of {", ".join(UPDATES)}; got '
+                     f'{config.update!r}.')
+  if config.update != 'dense':
     sparse_txs = make_sparse_optimizers(config, num_steps, frequencies)
     opt_state = {path: sparse_txs[path].init(table) for path, table in
                  zip((INPUT_TABLE, OUTPUT_TABLE), tables(params))}
@@ -491,7 +588,8 @@ def train_and_evaluate(
   evaluate = make_evaluate(graphdef)
   key = jax.random.key(config.seed)
   negative_table = jnp.asarray(data.negative_table)
-  initial_test_loss = evaluate(params, data)
+  initial_losses = {split: evaluate(params, heldout)
+                    for split, heldout in data.heldout.items()}
 
   passes = {0: first_pass}
   timing = {}
@@ -520,13 +618,14 @@ def train_and_evaluate(
     return train_state, losses
 
   def evaluate_round(train_state):
-    test_loss = evaluate(train_state['params'], data)
-    if not np.isfinite(test_loss):
+    losses = {split: evaluate(train_state['params'], heldout)
+              for split, heldout in data.heldout.items()}
+    if not np.isfinite(losses['validation']):
       raise FloatingPointError(
           f'{config.optimizer} with learning_rate={config.learning_rate} '
-          f'diverged (held-out loss {test_loss} at step {timing["step"]}); '
-          'use a smaller --learning_rate.')
-    return {'test': {'loss': test_loss},
+          f'diverged (held-out loss {losses["validation"]} at step '
+          f'{timing["step"]}); use a smaller --learning_rate.')
+    return {**{split: {'loss': loss} for split, loss in losses.items()},
             'progress': {'step': timing['step'],
                          'epoch': timing['step'] / steps_per_epoch},
             'throughput': {key: float(value) for key, value in timing.items()
@@ -558,15 +657,19 @@ def train_and_evaluate(
       'config': dataclasses.asdict(config),
       'vocab_size': len(data.vocab),
       'train_raw_words_per_epoch': data.train.num_raw_words,
-      'test_sentences': data.num_test_sentences,
-      'test_examples': int(data.test_targets.shape[0]),
+      'heldout_sentences': data.num_heldout_sentences,
+      'validation_examples': data.heldout['validation'].size,
+      'test_examples': data.heldout['test'].size,
       'steps_per_epoch': steps_per_epoch,
-      'initial_test_loss': initial_test_loss,
+      'initial_validation_loss': initial_losses['validation'],
+      'initial_test_loss': initial_losses['test'],
       'first_step_loss': history[0]['step_losses'][0],
       'steps': [r['progress']['step'] for r in history],
       'train_loss': [r['train_loss'] for r in history],
+      'validation_loss': [r['validation']['loss'] for r in history],
       'test_loss': [r['test']['loss'] for r in history],
       'final_train_loss': history[-1]['train_loss'],
+      'final_validation_loss': history[-1]['validation']['loss'],
       'final_test_loss': history[-1]['test']['loss'],
       'train_seconds': seconds,
       'words_per_second': raw_words / seconds,

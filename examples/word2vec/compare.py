@@ -1,0 +1,263 @@
+r"""The paper's Word2Vec experiment: every optimizer, both models, an lr grid.
+
+For each model and optimizer, trains on Brown with each learning rate of
+the optimizer's grid (4 values a factor √10 apart), picks the one with the
+lowest final *validation* loss, and reports that run's *test* loss. Runs are
+appended to `<out>/sweep.json` as they finish, and a rerun skips the ones
+already there. Then `--report` draws the loss curves and writes the tables:
+
+  python -m examples.word2vec.compare --out=examples/word2vec/results
+  python -m examples.word2vec.gensim_peer \
+      --sweep=examples/word2vec/results/sweep.json \
+      --out=examples/word2vec/results/peer.json
+  python -m examples.word2vec.compare --out=examples/word2vec/results --report
+"""
+
+import dataclasses
+import json
+import os
+import platform
+from typing import Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from examples.common import plotting
+from examples.word2vec import input_pipeline
+from examples.word2vec import train
+
+_OUT = flags.DEFINE_string('out', None, 'Results folder.')
+_EPOCHS = flags.DEFINE_integer('epochs', 2, 'Passes over the corpus.')
+_MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+_OPTIMIZERS = flags.DEFINE_list(
+    'optimizers', list(train.optimizers.OPTIMIZERS), 'Optimizers.')
+_REPORT = flags.DEFINE_bool('report', False,
+                            'Only draw plots and write RESULTS.md.')
+
+# Each model's batch: skip-gram examples are (center, context) pairs, CBOW
+# examples whole windows (about 6 pairs' worth of rows each).
+BATCH_SIZE = {'skipgram': 4096, 'cbow': 1024}
+# Grid centres, from the scale of each rule: fa/cf_sgd's α is SGD's lr times
+# sqrt(T·p), optax's Adagrad starts from an accumulator of 0.1 (so small
+# gradients see about lr/0.3), row-wise Adagrad and Adam are scale-free.
+GRID_CENTRE = {'sgd': 30.0, 'adagrad': 10.0, 'adam': 0.01,
+               'rowwise_adagrad': 0.03, 'fa_sgd': 1000.0, 'cf_sgd': 1000.0}
+GRID_FACTORS = (10**-0.5, 1.0, 10**0.5, 10.0)
+
+
+# A grid whose best value is at an end is extended by one step that way (up
+# to this many times), so no optimizer is judged at the edge of its grid.
+MAX_EXTENSIONS = 2
+
+
+def grid(optimizer: str) -> list[float]:
+  return [_rounded(GRID_CENTRE[optimizer] * f) for f in GRID_FACTORS]
+
+
+def _rounded(learning_rate: float) -> float:
+  return float(f'{learning_rate:.3g}')
+
+
+def extension(runs: list[dict]) -> Optional[float]:
+  """The next learning rate to try when the best one is at the grid's end."""
+  if len(runs) >= len(GRID_FACTORS) + MAX_EXTENSIONS:
+    return None
+  runs = sorted(runs, key=lambda r: r['learning_rate'])
+  best = min(range(len(runs)),
+             key=lambda i: runs[i]['final_validation_loss'])
+  if best == 0:
+    return _rounded(runs[0]['learning_rate'] / 10**0.5)
+  if best == len(runs) - 1:
+    return _rounded(runs[-1]['learning_rate'] * 10**0.5)
+  return None
+
+
+def settings(model: str) -> dict:
+  return dataclasses.asdict(train.Config(
+      model=model, epochs=_EPOCHS.value, batch_size=BATCH_SIZE[model],
+      evals_per_epoch=4))
+
+
+def update_for(optimizer: str) -> str:
+  """The fastest exact update on CPU: scatter, else sparse, else dense."""
+  if optimizer in train.SCATTER_OPTIMIZERS:
+    return 'scatter'
+  return 'sparse' if optimizer in train.SPARSE_OPTIMIZERS else 'dense'
+
+
+def update_of(run: dict) -> str:
+  # Early sweep runs recorded a boolean `sparse` (the library's sparse path).
+  return run.get('update') or ('sparse' if run.get('sparse') else 'dense')
+
+
+def machine() -> str:
+  return (f'{platform.processor() or platform.machine()}, '
+          f'{os.cpu_count()} CPU cores, "this machine" (shared with other '
+          'jobs while measured)')
+
+
+def run_sweep(path: str) -> None:
+  sweep = {'machine': machine(), 'settings': {}, 'runs': []}
+  if os.path.exists(path):
+    with open(path) as f:
+      sweep = json.load(f)
+  sentences = input_pipeline.read_brown()
+  wordsim_rows = input_pipeline.read_wordsim(
+      input_pipeline.fetch_wordsim353())
+  for model in _MODELS.value:
+    base = settings(model)
+    sweep['settings'][model] = base
+    data = None
+    for optimizer in _OPTIMIZERS.value:
+      todo = grid(optimizer)
+      while todo:
+        learning_rate = todo.pop(0)
+        runs = [r for r in sweep['runs']
+                if (r['model'], r['optimizer']) == (model, optimizer)]
+        if any(r['learning_rate'] == learning_rate for r in runs):
+          if not todo and extension(runs) is not None:
+            todo.append(extension(runs))
+          continue
+        config = train.Config(**dict(
+            base, optimizer=optimizer, learning_rate=learning_rate,
+            update=update_for(optimizer)))
+        if data is None:
+          data = train.prepare_data(config, sentences)
+        run = {'model': model, 'optimizer': optimizer,
+               'learning_rate': learning_rate, 'update': config.update,
+               'load_average_before': os.getloadavg()[0]}
+        try:
+          results = train.train_and_evaluate(
+              config, sentences, data=data, wordsim_rows=wordsim_rows,
+              show_progress=False)
+        except FloatingPointError as error:
+          run.update(diverged=str(error), final_validation_loss=float('inf'),
+                     final_test_loss=float('inf'))
+        else:
+          results.pop('train_state')
+          results.pop('config')
+          run.update(results)
+        logging.info('%s %s lr=%g: validation %.4f test %.4f', model,
+                     optimizer, learning_rate, run['final_validation_loss'],
+                     run['final_test_loss'])
+        sweep['runs'].append(run)
+        with open(path, 'w') as f:
+          json.dump(sweep, f, indent=1)
+        if not todo:
+          next_rate = extension(runs + [run])
+          if next_rate is not None:
+            todo.append(next_rate)
+
+
+def best_runs(sweep: dict, model: str) -> dict[str, dict]:
+  """Each optimizer's run with the lowest final validation loss."""
+  best = {}
+  for run in sweep['runs']:
+    if run['model'] != model:
+      continue
+    current = best.get(run['optimizer'])
+    if current is None or (run['final_validation_loss'] <
+                           current['final_validation_loss']):
+      best[run['optimizer']] = run
+  return best
+
+
+def report(out: str) -> None:
+  with open(os.path.join(out, 'sweep.json')) as f:
+    sweep = json.load(f)
+  peer = None
+  if os.path.exists(os.path.join(out, 'peer.json')):
+    with open(os.path.join(out, 'peer.json')) as f:
+      peer = json.load(f)
+  lines = ['# Word2Vec on Brown: results', '',
+           f'Machine: {sweep["machine"]}.', '']
+  for model in _MODELS.value:
+    best = best_runs(sweep, model)
+    if not best:
+      continue
+    base = sweep['settings'][model]
+    for curve in ('train_loss', 'test_loss'):
+      series = {}
+      for optimizer, run in best.items():
+        if 'steps' not in run:
+          continue
+        steps, values = run['steps'], run[curve]
+        if curve == 'test_loss':
+          steps, values = [0] + steps, [run['initial_test_loss']] + values
+        series[f'{optimizer} (lr {run["learning_rate"]:g})'] = (steps, values)
+      plotting.line_plot(
+          os.path.join(out, f'{model}_{curve}.png'), series, xlabel='step',
+          ylabel=curve.replace('_', ' '),
+          title=f'{model}, Brown, {base["epochs"]} epochs, batch '
+                f'{base["batch_size"]}, best lr per optimizer')
+    adaptive = min(best[o]['final_test_loss'] for o in ('adagrad', 'adam')
+                   if o in best)
+    lines += [
+        f'## {model}', '',
+        f'dim {base["dim"]}, window {base["window"]}, {base["negatives"]} '
+        f'negatives, min count {base["min_count"]}, sample {base["sample"]}, '
+        f'{base["epochs"]} epochs, batch {base["batch_size"]}; learning rate '
+        'picked by the final validation loss among the grid.', '',
+        '| optimizer | lr grid | best lr | test loss | vs best of '
+        'Adagrad/Adam | train loss | WordSim-353 ρ | words/s (sweep run) | '
+        'optimizer state |',
+        '|---|---|---|---|---|---|---|---|---|']
+    for optimizer, run in best.items():
+      lrs = sorted(r['learning_rate'] for r in sweep['runs']
+                   if r['model'] == model and r['optimizer'] == optimizer)
+      diverged = sum(1 for r in sweep['runs'] if r['model'] == model and
+                     r['optimizer'] == optimizer and 'diverged' in r)
+      lines.append(
+          f'| {optimizer} ({update_of(run)}) | '
+          f'{", ".join(f"{lr:g}" for lr in lrs)}'
+          f'{f" ({diverged} diverged)" if diverged else ""} | '
+          f'{run["learning_rate"]:g} | {run["final_test_loss"]:.4f} | '
+          f'{100 * (run["final_test_loss"] / adaptive - 1):+.2f}% | '
+          f'{run["final_train_loss"]:.4f} | '
+          f'{run["wordsim353"]["spearman"]:.3f} | '
+          f'{run["words_per_second"]:,.0f} | '
+          f'{run["optimizer_state_bytes"] / 1e6:.2f} MB |')
+    lines += ['', f'![train loss]({model}_train_loss.png) '
+              f'![test loss]({model}_test_loss.png)', '']
+    neighbours = best.get('cf_sgd', {}).get('nearest_neighbours', {})
+    if neighbours:
+      lines += ['Nearest neighbours (cf_sgd, cosine, input vectors): ' +
+                '; '.join(f'*{w}*: {", ".join(n)}'
+                          for w, n in neighbours.items()), '']
+  if peer is not None:
+    lines += ['## Against gensim (same split, settings and process, run '
+              'back to back)', '',
+              f'gensim with {peer["workers"]} worker threads; ours on the '
+              'same cores. words/s = training corpus words (raw, before '
+              'min-count and subsampling) × epochs / training seconds, input '
+              'pipeline included; "effective" counts the words left after '
+              'min count and subsampling (gensim\'s log line).', '',
+              '| model | system | words/s | effective words/s | WordSim-353 '
+              'ρ (pairs) | test loss | load avg before |',
+              '|---|---|---|---|---|---|---|']
+    for row in peer['runs']:
+      lines.append(
+          f'| {row["model"]} | {row["system"]} | '
+          f'{row["words_per_second"]:,.0f} | '
+          f'{row["effective_words_per_second"]:,.0f} | '
+          f'{row["wordsim353"]["spearman"]:.3f} '
+          f'({row["wordsim353"]["pairs"]}) | {row["test_loss"]:.4f} | '
+          f'{row["load_average_before"]:.1f} |')
+    lines.append('')
+  with open(os.path.join(out, 'RESULTS.md'), 'w') as f:
+    f.write('\n'.join(lines))
+
+
+def main(argv):
+  del argv
+  os.makedirs(_OUT.value, exist_ok=True)
+  if not _REPORT.value:
+    run_sweep(os.path.join(_OUT.value, 'sweep.json'))
+  report(_OUT.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('out')
+  app.run(main)

@@ -1,0 +1,153 @@
+r"""The peer: gensim's Word2Vec on the same split, side by side with ours.
+
+Benchmark only (gensim is not a dependency of fasgd_optax: install the
+`peer` extra, `pip install gensim==4.4.0`). For each model it trains gensim
+with the same dimension, window, negatives, min count, subsampling and
+epochs on the same 90% of Brown's sentences, then trains ours right after in
+the same process (so both see the same machine load), and records for both:
+corpus words per second (raw words, input pipeline included, as gensim
+counts them; and "effective" words after rare-word removal and
+subsampling), WordSim-353 Spearman, and the held-out loss on our fixed
+validation and test examples (gensim's input vectors and `syn1neg` output
+vectors read into our model).
+
+  python -m examples.word2vec.gensim_peer \
+      --sweep=examples/word2vec/results/sweep.json \
+      --out=examples/word2vec/results/peer.json
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from examples.word2vec import input_pipeline
+from examples.word2vec import train
+
+_SWEEP = flags.DEFINE_string(
+    'sweep', None, 'sweep.json from compare.py: ours runs with each model\'s '
+    'best cf_sgd learning rate and the sweep\'s settings.')
+_OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd',
+                                 'Our optimizer in the comparison.')
+_UPDATE = flags.DEFINE_enum('update', 'scatter', train.UPDATES,
+                             'How our tables are updated.')
+_OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
+_WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
+_MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+
+
+def train_gensim(config: train.Config, data: train.Data,
+                 train_sentences: input_pipeline.Sentences, workers: int):
+  """gensim Word2Vec with `config`'s settings; returns (model, stats)."""
+  import gensim  # pylint: disable=g-import-not-at-top
+
+  model = gensim.models.Word2Vec(
+      vector_size=config.dim, window=config.window, negative=config.negatives,
+      min_count=config.min_count, sample=config.sample,
+      sg=1 if config.model == 'skipgram' else 0, workers=workers,
+      epochs=config.epochs, seed=config.seed)
+  model.build_vocab(train_sentences)
+  if len(model.wv) != len(data.vocab):
+    raise RuntimeError(
+        f'gensim kept {len(model.wv)} words, we kept {len(data.vocab)}: the '
+        'two vocabularies must match for a fair comparison.')
+  start = time.perf_counter()
+  effective_words, raw_words = model.train(
+      train_sentences, total_examples=len(train_sentences),
+      epochs=config.epochs)
+  seconds = time.perf_counter() - start
+  return model, {
+      'train_seconds': seconds,
+      'words_per_second': raw_words / seconds,
+      'effective_words_per_second': effective_words / seconds,
+      'gensim_version': gensim.__version__,
+  }
+
+
+def gensim_tables(model, vocab) -> tuple[np.ndarray, np.ndarray]:
+  """gensim's input and output vectors in our vocabulary's row order."""
+  rows = [model.wv.key_to_index[word] for word in vocab.words]
+  return model.wv.vectors[rows], model.syn1neg[rows]
+
+
+def heldout_losses(config: train.Config, data: train.Data, input_table,
+                   output_table) -> dict[str, float]:
+  """Our held-out loss for any pair of tables."""
+  graphdef, _ = train.split(train.Word2Vec(
+      len(data.vocab), config.dim, model=config.model,
+      rngs=train.nnx.Rngs(0)))
+  evaluate = train.make_evaluate(graphdef)
+  params = train.with_tables(jax.numpy.asarray(input_table),
+                             jax.numpy.asarray(output_table))
+  return {split: evaluate(params, heldout)
+          for split, heldout in data.heldout.items()}
+
+
+def best_learning_rate(sweep: dict, model: str, optimizer: str) -> float:
+  runs = [r for r in sweep['runs']
+          if r['model'] == model and r['optimizer'] == optimizer]
+  if not runs:
+    raise ValueError(f'{_SWEEP.value} has no {model} {optimizer} runs.')
+  return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
+
+
+def main(argv):
+  del argv
+  with open(_SWEEP.value) as f:
+    sweep = json.load(f)
+  sentences = input_pipeline.read_brown()
+  wordsim_rows = input_pipeline.read_wordsim(
+      input_pipeline.fetch_wordsim353())
+  results = {'machine': sweep.get('machine'), 'workers': _WORKERS.value,
+             'runs': []}
+  for model in _MODELS.value:
+    config = train.Config(**dict(
+        sweep['settings'][model], model=model, optimizer=_OPTIMIZER.value,
+        learning_rate=best_learning_rate(sweep, model, _OPTIMIZER.value),
+        update=_UPDATE.value))
+    data = train.prepare_data(config, sentences)
+    train_sentences, _ = input_pipeline.split_sentences(
+        sentences, test_fraction=config.test_fraction)
+    load_before = os.getloadavg()[0]
+    gensim_model, stats = train_gensim(config, data, train_sentences,
+                                       _WORKERS.value)
+    input_table, output_table = gensim_tables(gensim_model, data.vocab)
+    peer = dict(stats, system='gensim', model=model,
+                load_average_before=load_before,
+                **{f'{k}_loss': v for k, v in heldout_losses(
+                    config, data, input_table, output_table).items()},
+                wordsim353=train.wordsim_spearman(input_table, data.vocab,
+                                                  wordsim_rows),
+                nearest_neighbours=train.nearest_neighbours(input_table,
+                                                            data.vocab))
+    logging.info('gensim %s: %s', model, peer)
+    load_before = os.getloadavg()[0]
+    ours = train.train_and_evaluate(config, sentences, data=data,
+                                    wordsim_rows=wordsim_rows,
+                                    show_progress=False)
+    ours_row = {
+        'system': f'fasgd_optax {config.optimizer} ({config.update})',
+        'model': model, 'config': dataclasses.asdict(config),
+        'load_average_before': load_before,
+        'train_seconds': ours['train_seconds'],
+        'words_per_second': ours['words_per_second'],
+        'effective_words_per_second': ours['effective_words_per_second'],
+        'validation_loss': ours['final_validation_loss'],
+        'test_loss': ours['final_test_loss'],
+        'wordsim353': ours['wordsim353'],
+        'nearest_neighbours': ours['nearest_neighbours']}
+    logging.info('ours %s: %s', model, ours_row)
+    results['runs'] += [peer, ours_row]
+    with open(_OUT.value, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['sweep', 'out'])
+  app.run(main)
