@@ -18,6 +18,7 @@ def line_plot(
     ylabel: str,
     title: str,
     smooth: int = 1,
+    log_x: bool = False,
     log_y: bool = False,
 ) -> None:
   """One line per series, saved as a PNG.
@@ -29,6 +30,7 @@ def line_plot(
     ylabel: the y axis label.
     title: the plot's title.
     smooth: plot a running mean over this many points (e.g. for step losses).
+    log_x: log-scale x axis (e.g. learning rates).
     log_y: log-scale y axis.
   """
   figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -37,10 +39,12 @@ def line_plot(
     if smooth > 1 and y.size >= smooth:
       y = np.convolve(y, np.ones(smooth) / smooth, mode='valid')
       x = x[smooth - 1:]
-    axes.plot(x, y, label=label, linewidth=1.2)
+    axes.plot(x, y, label=label, linewidth=1.2, marker='.' if log_x else None)
   axes.set_xlabel(xlabel)
   axes.set_ylabel(ylabel)
   axes.set_title(title)
+  if log_x:
+    axes.set_xscale('log')
   if log_y:
     axes.set_yscale('log')
   axes.grid(alpha=0.3)

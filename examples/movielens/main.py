@@ -109,7 +109,7 @@ def main(argv):
   if _SWEEP.value:
     selection = sweep.select_learning_rates(
         base, dataset, workdir, models=_MODEL.value,
-        optimizer_names=_OPTIMIZER.value)
+        optimizer_names=_OPTIMIZER.value, grid=sweep.LEARNING_RATE_GRID)
     learning_rates = selection['selected']
     if selection['at_edge']:
       print('WARNING: learning rates at the grid edge for '

@@ -306,19 +306,18 @@ class MainTest(MovieLensTestCase):
   def test_sweep_and_report(self):
     data_dir = self.write('ml-1m')
     workdir = os.path.join(self.tmp, 'work')
-    grid = (0.3, 3.0, 30.0)
+    grid = (0.3, 3.0)
     with flagsaver.flagsaver(
         model=['fm'], optimizer=['sgd', 'cf_sgd'], sweep=True, num_seeds=2,
         data_dir=data_dir, workdir=workdir, batch_size=32, num_epochs=2,
         embedding_dim=4), \
-        absltest.mock.patch.object(sweep, 'LEARNING_RATE_GRID', grid), \
-        absltest.mock.patch.object(
-            sweep.select_learning_rates, '__defaults__', (grid,)):
+        absltest.mock.patch.object(sweep, 'LEARNING_RATE_GRID', grid):
       flags.FLAGS.mark_as_parsed()
       main.main(['main'])
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
     selection = results['learning_rate_selection']
+    self.assertEqual(selection['grid'], list(grid))
     for name in ('sgd', 'cf_sgd'):
       scores = {r['learning_rate']: r['validation_auc']
                 for r in selection['validation_auc']

@@ -188,7 +188,8 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     def stat(values):
       values = np.array(values, dtype=float)
       return {'mean': float(values.mean()),
-              'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+              'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+              'n': int(len(values))}
     rows.append({
         'model': model,
         'optimizer': name,
@@ -222,6 +223,8 @@ def machine_description() -> str:
 
 
 def _fmt(stat: Mapping[str, float]) -> str:
+  if stat.get('n', 2) == 1:
+    return f'{stat["mean"]:.4f}'
   return f'{stat["mean"]:.4f} ± {stat["std"]:.4f}'
 
 
@@ -241,7 +244,9 @@ def markdown_table(
       f'Data: {dataset.summary()}  ',
       'Test metrics at each run\'s best validation-AUC epoch; mean ± std over '
       'seeds. Buckets: movies ranked by training count (head = top 1% of '
-      'movies, torso = next 19%, tail = remaining 80%).',
+      'movies, torso = next 19%, tail = remaining 80%). Optimizer state: '
+      'bytes of the Optax state (FA-SGD keeps its per-row frequencies, one '
+      'float32 per row like CF-SGD\'s counts, as constants outside it).',
       '',
       '| model | optimizer | lr | test AUC | test log loss | '
       + ' | '.join(f'AUC {b}' for b in buckets)
@@ -317,10 +322,24 @@ def write_report(
              'validation_auc': s['validation_auc'],
              'best_epoch': s['best_epoch']}
             for s in selection['runs']]},
-    }, f, indent=1)
+    }, f, separators=(',', ':'))
   with open(os.path.join(out_dir, 'results.md'), 'w') as f:
     f.write(table)
 
+  if selection is not None:
+    for model in dict.fromkeys(s['config']['model'] for s in summaries):
+      curves = {}
+      for s in selection['runs']:
+        if s['config']['model'] == model:
+          lrs, aucs = curves.setdefault(s['config']['optimizer'], ([], []))
+          lrs.append(s['config']['learning_rate'])
+          aucs.append(s['validation_auc'])
+      plotting.line_plot(
+          os.path.join(out_dir, f'{model}_learning_rate_sweep.png'), curves,
+          xlabel='learning rate (α for fa_sgd / cf_sgd)',
+          ylabel='best validation AUC (seed 0)', log_x=True,
+          title=f'{dataset.name} {model}: learning-rate sweep',
+      )
   first_seed = min(s['config']['seed'] for s in summaries)
   for model in dict.fromkeys(s['config']['model'] for s in summaries):
     runs = [s for s in summaries if s['config']['model'] == model
@@ -351,7 +370,9 @@ def write_report(
          for r in model_rows},
         errors={r['optimizer']: [r['test_auc_by_bucket'][b]['std']
                                  for b in buckets] for r in model_rows},
-        ylabel='test AUC', y_min=0.5,
+        ylabel='test AUC',
+        y_min=min(r['test_auc_by_bucket'][b]['mean'] for r in model_rows
+                  for b in buckets) - 0.02,
         title=f'{dataset.name} {model}: test AUC by movie frequency',
     )
   return table
