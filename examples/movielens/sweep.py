@@ -85,7 +85,7 @@ def run(
   if os.path.isfile(summary_path):
     with open(summary_path) as f:
       summary = json.load(f)
-    if summary['config'] == train._config_record(config, dataset):  # pylint: disable=protected-access
+    if summary['config'] == train.config_record(config, dataset):
       return summary
   checkpoint_dir = (
       os.path.join(workdir, 'checkpoints', name) if checkpoint else None

@@ -396,7 +396,7 @@ def train_and_evaluate(
   checkpointer = None
   if workdir is not None:
     checkpointer = checkpointing.EpochCheckpointer(
-        workdir, _config_record(config, dataset)
+        workdir, config_record(config, dataset)
     )
   try:
     state, history = training.run_epochs(
@@ -413,7 +413,7 @@ def train_and_evaluate(
     if checkpointer is not None:
       checkpointer.close()
   return {
-      'config': _config_record(config, dataset),
+      'config': config_record(config, dataset),
       'history': history,
       'best': training.best_epoch(history, 'validation', 'auc'),
       'state': state,
@@ -421,9 +421,10 @@ def train_and_evaluate(
   }
 
 
-def _config_record(
+def config_record(
     config: config_lib.Config, dataset: input_pipeline.Dataset
 ) -> Mapping[str, Any]:
+  """The run's settings as JSON data (checkpoints and cached results)."""
   record = {
       key: list(value) if isinstance(value, tuple) else value
       for key, value in config.__dict__.items()
