@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 import jax
 
+from examples.theory import analysis
 from examples.theory import plots
 from examples.theory import train
 
@@ -77,6 +78,8 @@ def main(argv):
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'theory.json'), 'w') as f:
     json.dump(results, f, indent=1)
+  with open(os.path.join(FLAGS.output_dir, 'summary.md'), 'w') as f:
+    f.write(analysis.markdown_summary(results))
   plots.plot_ratio_vs_rank(
       results, os.path.join(FLAGS.output_dir, 'ratio_vs_rank.png'))
   plots.plot_grad_norms_by_rank(

@@ -31,7 +31,8 @@ def plot_ratio_vs_rank(results: dict[str, Any], path: str) -> None:
 
   The fits and the predicted slopes are lines in x = ln(p_1/p_k), drawn here
   against rank (x = τ (n - 1) for the exponential tail). Shaded: the rows
-  where FA-SGD's step is larger than SGD's (the tail of the line fit).
+  where FA-SGD's step is larger than SGD's and below the cap (the line fit's
+  rows).
   """
   quantity = 'mean_grad_sq'
   fa_fits = results['fits']['fa_sgd'][quantity]
@@ -42,9 +43,10 @@ def plot_ratio_vs_rank(results: dict[str, Any], path: str) -> None:
     ranks = np.arange(1, len(probs) + 1)
     x = analysis.log_frequency_depth(probs)
     tail = np.asarray(results['fits']['fa_sgd']['tail_rows'][table])
-    if tail.any():
-      ax.axvspan(ranks[tail].min() - 0.5, ranks[-1] + 0.5, color='tab:blue',
-                 alpha=0.07, lw=0, label='FA-SGD step > SGD step')
+    for i, rank in enumerate(ranks[tail]):
+      ax.axvspan(rank - 0.5, rank + 0.5, color='tab:blue', alpha=0.07, lw=0,
+                 label='rows fitted: SGD step < FA step < 1/(4L)'
+                 if i == 0 else None)
     for method, marker in (('fa_sgd', 'o'), ('cf_sgd', 's')):
       ax.plot(ranks, results['fits'][method][quantity]['log_ratio'][table],
               marker, color=_COLORS[method], alpha=0.8,
@@ -56,7 +58,12 @@ def plot_ratio_vs_rank(results: dict[str, Any], path: str) -> None:
       ax.plot(ranks[tail],
               tail_fit['intercept'] + tail_fit['slope'] * x[tail], '-',
               color='tab:green', lw=1,
-              label=f"line fit on shaded rows: slope {tail_fit['slope']:.2f}")
+              label=f"line fit on the shaded rows: slope {tail_fit['slope']:.2f}")
+    step_ratio = np.log(
+        np.asarray(results['methods']['fa_sgd']['row_step_sizes'][table])
+        / np.asarray(results['methods']['sgd']['row_step_sizes'][table]))
+    ax.plot(ranks, step_ratio, '-.', color='gray', lw=1,
+            label='ln(η_FA,k / η_SGD), the step-size ratio')
     start = x >= hinge['knee']
     for slope, style, name in ((0.5, '--', 'Thms 1-2 bounds'),
                                (1.0, ':', 'Corollary 3 as stated')):

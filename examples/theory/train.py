@@ -28,16 +28,16 @@ METHODS = ('sgd', 'fa_sgd', 'cf_sgd')
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything that defines one experiment except α and the seed."""
-  num_users: int = 16
-  num_items: int = 16
+  num_users: int = 32
+  num_items: int = 32
   dim: int = 4
   distribution: str = 'exponential'
-  tau: float = 0.3
+  tau: float = 0.15
   zipf_exponent: float = 1.0
   planted_norm: float = 2.0
   init_norm: float = 2.0
   batch_size: int = 1
-  num_steps: int = 100_000
+  num_steps: int = 200_000
   num_evals: int = 200
 
   def __post_init__(self):
@@ -270,6 +270,9 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
                          for t, v in runs['mean_grad_sq'].items()},
         'final_grad_sq': {t: v.mean(axis=0).tolist()
                           for t, v in runs['final_grad_sq'].items()},
+        'per_seed': {
+            quantity: {t: v.tolist() for t, v in runs[quantity].items()}
+            for quantity in ('mean_grad_sq', 'final_grad_sq')},
         'row_step_sizes': {
             t: v.tolist()
             for t, v in row_step_sizes(method, result['alpha'], setup).items()},
@@ -279,10 +282,14 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
   fits = {}
   sgd_steps = methods['sgd']['row_step_sizes']
   for method in ('fa_sgd', 'cf_sgd'):
-    # The tail: rows where this method steps further than SGD, which is where
-    # Corollary 3 expects the speed-up.
-    tail = {t: np.asarray(methods[method]['row_step_sizes'][t])
-               > np.asarray(sgd_steps[t]) for t in probs}
+    # The tail: rows where this method steps further than SGD (where Corollary
+    # 3 expects the speed-up) and below the cap 1/(4L), so that the ratio of
+    # step sizes is ∝ p_k^(-1/2) as in the bounds.
+    tail = {}
+    for t in probs:
+      steps = np.asarray(methods[method]['row_step_sizes'][t])
+      tail[t] = (steps > np.asarray(sgd_steps[t])) & (
+          steps < setup.max_learning_rate)
     fits[method] = {
         quantity: analysis.slope_fits(
             methods['sgd']['_runs'][quantity],
@@ -291,6 +298,12 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
         for quantity in ('mean_grad_sq', 'final_grad_sq')
     }
     fits[method]['tail_rows'] = {t: m.tolist() for t, m in tail.items()}
+    # Where the uncapped FA-SGD step α/sqrt(T B p) equals SGD's step, in
+    # x = ln(p_1/p): the knee a step-size-ratio model of the ratio predicts.
+    crossing_prob = methods[method]['alpha'] ** 2 / (
+        setup.num_steps * setup.batch_size * sgd_steps['users'][0] ** 2)
+    fits[method]['step_crossing_depth'] = {
+        t: float(np.log(p[0] / crossing_prob)) for t, p in probs.items()}
   for method in methods.values():
     del method['_runs']
   prediction = {
