@@ -215,9 +215,13 @@ def tune_and_evaluate(method: str, setup: Setup, alphas: np.ndarray,
   outputs = run_grid(method, setup, alphas, seeds)
   num_tuning = len(tuning_seeds)
   tuning_losses = outputs['final_loss'][:, :num_tuning].mean(axis=1)
-  # A diverged run gives nan: never choose it.
-  best = int(np.nanargmin(np.where(np.isfinite(tuning_losses), tuning_losses,
-                                   np.nan)))
+  finite = np.isfinite(tuning_losses)
+  if not finite.any():
+    raise ValueError(
+        f'every α on the grid diverged for {method}: {alphas.tolist()}; lower '
+        'the grid (--alpha_log2_max).')
+  # A diverged run gives nan or inf: never choose it.
+  best = int(np.nanargmin(np.where(finite, tuning_losses, np.nan)))
   runs = jax.tree.map(lambda x: x[best, num_tuning:], outputs)
   return {
       'alpha': float(alphas[best]),
@@ -253,7 +257,7 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
   eval_seeds = np.arange(num_seeds)
   tuning_seeds = 10_000 + np.arange(num_tuning_seeds)
   probs = {'users': setup.user_probs(), 'items': setup.item_probs()}
-  methods = {}
+  methods, runs_by_method = {}, {}
   for method in METHODS:
     started = time.perf_counter()
     result = tune_and_evaluate(method, setup, alphas, tuning_seeds, eval_seeds)
@@ -278,7 +282,7 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
             for t, v in row_step_sizes(method, result['alpha'], setup).items()},
         'seconds': time.perf_counter() - started,
     }
-    methods[method]['_runs'] = runs
+    runs_by_method[method] = runs
   fits = {}
   sgd_steps = methods['sgd']['row_step_sizes']
   for method in ('fa_sgd', 'cf_sgd'):
@@ -292,8 +296,8 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
           steps < setup.max_learning_rate)
     fits[method] = {
         quantity: analysis.slope_fits(
-            methods['sgd']['_runs'][quantity],
-            methods[method]['_runs'][quantity], probs, tail,
+            runs_by_method['sgd'][quantity], runs_by_method[method][quantity],
+            probs, tail,
             num_bootstrap=num_bootstrap)
         for quantity in ('mean_grad_sq', 'final_grad_sq')
     }
@@ -304,8 +308,6 @@ def run_experiment(setup: Setup, alphas: np.ndarray, *, num_seeds: int,
         setup.num_steps * setup.batch_size * sgd_steps['users'][0] ** 2)
     fits[method]['step_crossing_depth'] = {
         t: float(np.log(p[0] / crossing_prob)) for t, p in probs.items()}
-  for method in methods.values():
-    del method['_runs']
   prediction = {
       'slope_vs_log_frequency_bounds': 0.5,
       'slope_vs_log_frequency_corollary': 1.0,
