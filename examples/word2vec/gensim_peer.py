@@ -40,6 +40,9 @@ _UPDATE = flags.DEFINE_enum('update', 'scatter', train.UPDATES,
 _OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
 _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
 _MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 3, 'Back-to-back gensim/ours pairs per model (the machine is '
+    'shared, so single timings are noisy).')
 
 
 def train_gensim(config: train.Config, data: train.Data,
@@ -97,6 +100,47 @@ def best_learning_rate(sweep: dict, model: str, optimizer: str) -> float:
   return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
 
 
+def run_gensim(config, data, train_sentences, wordsim_rows, repeat):
+  """One gensim run, summarised."""
+  load_before = os.getloadavg()[0]
+  gensim_model, stats = train_gensim(config, data, train_sentences,
+                                     _WORKERS.value)
+  input_table, output_table = gensim_tables(gensim_model, data.vocab)
+  losses = heldout_losses(config, data, input_table, output_table)
+  row = dict(
+      stats, system='gensim', model=config.model, repeat=repeat,
+      load_average_before=load_before,
+      validation_loss=losses['validation'], test_loss=losses['test'],
+      wordsim353=train.wordsim_spearman(input_table, data.vocab,
+                                        wordsim_rows),
+      nearest_neighbours=train.nearest_neighbours(input_table, data.vocab))
+  logging.info('gensim %s: %s', config.model, row)
+  return row
+
+
+def run_ours(config, data, sentences, wordsim_rows, repeat):
+  """One run of ours, summarised like `run_gensim`."""
+  load_before = os.getloadavg()[0]
+  ours = train.train_and_evaluate(config, sentences, data=data,
+                                  wordsim_rows=wordsim_rows,
+                                  show_progress=False)
+  row = {
+      'system': f'fasgd_optax {config.optimizer} ({config.update})',
+      'model': config.model, 'repeat': repeat,
+      'config': dataclasses.asdict(config),
+      'load_average_before': load_before,
+      'train_seconds': ours['train_seconds'],
+      'words_per_second': ours['words_per_second'],
+      'effective_words_per_second': ours['effective_words_per_second'],
+      'steady_words_per_second': ours['steady_words_per_second'],
+      'validation_loss': ours['final_validation_loss'],
+      'test_loss': ours['final_test_loss'],
+      'wordsim353': ours['wordsim353'],
+      'nearest_neighbours': ours['nearest_neighbours']}
+  logging.info('ours %s: %s', config.model, row)
+  return row
+
+
 def main(argv):
   del argv
   with open(_SWEEP.value) as f:
@@ -114,36 +158,10 @@ def main(argv):
     data = train.prepare_data(config, sentences)
     train_sentences, _ = input_pipeline.split_sentences(
         sentences, test_fraction=config.test_fraction)
-    load_before = os.getloadavg()[0]
-    gensim_model, stats = train_gensim(config, data, train_sentences,
-                                       _WORKERS.value)
-    input_table, output_table = gensim_tables(gensim_model, data.vocab)
-    peer = dict(stats, system='gensim', model=model,
-                load_average_before=load_before,
-                **{f'{k}_loss': v for k, v in heldout_losses(
-                    config, data, input_table, output_table).items()},
-                wordsim353=train.wordsim_spearman(input_table, data.vocab,
-                                                  wordsim_rows),
-                nearest_neighbours=train.nearest_neighbours(input_table,
-                                                            data.vocab))
-    logging.info('gensim %s: %s', model, peer)
-    load_before = os.getloadavg()[0]
-    ours = train.train_and_evaluate(config, sentences, data=data,
-                                    wordsim_rows=wordsim_rows,
-                                    show_progress=False)
-    ours_row = {
-        'system': f'fasgd_optax {config.optimizer} ({config.update})',
-        'model': model, 'config': dataclasses.asdict(config),
-        'load_average_before': load_before,
-        'train_seconds': ours['train_seconds'],
-        'words_per_second': ours['words_per_second'],
-        'effective_words_per_second': ours['effective_words_per_second'],
-        'validation_loss': ours['final_validation_loss'],
-        'test_loss': ours['final_test_loss'],
-        'wordsim353': ours['wordsim353'],
-        'nearest_neighbours': ours['nearest_neighbours']}
-    logging.info('ours %s: %s', model, ours_row)
-    results['runs'] += [peer, ours_row]
+    for repeat in range(_REPEATS.value):
+      results['runs'] += [
+          run_gensim(config, data, train_sentences, wordsim_rows, repeat),
+          run_ours(config, data, sentences, wordsim_rows, repeat)]
     with open(_OUT.value, 'w') as f:
       json.dump(results, f, indent=1)
 

@@ -1,7 +1,7 @@
 r"""Trains Skip-gram or CBOW on the Brown corpus (or your text) with any optimizer.
 
   python -m examples.word2vec.main --model=skipgram --optimizer=cf_sgd \
-      --learning_rate=1000 --update=scatter --epochs=3 --workdir=/tmp/w2v_cf_sgd
+      --learning_rate=10000 --update=scatter --epochs=2 --workdir=/tmp/w2v_cf_sgd
 
 Rerunning the same command on the same --workdir resumes from its last
 checkpoint. Results go to `<workdir>/results.json`.
@@ -20,7 +20,7 @@ _MODEL = flags.DEFINE_enum('model', 'skipgram', ['skipgram', 'cbow'],
 _OPTIMIZER = flags.DEFINE_enum('optimizer', 'cf_sgd', optimizers.OPTIMIZERS,
                                'Optimizer for both embedding tables.')
 _LEARNING_RATE = flags.DEFINE_float(
-    'learning_rate', 1000.0,
+    'learning_rate', 10000.0,
     'Learning rate (α for fa_sgd/cf_sgd; see README for tuned values).')
 _DIM = flags.DEFINE_integer('dim', 100, 'Embedding dimension.')
 _WINDOW = flags.DEFINE_integer('window', 5, 'Largest context distance.')

@@ -427,14 +427,17 @@ def make_sparse_train_step(model: str, sparse_txs) -> Callable[..., Any]:
 
 
 def make_train_steps(step_fn, negatives: int):
-  """Jits `num` steps in a row, the training state donated.
+  """Jits `num_steps` steps in a row, the training state donated.
 
   Negatives are drawn inside from ``fold_in(key, step)``, so a run is a pure
-  function of (seed, step) and resumes exactly; running several steps per
-  call (a `lax.fori_loop`) keeps Python dispatch out of the step time.
+  function of (seed, step) and resumes exactly. Running a round's steps in
+  one call (a `lax.fori_loop`) keeps Python dispatch out of the step time;
+  the batches are padded to one length and `num_steps` is traced, so rounds
+  of different lengths share one compilation.
   """
 
-  def train_steps(train_state, inputs, targets, first_step, key, table):
+  def train_steps(train_state, inputs, targets, num_steps, first_step, key,
+                  table):
     def body(i, carry):
       state, losses = carry
       negative_ids = sample_negatives(
@@ -444,8 +447,7 @@ def make_train_steps(step_fn, negatives: int):
       return state, losses.at[i].set(loss)
 
     losses = jnp.zeros((targets.shape[0],), jnp.float32)
-    return jax.lax.fori_loop(0, targets.shape[0], body,
-                             (train_state, losses))
+    return jax.lax.fori_loop(0, num_steps, body, (train_state, losses))
 
   return jax.jit(train_steps, donate_argnums=(0,))
 
@@ -558,12 +560,15 @@ def train_and_evaluate(
   logging.info('vocabulary %d words; %d training words (%d raw); %d test '
                'examples', len(data.vocab), data.train.word_ids.shape[0],
                data.train.num_raw_words, data.heldout['test'].size)
+  pass_start = time.perf_counter()
   first_pass = make_epoch(data, config, 0)
+  first_pass_seconds = time.perf_counter() - pass_start
   steps_per_epoch = first_pass.num_batches
   num_steps = config.epochs * steps_per_epoch
   rounds_per_epoch = max(1, min(config.evals_per_epoch, steps_per_epoch))
   round_bounds = [steps_per_epoch * r // rounds_per_epoch
                   for r in range(rounds_per_epoch + 1)]
+  round_length = max(b - a for a, b in zip(round_bounds, round_bounds[1:]))
 
   model = Word2Vec(len(data.vocab), config.dim, model=config.model,
                    rngs=nnx.Rngs(config.seed))
@@ -604,14 +609,23 @@ def train_and_evaluate(
       passes[epoch] = make_epoch(data, config, epoch)
     epoch_data = passes[epoch]
     begin, end = round_bounds[part], round_bounds[part + 1]
+
+    def padded(batches):
+      batches = batches[begin:end]
+      pad = round_length - batches.shape[0]
+      return np.pad(batches, [(0, pad)] + [(0, 0)] * (batches.ndim - 1))
+
     train_state, losses = train_steps(
-        train_state, epoch_data.inputs[begin:end],
-        epoch_data.targets[begin:end], epoch * steps_per_epoch + begin + 1,
-        key, negative_table)
-    losses = np.asarray(losses)
+        train_state, padded(epoch_data.inputs), padded(epoch_data.targets),
+        end - begin, epoch * steps_per_epoch + begin + 1, key,
+        negative_table)
+    losses = np.asarray(losses)[:end - begin]
     fraction = (end - begin) / steps_per_epoch
+    # The first pass's examples were made before the loop; their time
+    # belongs to the first round (throughput includes the input pipeline).
     timing.update(
-        seconds=time.perf_counter() - round_start,
+        seconds=time.perf_counter() - round_start + (
+            first_pass_seconds if round_number == 1 else 0.0),
         raw_words=fraction * data.train.num_raw_words,
         effective_words=fraction * epoch_data.num_words,
         step=epoch * steps_per_epoch + end)
@@ -652,6 +666,12 @@ def train_and_evaluate(
   seconds = sum(r['throughput']['seconds'] for r in history)
   raw_words = sum(r['throughput']['raw_words'] for r in history)
   effective_words = sum(r['throughput']['effective_words'] for r in history)
+  # Without the first round, which also pays for compiling the step and
+  # making the first pass's examples.
+  later = history[1:] or history
+  steady_words_per_second = (
+      sum(r['throughput']['raw_words'] for r in later) /
+      sum(r['throughput']['seconds'] for r in later))
   vectors = np.asarray(tables(train_state['params'])[0])
   results = {
       'config': dataclasses.asdict(config),
@@ -674,6 +694,7 @@ def train_and_evaluate(
       'train_seconds': seconds,
       'words_per_second': raw_words / seconds,
       'effective_words_per_second': effective_words / seconds,
+      'steady_words_per_second': steady_words_per_second,
       'total_seconds': time.perf_counter() - start_time,
       'nearest_neighbours': nearest_neighbours(vectors, data.vocab),
       'optimizer_state_bytes': optimizers.state_bytes(
