@@ -63,6 +63,10 @@ _SWEEP = flags.DEFINE_bool(
     'sweep', False,
     'Pick each learning rate by validation AUC from the shared log grid '
     '(seed 0) before the seeded runs.')
+_LEARNING_RATE_GRID = flags.DEFINE_list(
+    'learning_rate_grid', None,
+    'With --sweep: the grid every optimizer picks from (comma-separated '
+    'floats); default sweep.LEARNING_RATE_GRID, 1e-4 .. 1e3 in half decades.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', os.path.join('runs', 'movielens'),
     'Checkpoints, per-run results, results.json/.md and plots go here.')
@@ -106,10 +110,18 @@ def main(argv):
             f'{", ".join(optimizers.SPARSE)} (e.g. --optimizer=cf_sgd).')
   workdir = _WORKDIR.value
   selection = None
+  grid = sweep.LEARNING_RATE_GRID
+  if _LEARNING_RATE_GRID.value:
+    try:
+      grid = tuple(float(value) for value in _LEARNING_RATE_GRID.value)
+    except ValueError:
+      raise app.UsageError(
+          f'--learning_rate_grid {_LEARNING_RATE_GRID.value}: not floats.'
+      ) from None
   if _SWEEP.value:
     selection = sweep.select_learning_rates(
         base, dataset, workdir, models=_MODEL.value,
-        optimizer_names=_OPTIMIZER.value, grid=sweep.LEARNING_RATE_GRID)
+        optimizer_names=_OPTIMIZER.value, grid=grid)
     learning_rates = selection['selected']
     if selection['at_edge']:
       print('WARNING: learning rates at the grid edge for '

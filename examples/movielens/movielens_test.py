@@ -19,7 +19,6 @@ from examples.common import optimizers
 from examples.movielens import config as config_lib
 from examples.movielens import input_pipeline
 from examples.movielens import main
-from examples.movielens import sweep
 from examples.movielens import train
 
 NUM_USERS, NUM_MOVIES, NUM_RATINGS = 30, 25, 800
@@ -310,8 +309,7 @@ class MainTest(MovieLensTestCase):
     with flagsaver.flagsaver(
         model=['fm'], optimizer=['sgd', 'cf_sgd'], sweep=True, num_seeds=2,
         data_dir=data_dir, workdir=workdir, batch_size=32, num_epochs=2,
-        embedding_dim=4), \
-        absltest.mock.patch.object(sweep, 'LEARNING_RATE_GRID', grid):
+        embedding_dim=4, learning_rate_grid=[str(lr) for lr in grid]):
       flags.FLAGS.mark_as_parsed()
       main.main(['main'])
     with open(os.path.join(workdir, 'results.json')) as f:
