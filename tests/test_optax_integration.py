@@ -253,6 +253,22 @@ class NnxOptimizerTest(absltest.TestCase):
                                   [0, 4, 6, 0, 0, 0, 0, 2, 0, 0])
     np.testing.assert_array_equal(counts['head']['kernel'], [2, 2, 2])
 
+  def test_raw_nnx_state_with_path_ids(self):
+    # nnx.split/nnx.state trees hold Variables, whose arrays sit under a
+    # `.value` attribute; ids still name leaves by module path.
+    model = Model(nnx.Rngs(0))
+    _, params = nnx.split(model, nnx.Param)
+    tx = fasgd_optax.cf_sgd(0.5, num_steps=20)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for ids in ({'embed/embedding': jnp.array([1, 1, 4])},
+                {'embed/embedding/value': jnp.array([1, 1, 4])}):
+      _, new_state = tx.update(grads, state, params, ids=ids)
+      counts = jax.tree.leaves(new_state[0].row_counts['embed'])[0]
+      np.testing.assert_array_equal(counts, [0, 2, 0, 0, 1, 0, 0, 0, 0, 0])
+    with self.assertRaisesRegex(ValueError, r"\['embed/embedding', "):
+      tx.update(grads, state, params, ids={'embed/embeding': jnp.array([1])})
+
 
 if __name__ == '__main__':
   absltest.main()

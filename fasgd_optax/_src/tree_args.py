@@ -36,7 +36,15 @@ def key_to_str(key: Any) -> str:
 
 
 def path_to_str(path: tuple[Any, ...]) -> str:
-  """A JAX key path as a '/'-joined string; the root is ''."""
+  """A JAX key path as a '/'-joined string; the root is ''.
+
+  A trailing ``.value`` attribute is dropped: Flax NNX `Variable`s flatten to
+  their array under that attribute, and users name a leaf by its module path
+  (``'embed/embedding'``) whether the tree holds Variables or plain arrays.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+      path[-1].name == 'value'):
+    path = path[:-1]
   return '/'.join(key_to_str(key) for key in path)
 
 
@@ -92,10 +100,15 @@ def per_leaf(
   flat_arg, _ = jax.tree_util.tree_flatten_with_path(
       arg, is_leaf=lambda x: x is None or _is_array_like(x)
   )
-  by_path = {
-      path_to_str(path): value for path, value in flat_arg if value is not None
-  }
   leaf_paths = {path for path, _ in leaves}
+  by_path = {}
+  for path, value in flat_arg:
+    if value is None:
+      continue
+    key = path_to_str(path)
+    if key not in leaf_paths and key.endswith('/value'):
+      key = key[:-len('/value')]  # 'embed/embedding/value' names the same leaf
+    by_path[key] = value
   unknown = sorted(set(by_path) - leaf_paths)
   if unknown:
     known = [path for path, leaf in leaves if not _is_masked(leaf)]
