@@ -33,6 +33,10 @@ _EPOCHS = flags.DEFINE_integer('epochs', 2, 'Passes over the corpus.')
 _MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
 _OPTIMIZERS = flags.DEFINE_list(
     'optimizers', list(train.optimizers.OPTIMIZERS), 'Optimizers.')
+_CAPPED = flags.DEFINE_list(
+    'capped', [], 'Also sweep these (fa_sgd, cf_sgd) with η_max set to the '
+    'tuned SGD learning rate of the same model: the largest per-row step '
+    'plain SGD tolerated, standing in for the paper\'s 1/(4L).')
 _REPORT = flags.DEFINE_bool('report', False,
                             'Only draw plots and write RESULTS.md.')
 
@@ -110,23 +114,33 @@ def run_sweep(path: str) -> None:
     base = settings(model)
     sweep['settings'][model] = base
     data = None
-    for optimizer in _OPTIMIZERS.value:
+    plan = [(optimizer, None) for optimizer in _OPTIMIZERS.value]
+    for optimizer in _CAPPED.value:
+      if optimizer not in ('fa_sgd', 'cf_sgd'):
+        raise app.UsageError(f'--capped takes fa_sgd, cf_sgd; got {optimizer}')
+      plan.append((optimizer, 'sgd'))
+    for optimizer, cap_from in plan:
+      cap = None
+      if cap_from is not None:
+        cap = best_runs(sweep, model)[cap_from]['learning_rate']
       todo = grid(optimizer)
       while todo:
         learning_rate = todo.pop(0)
         runs = [r for r in sweep['runs']
-                if (r['model'], r['optimizer']) == (model, optimizer)]
+                if (r['model'], r['optimizer'], r.get('max_learning_rate'))
+                == (model, optimizer, cap)]
         if any(r['learning_rate'] == learning_rate for r in runs):
           if not todo and extension(runs) is not None:
             todo.append(extension(runs))
           continue
         config = train.Config(**dict(
             base, optimizer=optimizer, learning_rate=learning_rate,
-            update=update_for(optimizer)))
+            max_learning_rate=cap, update=update_for(optimizer)))
         if data is None:
           data = train.prepare_data(config, sentences)
         run = {'model': model, 'optimizer': optimizer,
-               'learning_rate': learning_rate, 'update': config.update,
+               'learning_rate': learning_rate, 'max_learning_rate': cap,
+               'update': config.update,
                'load_average_before': os.getloadavg()[0]}
         try:
           results = train.train_and_evaluate(
@@ -140,7 +154,7 @@ def run_sweep(path: str) -> None:
           results.pop('config')
           run.update(results)
         logging.info('%s %s lr=%g: validation %.4f test %.4f', model,
-                     optimizer, learning_rate, run['final_validation_loss'],
+                     label(run), learning_rate, run['final_validation_loss'],
                      run['final_test_loss'])
         sweep['runs'].append(run)
         with open(path, 'w') as f:
@@ -151,16 +165,23 @@ def run_sweep(path: str) -> None:
             todo.append(next_rate)
 
 
+def label(run: dict) -> str:
+  """The optimizer, with its η_max when capped."""
+  cap = run.get('max_learning_rate')
+  return run['optimizer'] if cap is None else (
+      f'{run["optimizer"]} η_max={cap:g}')
+
+
 def best_runs(sweep: dict, model: str) -> dict[str, dict]:
-  """Each optimizer's run with the lowest final validation loss."""
+  """Each optimizer's (label's) run with the lowest final validation loss."""
   best = {}
   for run in sweep['runs']:
     if run['model'] != model:
       continue
-    current = best.get(run['optimizer'])
+    current = best.get(label(run))
     if current is None or (run['final_validation_loss'] <
                            current['final_validation_loss']):
-      best[run['optimizer']] = run
+      best[label(run)] = run
   return best
 
 
@@ -205,10 +226,10 @@ def report(out: str) -> None:
         'optimizer state |',
         '|---|---|---|---|---|---|---|---|---|']
     for optimizer, run in best.items():
-      lrs = sorted(r['learning_rate'] for r in sweep['runs']
-                   if r['model'] == model and r['optimizer'] == optimizer)
-      diverged = sum(1 for r in sweep['runs'] if r['model'] == model and
-                     r['optimizer'] == optimizer and 'diverged' in r)
+      same = [r for r in sweep['runs']
+              if r['model'] == model and label(r) == optimizer]
+      lrs = sorted(r['learning_rate'] for r in same)
+      diverged = sum(1 for r in same if 'diverged' in r)
       lines.append(
           f'| {optimizer} ({update_of(run)}) | '
           f'{", ".join(f"{lr:g}" for lr in lrs)}'

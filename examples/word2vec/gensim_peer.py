@@ -94,7 +94,8 @@ def heldout_losses(config: train.Config, data: train.Data, input_table,
 
 def best_learning_rate(sweep: dict, model: str, optimizer: str) -> float:
   runs = [r for r in sweep['runs']
-          if r['model'] == model and r['optimizer'] == optimizer]
+          if r['model'] == model and r['optimizer'] == optimizer and
+          r.get('max_learning_rate') is None]
   if not runs:
     raise ValueError(f'{_SWEEP.value} has no {model} {optimizer} runs.')
   return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']

@@ -22,6 +22,9 @@ _OPTIMIZER = flags.DEFINE_enum('optimizer', 'cf_sgd', optimizers.OPTIMIZERS,
 _LEARNING_RATE = flags.DEFINE_float(
     'learning_rate', 10000.0,
     'Learning rate (α for fa_sgd/cf_sgd; see README for tuned values).')
+_MAX_LEARNING_RATE = flags.DEFINE_float(
+    'max_learning_rate', None,
+    'η_max for fa_sgd/cf_sgd (the paper\'s 1/(4L)); unset: no cap.')
 _DIM = flags.DEFINE_integer('dim', 100, 'Embedding dimension.')
 _WINDOW = flags.DEFINE_integer('window', 5, 'Largest context distance.')
 _NEGATIVES = flags.DEFINE_integer('negatives', 5,
@@ -65,7 +68,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = train.Config(
       model=_MODEL.value, optimizer=_OPTIMIZER.value,
-      learning_rate=_LEARNING_RATE.value, dim=_DIM.value,
+      learning_rate=_LEARNING_RATE.value,
+      max_learning_rate=_MAX_LEARNING_RATE.value, dim=_DIM.value,
       window=_WINDOW.value, negatives=_NEGATIVES.value,
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
       batch_size=_BATCH_SIZE.value, seed=_SEED.value, update=_UPDATE.value,

@@ -70,6 +70,8 @@ class Config:
   batch_size: int = 1024
   seed: int = 0
   update: str = 'dense'  # One of UPDATES.
+  # fa_sgd / cf_sgd's η_max, the paper's 1/(4L); None: no cap.
+  max_learning_rate: Optional[float] = None
   evals_per_epoch: int = 4
   test_fraction: float = 0.1
   max_test_examples: int = 200_000
@@ -311,8 +313,10 @@ def scatter_sgd(learning_rate: float) -> fasgd_optax.SparseTransformation:
                                           apply)
 
 
-def scatter_cf_sgd(learning_rate: float, *,
-                   num_steps: int) -> fasgd_optax.SparseTransformation:
+def scatter_cf_sgd(
+    learning_rate: float, *, num_steps: int,
+    max_learning_rate: Optional[float] = None,
+) -> fasgd_optax.SparseTransformation:
   """`fasgd_optax.sparse_cf_sgd` without the sort: same state, same result.
 
   The counts (one int32 per row, 1/dim of the table) are updated for every
@@ -329,15 +333,18 @@ def scatter_cf_sgd(learning_rate: float, *,
     step_sizes = counting.step_sizes(
         counting.effective_counts(row_counts.astype(jnp.float32), step,
                                   num_steps, None),
-        counting.learning_rate_at(learning_rate, state.count), None)
+        counting.learning_rate_at(learning_rate, state.count),
+        max_learning_rate)
     return (_scatter_add(table, ids, row_grads, step_sizes),
             state._replace(count=step, row_counts=row_counts))
 
   return fasgd_optax.SparseTransformation(dense.init, apply)
 
 
-def scatter_fa_sgd(learning_rate: float, frequencies: np.ndarray, *,
-                   num_steps: int) -> fasgd_optax.SparseTransformation:
+def scatter_fa_sgd(
+    learning_rate: float, frequencies: np.ndarray, *, num_steps: int,
+    max_learning_rate: Optional[float] = None,
+) -> fasgd_optax.SparseTransformation:
   """`fasgd_optax.sparse_fa_sgd` without the sort: same state and result."""
   dense = fasgd_optax.scale_by_known_frequency(
       learning_rate, frequencies, num_steps=num_steps)
@@ -345,7 +352,8 @@ def scatter_fa_sgd(learning_rate: float, frequencies: np.ndarray, *,
 
   def apply(table, state, ids, row_grads):
     step_sizes = counting.step_sizes(
-        expected, counting.learning_rate_at(learning_rate, state.count), None)
+        expected, counting.learning_rate_at(learning_rate, state.count),
+        max_learning_rate)
     return (_scatter_add(table, ids, row_grads, step_sizes),
             state._replace(count=optax.safe_increment(state.count)))
 
@@ -362,7 +370,7 @@ def make_sparse_optimizers(config: Config, num_steps: int,
         f'--update={config.update} needs one of {", ".join(allowed)}; '
         f'optimizer {config.optimizer!r} has no such path. Use '
         '--update=dense.')
-  lr = config.learning_rate
+  lr, cap = config.learning_rate, config.max_learning_rate
   if not lr > 0:
     raise ValueError(f'learning_rate must be > 0; got {lr!r}.')
 
@@ -373,12 +381,15 @@ def make_sparse_optimizers(config: Config, num_steps: int,
       return fasgd_optax.sparse_rowwise_adagrad(lr)
     if config.update == 'scatter':
       if config.optimizer == 'fa_sgd':
-        return scatter_fa_sgd(lr, frequencies[path], num_steps=num_steps)
-      return scatter_cf_sgd(lr, num_steps=num_steps)
+        return scatter_fa_sgd(lr, frequencies[path], num_steps=num_steps,
+                              max_learning_rate=cap)
+      return scatter_cf_sgd(lr, num_steps=num_steps, max_learning_rate=cap)
     if config.optimizer == 'fa_sgd':
       return fasgd_optax.sparse_fa_sgd(lr, frequencies[path],
-                                       num_steps=num_steps)
-    return fasgd_optax.sparse_cf_sgd(lr, num_steps=num_steps)
+                                       num_steps=num_steps,
+                                       max_learning_rate=cap)
+    return fasgd_optax.sparse_cf_sgd(lr, num_steps=num_steps,
+                                     max_learning_rate=cap)
 
   return {path: for_table(path) for path in (INPUT_TABLE, OUTPUT_TABLE)}
 
@@ -578,11 +589,30 @@ def train_and_evaluate(
   if config.update not in UPDATES:
     raise ValueError(f'update must be one of {", ".join(UPDATES)}; got '
                      f'{config.update!r}.')
+  if config.max_learning_rate is not None and (
+      config.optimizer not in ('fa_sgd', 'cf_sgd') or
+      not config.max_learning_rate > 0):
+    raise ValueError(
+        'max_learning_rate (η_max) is for fa_sgd and cf_sgd and must be > 0; '
+        f'got {config.max_learning_rate!r} with optimizer '
+        f'{config.optimizer!r}.')
   if config.update != 'dense':
     sparse_txs = make_sparse_optimizers(config, num_steps, frequencies)
     opt_state = {path: sparse_txs[path].init(table) for path, table in
                  zip((INPUT_TABLE, OUTPUT_TABLE), tables(params))}
     step_fn = make_sparse_train_step(config.model, sparse_txs)
+  elif config.max_learning_rate is not None:
+    # The shared factory has no η_max; the same optimizers, capped.
+    if config.optimizer == 'fa_sgd':
+      tx = fasgd_optax.fa_sgd(config.learning_rate, frequencies,
+                              num_steps=num_steps,
+                              max_learning_rate=config.max_learning_rate)
+    else:
+      tx = fasgd_optax.cf_sgd(config.learning_rate, num_steps=num_steps,
+                              max_learning_rate=config.max_learning_rate)
+    tx = optax.with_extra_args_support(tx)
+    opt_state = tx.init(params)
+    step_fn = make_dense_train_step(graphdef, tx)
   else:
     tx = optimizers.make_optimizer(
         config.optimizer, config.learning_rate, num_steps=num_steps,

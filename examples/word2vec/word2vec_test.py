@@ -286,6 +286,33 @@ class TrainTest(parameterized.TestCase):
             sparse['train_state']['opt_state'][path].row_counts,
             dense_counts[table]['embedding'])
 
+  @parameterized.parameters('dense', 'sparse', 'scatter')
+  def test_capped_cf_sgd_is_the_same_on_every_path(self, update):
+    config = tiny_config(optimizer='cf_sgd', learning_rate=100.0,
+                         max_learning_rate=2.0, evals_per_epoch=1)
+    uncapped = train.train_and_evaluate(
+        tiny_config(optimizer='cf_sgd', learning_rate=100.0,
+                    evals_per_epoch=1, update='scatter'),
+        generated_corpus(200), show_progress=False)
+    dense = train.train_and_evaluate(config, generated_corpus(200),
+                                     show_progress=False)
+    config.update = update
+    capped = train.train_and_evaluate(config, generated_corpus(200),
+                                      show_progress=False)
+    chex.assert_trees_all_close(capped['train_state']['params'],
+                                dense['train_state']['params'],
+                                atol=2e-5, rtol=2e-4)
+    self.assertGreater(
+        np.abs(np.asarray(capped['train_state']['params']['input_embed'][
+            'embedding']) - np.asarray(uncapped['train_state']['params'][
+                'input_embed']['embedding'])).max(), 1e-3)
+
+  def test_cap_for_another_optimizer_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "for fa_sgd and cf_sgd.*'adam'"):
+      train.train_and_evaluate(
+          tiny_config(optimizer='adam', max_learning_rate=1.0),
+          generated_corpus(200), show_progress=False)
+
   @parameterized.parameters(('adam', 'sparse'), ('rowwise_adagrad', 'scatter'))
   def test_update_without_such_a_path_is_refused(self, optimizer, update):
     with self.assertRaisesRegex(
