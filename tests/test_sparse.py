@@ -451,11 +451,15 @@ class TouchedRowsTest(absltest.TestCase):
   def test_sums_duplicates_and_drops_bad_ids(self):
     ids = jnp.array([4, -1, 2, 4, 9, 4])
     grads = jnp.arange(6.0)[:, None] * jnp.ones((1, 2))
-    touched = sparse_lib.touched_rows(ids, grads, num_rows=9)
+    keys, flat_grads = sparse_lib.flat_batch(ids, grads, num_rows=9)
+    np.testing.assert_array_equal(keys, [4, 9, 2, 4, 9, 4])
+    touched = sparse_lib.touched_rows(keys, flat_grads, num_rows=9)
     rows = np.asarray(touched.rows)
     np.testing.assert_array_equal(rows, np.sort(rows))
+    np.testing.assert_array_equal(rows[touched.slots], keys)
     by_row = {int(r): (np.asarray(g), int(m)) for r, g, m in zip(
-        rows, touched.grads, touched.multiplicities) if r < 9}
+        rows, sparse_lib.summed_grads(touched), touched.multiplicities)
+              if r < 9}
     self.assertEqual(sorted(by_row), [2, 4])
     np.testing.assert_array_equal(by_row[4][0], [8.0, 8.0])  # 0 + 3 + 5
     self.assertEqual(by_row[4][1], 3)

@@ -44,15 +44,18 @@ class SparseTransformation(NamedTuple):
 
 
 class TouchedRows(NamedTuple):
-  """A batch's distinct rows, their summed gradients and multiplicities.
+  """A batch's distinct rows and, for each occurrence, its row's slot.
 
-  All three have the flattened batch's length B; the ``B - U`` slots past the
-  U distinct rows (and the slot collecting out-of-range ids) hold the
-  out-of-bounds row ``num_rows``, which gathers read as 0 and scatters drop.
+  ``rows`` and ``multiplicities`` have the flattened batch's length B; the
+  ``B - U`` slots past the U distinct rows (and the slot collecting
+  out-of-range ids) hold the out-of-bounds row ``num_rows``, which gathers
+  read as 0 and scatters drop.
   """
-  rows: jax.Array  # shape=(B,), int32, ascending.
-  grads: jax.Array  # shape=(B,) + row shape, float32; summed per row.
-  multiplicities: jax.Array  # shape=(B,), int32; occurrences per row.
+  rows: jax.Array  # shape=(B,), int32, ascending: the distinct rows.
+  multiplicities: jax.Array  # shape=(B,), int32; occurrences of each row.
+  ids: jax.Array  # shape=(B,), int32; each occurrence's row (or num_rows).
+  slots: jax.Array  # shape=(B,), int32; each occurrence's index into rows.
+  grads: jax.Array  # shape=(B,) + row shape, float32; each occurrence's.
 
 
 def gather_replicas(x: jax.Array, axis_name: Any) -> jax.Array:
@@ -74,24 +77,26 @@ def gather_replicas(x: jax.Array, axis_name: Any) -> jax.Array:
   return blocks.reshape((num_replicas * x.shape[0],) + x.shape[1:])
 
 
-def touched_rows(
+def flat_batch(
     ids: jax.Array,
     row_grads: jax.Array,
     num_rows: int,
     axis_name: Optional[str] = None,
-) -> TouchedRows:
-  """Sums the gradients of duplicate ids: a sort of the ids, O(B log B).
+) -> tuple[jax.Array, jax.Array]:
+  """The batch as (B,) int32 ids and (B,) + row shape float32 gradients.
 
   Args:
     ids: integer ids, any shape.
     row_grads: shape ``ids.shape + row_shape``.
-    num_rows: the table's rows; ids outside [0, num_rows) are dropped.
+    num_rows: the table's rows; ids outside [0, num_rows) become ``num_rows``,
+      which gathers read as 0 and scatters drop (JAX would otherwise wrap
+      negative indices and clamp large ones into real rows).
     axis_name: a mapped axis; if set, ids and gradients of all replicas are
       gathered, and the gradients averaged over the replicas (as ``pmean`` of
       dense gradients would be), so every replica computes the same update.
 
   Returns:
-    `TouchedRows`.
+    ``(ids, grads)``, flattened.
   """
   row_shape = row_grads.shape[ids.ndim:]
   flat_ids = jnp.ravel(ids)
@@ -101,11 +106,23 @@ def touched_rows(
     flat_ids = gather_replicas(flat_ids, axis_name)
     flat_grads = gather_replicas(flat_grads, axis_name)
     flat_grads = flat_grads / lax.psum(1, axis_name)
-  size = flat_ids.shape[0]
   valid = (flat_ids >= 0) & (flat_ids < num_rows)
-  # Out-of-range ids all become the out-of-bounds row `num_rows`: JAX would
-  # wrap negative indices and clamp large ones into real rows.
-  keys = jnp.where(valid, flat_ids, num_rows).astype(jnp.int32)
+  return jnp.where(valid, flat_ids, num_rows).astype(jnp.int32), flat_grads
+
+
+def touched_rows(keys: jax.Array, grads: jax.Array,
+                 num_rows: int) -> TouchedRows:
+  """Finds the distinct rows of a batch: a sort of the ids, O(B log B).
+
+  Args:
+    keys: (B,) ids from `flat_batch`, out-of-range ones set to `num_rows`.
+    grads: (B,) + row shape, each occurrence's gradient.
+    num_rows: the table's rows.
+
+  Returns:
+    `TouchedRows`.
+  """
+  size = keys.shape[0]
   # Sorting the keys alone is several times faster on CPU than sorting
   # (key, position) pairs; each id then finds its row's slot by binary search.
   sorted_keys = lax.sort(keys)
@@ -115,10 +132,15 @@ def touched_rows(
   rows = jnp.full((size,), num_rows, jnp.int32).at[slots_of_sorted].set(
       sorted_keys, indices_are_sorted=True)
   slots = slots_of_sorted[jnp.searchsorted(sorted_keys, keys, side='left')]
-  grads = jax.ops.segment_sum(flat_grads, slots, num_segments=size)
   multiplicities = jax.ops.segment_sum(
       jnp.ones((size,), jnp.int32), slots, num_segments=size)
-  return TouchedRows(rows, grads, multiplicities)
+  return TouchedRows(rows, multiplicities, keys, slots, grads)
+
+
+def summed_grads(touched: TouchedRows) -> jax.Array:
+  """Each distinct row's gradient: its occurrences' gradients summed."""
+  return jax.ops.segment_sum(touched.grads, touched.slots,
+                             num_segments=touched.slots.shape[0])
 
 
 def _explicit_sharding(values: jax.Array):
@@ -160,11 +182,26 @@ def set_rows(values: jax.Array, rows: jax.Array, new: jax.Array) -> jax.Array:
                              **_scatter_kwargs(values))
 
 
-def add_to_rows(table: jax.Array, rows: jax.Array, delta: jax.Array):
+def add_to_rows(table: jax.Array, rows: jax.Array, delta: jax.Array, *,
+                indices_are_sorted: bool = True) -> jax.Array:
   """``table`` with ``delta`` added to ``table[rows]``, in the table's dtype."""
   return table.at[rows].add(delta.astype(table.dtype), mode='drop',
-                            indices_are_sorted=True,
+                            indices_are_sorted=indices_are_sorted,
                             **_scatter_kwargs(table))
+
+
+def add_scaled_occurrences(table: jax.Array, touched: TouchedRows,
+                           row_scale: jax.Array) -> jax.Array:
+  """``table`` minus ``row_scale[row] · grad`` for every occurrence.
+
+  Adding each occurrence's scaled gradient equals adding the row's scaled
+  summed gradient when the scale is per row, and skips summing the B×d
+  gradients first, the costliest part of the step on CPU.
+  """
+  return add_to_rows(table, touched.ids,
+                     -counting.scale_rows(touched.grads,
+                                          row_scale[touched.slots]),
+                     indices_are_sorted=False)
 
 
 def _check_table(table: Any) -> None:
@@ -197,9 +234,9 @@ def _make_apply(apply_rows: Callable[..., tuple[Any, Any]],
   """Builds ``apply(table, state, ids, row_grads)`` around `apply_rows`.
 
   Args:
-    apply_rows: ``apply_rows(table, state, touched, *constants) -> (table,
-      state)`` for a `TouchedRows`.
-    axis_name: passed to `touched_rows`.
+    apply_rows: ``apply_rows(table, state, ids, grads, *constants) -> (table,
+      state)`` for the flattened batch of `flat_batch`.
+    axis_name: passed to `flat_batch`.
     constants: arrays `apply_rows` needs (e.g. per-row frequencies), passed
       as arguments so the jitted step does not embed them as constants.
 
@@ -210,21 +247,16 @@ def _make_apply(apply_rows: Callable[..., tuple[Any, Any]],
   """
 
   def apply_impl(table, state, ids, row_grads, *constants):
-    touched = touched_rows(ids, row_grads, table.shape[0], axis_name)
-    return apply_rows(table, state, touched, *constants)
+    keys, grads = flat_batch(ids, row_grads, table.shape[0], axis_name)
+    return apply_rows(table, state, keys, grads, *constants)
 
-  jitted = jax.jit(apply_impl, donate_argnums=(0, 1))
+  jitted = jax.jit(apply_impl, donate_argnums=(0, 1), inline=True)
 
   def apply(table, state, ids, row_grads):
     ids, row_grads = _checked_arguments(table, ids, row_grads)
     return jitted(table, state, ids, row_grads, *constants)
 
   return apply
-
-
-def _step_size_update(grads, eta):
-  """-η_k · g_k for each touched row (float32)."""
-  return -counting.scale_rows(grads, eta)
 
 
 def sparse_cf_sgd(
@@ -285,7 +317,8 @@ def sparse_cf_sgd(
     _check_table(table)
     return dense.init(table)
 
-  def apply_rows(table, state, touched):
+  def apply_rows(table, state, ids, grads):
+    touched = touched_rows(ids, grads, table.shape[0])
     step = optax.safe_increment(state.count)
     alpha = counting.learning_rate_at(learning_rate, state.count)
     stored_counts = gather_rows(state.row_counts, touched.rows)
@@ -298,8 +331,7 @@ def sparse_cf_sgd(
         counting.effective_counts(counts_now, step, num_steps,
                                   count_half_life),
         alpha, max_learning_rate)
-    table = add_to_rows(table, touched.rows,
-                        _step_size_update(touched.grads, eta))
+    table = add_scaled_occurrences(table, touched, eta)
     new_state = transform.ScaleByCountedFrequencyState(
         count=step,
         row_counts=set_rows(state.row_counts, touched.rows, counts),
@@ -357,14 +389,14 @@ def sparse_fa_sgd(
     check_rows(table)
     return dense.init(table)
 
-  def apply_rows(table, state, touched, row_frequencies):
+  def apply_rows(table, state, ids, grads, row_frequencies):
+    # Step sizes come from fixed frequencies: no need to find distinct rows.
     alpha = counting.learning_rate_at(learning_rate, state.count)
-    touched_frequencies = gather_rows(row_frequencies, touched.rows)
     eta = counting.step_sizes(
-        jnp.asarray(num_steps, jnp.float32) * touched_frequencies, alpha,
-        max_learning_rate)
-    table = add_to_rows(table, touched.rows,
-                        _step_size_update(touched.grads, eta))
+        jnp.asarray(num_steps, jnp.float32) * gather_rows(row_frequencies, ids),
+        alpha, max_learning_rate)
+    table = add_to_rows(table, ids, -counting.scale_rows(grads, eta),
+                        indices_are_sorted=False)
     return table, transform.ScaleByKnownFrequencyState(
         count=optax.safe_increment(state.count))
 
@@ -412,7 +444,8 @@ def sparse_rowwise_adagrad(
     _check_table(table)
     return dense.init(table)
 
-  def apply_rows(table, state, touched):
+  def apply_rows(table, state, ids, grads):
+    touched = touched_rows(ids, grads, table.shape[0])
     adagrad_state, schedule_state = state
     if callable(learning_rate):
       alpha = learning_rate(schedule_state.count)
@@ -420,12 +453,13 @@ def sparse_rowwise_adagrad(
           count=optax.safe_increment(schedule_state.count))
     else:
       alpha = learning_rate
+    grads = summed_grads(touched)
     accumulators = (gather_rows(adagrad_state.accumulators, touched.rows)
-                    + rowwise_adagrad_lib.row_mean_squares(touched.grads))
+                    + rowwise_adagrad_lib.row_mean_squares(grads))
     scale = (jnp.asarray(alpha, jnp.float32)
              * rowwise_adagrad_lib.rowwise_scale(accumulators, epsilon))
     table = add_to_rows(table, touched.rows,
-                        _step_size_update(touched.grads, scale))
+                        -counting.scale_rows(grads, scale))
     new_adagrad_state = rowwise_adagrad_lib.ScaleByRowwiseAdagradState(
         accumulators=set_rows(adagrad_state.accumulators, touched.rows,
                               accumulators))
