@@ -30,21 +30,6 @@ import numpy as np
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
 
-_SWEEP = flags.DEFINE_string(
-    'sweep', None, 'sweep.json from compare.py: ours runs with each model\'s '
-    'best cf_sgd learning rate and the sweep\'s settings.')
-_OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd',
-                                 'Our optimizer in the comparison.')
-_UPDATE = flags.DEFINE_enum('update', 'scatter', train.UPDATES,
-                             'How our tables are updated.')
-_OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
-_MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
-_REPEATS = flags.DEFINE_integer(
-    'repeats', 3, 'Back-to-back gensim/ours pairs per model (the machine is '
-    'shared, so single timings are noisy).')
-
-
 def train_gensim(config: train.Config, data: train.Data,
                  train_sentences: input_pipeline.Sentences, workers: int):
   """gensim Word2Vec with `config`'s settings; returns (model, stats)."""
@@ -97,7 +82,8 @@ def best_learning_rate(sweep: dict, model: str, optimizer: str) -> float:
           if r['model'] == model and r['optimizer'] == optimizer and
           r.get('max_learning_rate') is None]
   if not runs:
-    raise ValueError(f'{_SWEEP.value} has no {model} {optimizer} runs.')
+    raise ValueError(f'The sweep has no {model} {optimizer} runs without '
+                     'max_learning_rate.')
   return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
 
 
@@ -168,5 +154,21 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when this file runs as a script: tests import its
+  # functions into processes that also hold other examples' flags
+  # (--sweep, --optimizer), which absl would reject as duplicates.
+  _SWEEP = flags.DEFINE_string(
+      'sweep', None, 'sweep.json from compare.py: ours runs with each model\'s '
+      'best cf_sgd learning rate and the sweep\'s settings.')
+  _OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd',
+                                   'Our optimizer in the comparison.')
+  _UPDATE = flags.DEFINE_enum('update', 'scatter', train.UPDATES,
+                               'How our tables are updated.')
+  _OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
+  _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
+  _MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+  _REPEATS = flags.DEFINE_integer(
+      'repeats', 3, 'Back-to-back gensim/ours pairs per model (the machine is '
+      'shared, so single timings are noisy).')
   flags.mark_flags_as_required(['sweep', 'out'])
   app.run(main)
