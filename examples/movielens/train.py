@@ -207,6 +207,23 @@ def make_sparse_optimizers(
   return sparse_txs, dense_tx
 
 
+def _scan_epoch(train_step):
+  """Jits one epoch of `train_step` over the batches that `batch_indices` picks.
+
+  The training state is donated, so each epoch updates it in place.
+  """
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_epoch(state, feature_ids, feature_values, labels, batch_indices):
+    batches = (
+        feature_ids[batch_indices], feature_values[batch_indices],
+        labels[batch_indices],
+    )
+    return jax.lax.scan(train_step, state, batches)
+
+  return train_epoch
+
+
 def make_sparse_train_epoch(
     graphdef: nnx.GraphDef,
     sparse_txs: Mapping[str, Any],
@@ -246,15 +263,7 @@ def make_sparse_train_epoch(
         'opt_state': {'dense': dense_state, 'sparse': sparse_states},
     }, loss
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_epoch(state, feature_ids, feature_values, labels, batch_indices):
-    batches = (
-        feature_ids[batch_indices], feature_values[batch_indices],
-        labels[batch_indices],
-    )
-    return jax.lax.scan(train_step, state, batches)
-
-  return train_epoch
+  return _scan_epoch(train_step)
 
 
 def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
@@ -282,15 +291,7 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
     params = optax.apply_updates(state['params'], updates)
     return {'params': params, 'opt_state': opt_state}, loss
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_epoch(state, feature_ids, feature_values, labels, batch_indices):
-    batches = (
-        feature_ids[batch_indices], feature_values[batch_indices],
-        labels[batch_indices],
-    )
-    return jax.lax.scan(train_step, state, batches)
-
-  return train_epoch
+  return _scan_epoch(train_step)
 
 
 def make_predict(graphdef: nnx.GraphDef):
