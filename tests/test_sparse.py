@@ -224,6 +224,23 @@ class SparseBehaviourTest(parameterized.TestCase):
     visit(jaxpr.jaxpr)
     self.assertEqual(offenders, [])
 
+  @parameterized.parameters(*ALL_OPTIMIZERS)
+  def test_compiled_step_copies_no_state_or_table(self, name):
+    """XLA copies a whole array when a scatter may race a gather from it."""
+    _, sparse, _ = _optimizers(name)
+    num_rows = 100_003  # A size no other array in the step has.
+    if name == 'fa_sgd':
+      sparse = fasgd_optax.sparse_fa_sgd(
+          0.8, np.ones(num_rows, np.float32), num_steps=50)
+    table = jnp.zeros((num_rows, DIM), jnp.float32)
+    state = sparse.init(table)
+    step = jax.jit(sparse.apply, donate_argnums=(0, 1))
+    hlo = step.lower(table, state, jnp.arange(64) % 7,
+                     jnp.ones((64, DIM))).compile().as_text()
+    copies = [line.strip() for line in hlo.splitlines()
+              if ' copy(' in line and str(num_rows) in line.split('copy(')[0]]
+    self.assertEqual(copies, [])
+
   def test_bad_ids_raise_outside_jit(self):
     sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)
     table = jnp.zeros((6, 2))
@@ -324,6 +341,29 @@ class SparseBehaviourTest(parameterized.TestCase):
       fasgd_optax.sparse_cf_sgd(1.0, num_steps=10, count_half_life=0.0)
     with self.assertRaisesRegex(ValueError, 'epsilon'):
       fasgd_optax.sparse_rowwise_adagrad(1.0, epsilon=0.0)
+
+
+class SaturationTest(absltest.TestCase):
+
+  def test_counts_saturate_at_int32_max_and_match_dense(self):
+    int32_max = 2**31 - 1
+    near_max = jnp.array([int32_max - 1, 5, int32_max], jnp.int32)
+    ids = jnp.array([0, 0, 0, 1, 2])
+    row_grads = jnp.ones((5, 2))
+    sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)
+    dense = fasgd_optax.cf_sgd(1.0, num_steps=10)
+    table = jnp.zeros((3, 2))
+    dense_state = dense.init(table)
+    dense_state = (dense_state[0]._replace(row_counts=near_max),) + dense_state[1:]
+    grads = jnp.zeros((3, 2)).at[ids].add(row_grads)
+    updates, dense_state = dense.update(grads, dense_state, table, ids=ids)
+    sparse_table, sparse_state = sparse.apply(
+        jnp.zeros((3, 2)), sparse.init(table)._replace(row_counts=near_max),
+        ids, row_grads)
+    np.testing.assert_array_equal(sparse_state.row_counts,
+                                  [int32_max, 6, int32_max])
+    chex.assert_trees_all_equal(sparse_state, dense_state[0])
+    chex.assert_trees_all_close(sparse_table, updates, rtol=1e-6)
 
 
 class ShardedTableTest(parameterized.TestCase):

@@ -190,18 +190,29 @@ def add_to_rows(table: jax.Array, rows: jax.Array, delta: jax.Array, *,
                             **_scatter_kwargs(table))
 
 
-def add_scaled_occurrences(table: jax.Array, touched: TouchedRows,
-                           row_scale: jax.Array) -> jax.Array:
-  """``table`` minus ``row_scale[row] · grad`` for every occurrence.
+def add_scaled_occurrences(table: jax.Array, ids: jax.Array,
+                           grads: jax.Array, scale: jax.Array) -> jax.Array:
+  """``table`` minus ``scale[i] · grads[i]`` at row ``ids[i]``, per occurrence.
 
-  Adding each occurrence's scaled gradient equals adding the row's scaled
-  summed gradient when the scale is per row, and skips summing the B×d
-  gradients first, the costliest part of the step on CPU.
+  With a per-row scale (every occurrence of a row gets the same), this equals
+  adding each row's scaled summed gradient, without summing the B×d gradients
+  or finding the distinct rows first: the costliest parts of a step on CPU.
   """
-  return add_to_rows(table, touched.ids,
-                     -counting.scale_rows(touched.grads,
-                                          row_scale[touched.slots]),
+  return add_to_rows(table, ids, -counting.scale_rows(grads, scale),
                      indices_are_sorted=False)
+
+
+def scatter_rows(values: jax.Array, ids: jax.Array, new: jax.Array, *,
+                 add: bool = False) -> jax.Array:
+  """``values[ids] = new`` (or ``+= new``) for unsorted, repeated `ids`.
+
+  Out-of-range ids (``num_rows``) are dropped. Repeated ids of a set must
+  carry equal values, so the write order does not matter.
+  """
+  at = values.at[ids]
+  update = at.add if add else at.set
+  return update(new.astype(values.dtype), mode='drop',
+                **_scatter_kwargs(values))
 
 
 def _check_table(table: Any) -> None:
@@ -223,7 +234,7 @@ def _checked_arguments(table, ids, row_grads):
         f'(ids shape {tuple(ids.shape)}, table shape {tuple(table.shape)}); '
         f'got {tuple(row_grads.shape)}.')
   # Concrete ids raise a ValueError naming the bad value; traced ones get a
-  # checkify check. Either way `touched_rows` drops them.
+  # checkify check. Either way `flat_batch` sends them out of bounds.
   checks.check_ids_in_range(ids, table.shape[0], _TABLE)
   return ids, row_grads
 
@@ -318,27 +329,42 @@ def sparse_cf_sgd(
     return dense.init(table)
 
   def apply_rows(table, state, ids, grads):
-    touched = touched_rows(ids, grads, table.shape[0])
+    # Each occurrence is added to its row's count and its scaled gradient to
+    # its row: O(B) gathers and scatters, no sort to find distinct rows.
     step = optax.safe_increment(state.count)
     alpha = counting.learning_rate_at(learning_rate, state.count)
-    stored_counts = gather_rows(state.row_counts, touched.rows)
-    stored_last = (None if count_half_life is None
-                   else gather_rows(state.row_last_step, touched.rows))
-    counts, last_step, counts_now = counting.updated_counts(
-        stored_counts, stored_last, touched.multiplicities, step,
-        count_half_life)
+    occurrences = jnp.ones(ids.shape, state.row_counts.dtype)
+    # Every scatter into a state array below either comes before any gather
+    # from it or writes values computed from that gather: otherwise XLA may
+    # order them either way and copies the whole array to be safe (O(N)).
+    if count_half_life is None:
+      row_counts = scatter_rows(state.row_counts, ids, occurrences, add=True)
+      counts_now = gather_rows(row_counts, ids)
+      # Counts are never negative, so a negative one was pushed past 2^31 - 1
+      # and wrapped around: pin it at the maximum.
+      wrapped = counts_now < 0
+      counts_now = jnp.where(wrapped, counting.INT32_MAX, counts_now)
+      row_counts = scatter_rows(
+          row_counts, jnp.where(wrapped, ids, table.shape[0]), counts_now)
+      row_last_step = None
+    else:
+      # Decay each touched row's stored count to this step, then add.
+      last_seen = gather_rows(state.row_last_step, ids)
+      decayed = (gather_rows(state.row_counts, ids)
+                 * counting.decay_factor(step - last_seen, count_half_life))
+      row_counts = scatter_rows(state.row_counts, ids, decayed)
+      row_counts = scatter_rows(row_counts, ids, occurrences, add=True)
+      # max(last_seen, step) is `step`, written from the gathered value.
+      row_last_step = scatter_rows(state.row_last_step, ids,
+                                   jnp.maximum(last_seen, step))
+      counts_now = gather_rows(row_counts, ids)
     eta = counting.step_sizes(
-        counting.effective_counts(counts_now, step, num_steps,
-                                  count_half_life),
+        counting.effective_counts(counts_now.astype(jnp.float32), step,
+                                  num_steps, count_half_life),
         alpha, max_learning_rate)
-    table = add_scaled_occurrences(table, touched, eta)
-    new_state = transform.ScaleByCountedFrequencyState(
-        count=step,
-        row_counts=set_rows(state.row_counts, touched.rows, counts),
-        row_last_step=(None if count_half_life is None else set_rows(
-            state.row_last_step, touched.rows, last_step)),
-    )
-    return table, new_state
+    table = add_scaled_occurrences(table, ids, grads, eta)
+    return table, transform.ScaleByCountedFrequencyState(
+        count=step, row_counts=row_counts, row_last_step=row_last_step)
 
   return SparseTransformation(init, _make_apply(apply_rows, axis_name))
 
@@ -395,8 +421,7 @@ def sparse_fa_sgd(
     eta = counting.step_sizes(
         jnp.asarray(num_steps, jnp.float32) * gather_rows(row_frequencies, ids),
         alpha, max_learning_rate)
-    table = add_to_rows(table, ids, -counting.scale_rows(grads, eta),
-                        indices_are_sorted=False)
+    table = add_scaled_occurrences(table, ids, grads, eta)
     return table, transform.ScaleByKnownFrequencyState(
         count=optax.safe_increment(state.count))
 
