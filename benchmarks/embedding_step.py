@@ -37,7 +37,7 @@ import fasgd_optax
 DENSE_OPTIMIZERS = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd',
                     'cf_sgd')
 SPARSE_OPTIMIZERS = ('sparse_cf_sgd', 'sparse_fa_sgd',
-                     'sparse_rowwise_adagrad')
+                     'sparse_rowwise_adagrad', 'no_update')
 ALL_OPTIMIZERS = DENSE_OPTIMIZERS + SPARSE_OPTIMIZERS
 
 # Peak memory of one step, in tables' worth of bytes (table, gradient, update
@@ -45,7 +45,7 @@ ALL_OPTIMIZERS = DENSE_OPTIMIZERS + SPARSE_OPTIMIZERS
 TABLES_IN_MEMORY = {
     'sgd': 3, 'adagrad': 4, 'adam': 5, 'rowwise_adagrad': 3, 'fa_sgd': 3,
     'cf_sgd': 3, 'sparse_cf_sgd': 1, 'sparse_fa_sgd': 1,
-    'sparse_rowwise_adagrad': 1,
+    'sparse_rowwise_adagrad': 1, 'no_update': 1,
 }
 
 _NUM_ROWS = flags.DEFINE_list(
@@ -155,6 +155,12 @@ def sparse_optimizer(name: str, frequencies: np.ndarray, num_steps: int):
                                      num_steps=num_steps)
   if name == 'sparse_rowwise_adagrad':
     return fasgd_optax.sparse_rowwise_adagrad(LEARNING_RATE)
+  if name == 'no_update':
+    # The sparse step's own part, the gather and the loss, with no update:
+    # what any sparse optimizer's step costs at least.
+    return fasgd_optax.SparseTransformation(
+        lambda table: optax.EmptyState(),
+        lambda table, state, ids, row_grads: (table, state))
   raise ValueError(f'Unknown sparse optimizer {name!r}.')
 
 

@@ -18,13 +18,15 @@ _OUTPUT = flags.DEFINE_string(
     'Markdown file to write; "-" prints to stdout.')
 
 ORDER = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd',
-         'sparse_cf_sgd', 'sparse_fa_sgd', 'sparse_rowwise_adagrad')
+         'sparse_cf_sgd', 'sparse_fa_sgd', 'sparse_rowwise_adagrad',
+         'no_update')
 LABELS = {
     'sgd': '`optax.sgd`', 'adagrad': '`optax.adagrad`',
     'adam': '`optax.adam`', 'rowwise_adagrad': 'row-wise Adagrad',
     'fa_sgd': 'FA-SGD', 'cf_sgd': 'CF-SGD',
     'sparse_cf_sgd': 'CF-SGD, sparse', 'sparse_fa_sgd': 'FA-SGD, sparse',
     'sparse_rowwise_adagrad': 'row-wise Adagrad, sparse',
+    'no_update': 'gather and loss only (no update)',
 }
 
 
