@@ -11,7 +11,13 @@ For each table size N and optimizer it reports the median step time over
 at least ``--steps`` steps (more for fast steps, up to ``--min_seconds`` of
 timing) after ``--warmup`` steps, and the optimizer state's bytes
 (summed over the state pytree's arrays; FA-SGD's per-row frequencies, held
-outside its state, are reported separately). Results go to ``<output>/<name>.json``
+outside its state, are reported separately). With ``--repeats`` > 1 every
+(N, optimizer) pair is timed that many times, in rounds that go through all
+optimizers before the next, so that a slow spell on a shared machine touches
+every optimizer alike; the reported median is the median of the rounds'
+medians. ``--nodonate`` times the same steps without donating the table and the
+state, as a ``jax.jit`` without ``donate_argnums`` does: every step then writes
+a fresh table and state. Results go to ``<output>/<name>.json``
 and ``<output>/<name>.png``; ``make_table.py`` renders the JSON as Markdown.
 
   python benchmarks/embedding_step.py --output benchmarks/results --name cpu
@@ -47,6 +53,8 @@ TABLES_IN_MEMORY = {
     'cf_sgd': 3, 'sparse_cf_sgd': 1, 'sparse_fa_sgd': 1,
     'sparse_rowwise_adagrad': 1, 'no_update': 1,
 }
+# Tables' worth of optimizer state, written anew each step without donation.
+STATE_TABLES = {'adagrad': 1, 'adam': 2}
 
 _NUM_ROWS = flags.DEFINE_list(
     'num_rows', ['10000', '100000', '1000000', '10000000'],
@@ -64,6 +72,14 @@ _MAX_STEPS = flags.DEFINE_integer('max_steps', 1000,
                                   'Timed steps at most.')
 _WARMUP = flags.DEFINE_integer(
     'warmup', 2, 'Untimed steps first (the first one compiles).')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 1,
+    'Times each (N, optimizer) pair this many times, in interleaved rounds; '
+    'the median of the rounds\' medians is reported.')
+_DONATE = flags.DEFINE_boolean(
+    'donate', True,
+    'Donate the table and the optimizer state to the jitted step (updates in '
+    'place). --nodonate times what a jit without donate_argnums does.')
 _OPTIMIZERS = flags.DEFINE_list(
     'optimizers', list(ALL_OPTIMIZERS),
     f'Optimizers to time, from {", ".join(ALL_OPTIMIZERS)}.')
@@ -167,6 +183,7 @@ def sparse_optimizer(name: str, frequencies: np.ndarray, num_steps: int):
 def make_step(name: str, frequencies: np.ndarray, num_steps: int,
               weights: jax.Array) -> tuple[Callable[..., Any], Any]:
   """(jitted step(table, state, ids, targets), init) for optimizer `name`."""
+  donated = (0, 1) if _DONATE.value else ()
   if name in SPARSE_OPTIMIZERS:
     sparse = sparse_optimizer(name, frequencies, num_steps)
 
@@ -176,7 +193,7 @@ def make_step(name: str, frequencies: np.ndarray, num_steps: int,
       table, state = sparse.apply(table, state, ids, row_grads)
       return table, state, loss
 
-    return jax.jit(sparse_step, donate_argnums=(0, 1)), sparse.init
+    return jax.jit(sparse_step, donate_argnums=donated), sparse.init
 
   tx = dense_optimizer(name, frequencies, num_steps)
 
@@ -186,19 +203,16 @@ def make_step(name: str, frequencies: np.ndarray, num_steps: int,
     updates, state = tx.update(grads, state, table, ids=ids)
     return optax.apply_updates(table, updates), state, loss
 
-  return jax.jit(dense_step, donate_argnums=(0, 1)), tx.init
+  return jax.jit(dense_step, donate_argnums=donated), tx.init
 
 
 def tree_bytes(tree: Any) -> int:
   return int(sum(leaf.nbytes for leaf in jax.tree.leaves(tree)))
 
 
-def time_optimizer(name: str, num_rows: int, batches, frequencies,
-                   weights) -> dict[str, Any]:
-  """Median step time and state bytes for one optimizer and table size."""
+def time_steps(step, init, num_rows: int, batches) -> dict[str, Any]:
+  """Step times (s) on a fresh table, and the state's and table's bytes."""
   steps, warmup = _STEPS.value, _WARMUP.value
-  # The horizon T only scales step sizes; it does not change the work.
-  step, init = make_step(name, frequencies, steps + warmup, weights)
   table = make_table(num_rows, _DIM.value)
   params_bytes = tree_bytes(table)
   state = init(table)
@@ -214,23 +228,44 @@ def time_optimizer(name: str, num_rows: int, batches, frequencies,
     if i >= warmup:
       times.append(time.perf_counter() - start)
     i += 1
-  if not np.isfinite(float(loss)):
-    raise FloatingPointError(f'{name} at N={num_rows}: loss is {loss}.')
-  del table, state
-  return {
-      'optimizer': name,
-      'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
-      'num_rows': num_rows,
-      'median_ms': 1e3 * statistics.median(times),
-      'min_ms': 1e3 * min(times),
-      'max_ms': 1e3 * max(times),
-      'timed_steps': len(times),
-      'state_bytes': state_bytes,
-      # FA-SGD keeps its per-row frequencies outside the state, as constants.
-      'frequencies_bytes': (int(frequencies.nbytes) if 'fa_sgd' in name
-                            else 0),
-      'params_bytes': params_bytes,
-  }
+  return {'times': times, 'loss': float(loss), 'state_bytes': state_bytes,
+          'params_bytes': params_bytes}
+
+
+def time_rounds(names: list[str], num_rows: int, batches, frequencies,
+                weights) -> list[dict[str, Any]]:
+  """Times each optimizer in `names` in `--repeats` interleaved rounds."""
+  # The horizon T only scales step sizes; it does not change the work.
+  steps = {name: make_step(name, frequencies, _STEPS.value + _WARMUP.value,
+                           weights) for name in names}
+  rounds = {name: [] for name in names}
+  for _ in range(_REPEATS.value):
+    for name in names:
+      measured = time_steps(*steps[name], num_rows, batches)
+      if not np.isfinite(measured['loss']):
+        raise FloatingPointError(
+            f'{name} at N={num_rows}: loss is {measured["loss"]}.')
+      rounds[name].append(measured)
+  results = []
+  for name in names:
+    medians = [1e3 * statistics.median(m['times']) for m in rounds[name]]
+    all_times = [t for m in rounds[name] for t in m['times']]
+    results.append({
+        'optimizer': name,
+        'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
+        'num_rows': num_rows,
+        'median_ms': statistics.median(medians),
+        'round_medians_ms': medians,
+        'min_ms': 1e3 * min(all_times),
+        'max_ms': 1e3 * max(all_times),
+        'timed_steps': len(all_times),
+        'state_bytes': rounds[name][0]['state_bytes'],
+        # FA-SGD keeps its per-row frequencies outside the state, as constants.
+        'frequencies_bytes': (int(frequencies.nbytes) if 'fa_sgd' in name
+                              else 0),
+        'params_bytes': rounds[name][0]['params_bytes'],
+    })
+  return results
 
 
 def machine_description() -> dict[str, Any]:
@@ -318,17 +353,24 @@ def main(argv):
       targets = rng.normal(size=(_BATCH.value,)).astype(np.float32)
       batches.append((jnp.asarray(ids), jnp.asarray(targets)))
     table_gb = num_rows * _DIM.value * 4 / 1e9
+    timed = []
     for name in _OPTIMIZERS.value:
-      estimate_gb = TABLES_IN_MEMORY[name] * table_gb
+      tables = TABLES_IN_MEMORY[name]
+      if not _DONATE.value:
+        tables += 1 + STATE_TABLES.get(name, 0)
+      estimate_gb = tables * table_gb
       if estimate_gb > _MAX_MEMORY_GB.value:
         result = {
             'optimizer': name, 'num_rows': num_rows,
             'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
-            'skipped': (f'needs about {estimate_gb:.1f} GB '
+            'skipped': (f'needs about {tables} tables, {estimate_gb:.3g} GB '
                         f'> --max_memory_gb={_MAX_MEMORY_GB.value}'),
         }
+        results.append(result)
+        print(json.dumps(result), flush=True)
       else:
-        result = time_optimizer(name, num_rows, batches, frequencies, weights)
+        timed.append(name)
+    for result in time_rounds(timed, num_rows, batches, frequencies, weights):
       results.append(result)
       print(json.dumps(result), flush=True)
     del batches, frequencies
@@ -343,6 +385,7 @@ def main(argv):
       'config': {
           'dim': _DIM.value, 'batch': _BATCH.value, 'steps': _STEPS.value,
           'warmup': _WARMUP.value, 'min_seconds': _MIN_SECONDS.value,
+          'repeats': _REPEATS.value, 'donate': _DONATE.value,
           'max_steps': _MAX_STEPS.value,
           'zipf_exponent': _ZIPF_EXPONENT.value,
           'num_batches': _NUM_BATCHES.value, 'dtype': 'float32',

@@ -153,12 +153,44 @@ def targets(results, dim: int) -> list[str]:
   lines.append('| CF-SGD sparse step ≥ 100× faster than `optax.sgd`, N = 1e6 | '
                + ('' if value is None else f'{value:.0f}×') + ' | '
                + _verdict(None if value is None else value >= 100) + ' |')
+  large, small = (_find(results, 'sparse_cf_sgd', n)
+                  for n in (10_000_000, 100_000))
   value = ratio(_median(results, 'sparse_cf_sgd', 10_000_000),
                 _median(results, 'sparse_cf_sgd', 100_000))
+  spread = ''
+  if value is not None and len(large.get('round_medians_ms', [])) > 1:
+    # Round i of every optimizer ran close in time, at each size.
+    round_ratios = [a / b for a, b in zip(large['round_medians_ms'],
+                                          small['round_medians_ms'])]
+    spread = (f' (rounds: {min(round_ratios):.2f}× to '
+              f'{max(round_ratios):.2f}×)')
   lines.append('| CF-SGD sparse step grows < 1.5× from N = 1e5 to 1e7 | '
-               + ('' if value is None else f'{value:.2f}×') + ' | '
+               + ('' if value is None else f'{value:.2f}×{spread}') + ' | '
                + _verdict(None if value is None else value < 1.5) + ' |')
   return lines
+
+
+def _method(config: dict[str, Any]) -> str:
+  donate = config.get('donate', True)
+  repeats = config.get('repeats', 1)
+  text = ('One jitted training step (loss over the gathered rows, its '
+          "gradient and the optimizer's update, "
+          + ('table and optimizer state donated' if donate else
+             'table and optimizer state **not** donated, so each step writes '
+             'a fresh table and state')
+          + f") on an N × {config['dim']} float32 table with batches of "
+          f"{config['batch']} Zipf ids (exponent {config['zipf_exponent']}). "
+          f"Median over at least {config['steps']} steps (fast steps: as many "
+          f"as fit in {config.get('min_seconds', 0)} s, at most "
+          f"{config.get('max_steps', config['steps'])}) after "
+          f"{config['warmup']} warm-up steps")
+  if repeats > 1:
+    text += (f'; each pair timed in {repeats} rounds (every optimizer of a '
+             'size once per round, on a fresh table) and the median of the '
+             "rounds' medians reported")
+  return text + ('. Dense optimizers take the gradient w.r.t. the whole table '
+                 'and update all of it; sparse ones take it w.r.t. the '
+                 'gathered rows and update only those.')
 
 
 def render(report: dict[str, Any], json_name: str) -> str:
@@ -168,17 +200,7 @@ def render(report: dict[str, Any], json_name: str) -> str:
   lines = [
       '# Embedding step benchmark',
       '',
-      'One jitted training step (loss over the gathered rows, its gradient and '
-      "the optimizer's update, table and optimizer state donated) on an N × "
-      f"{config['dim']} float32 table with batches of {config['batch']} "
-      f"Zipf ids (exponent {config['zipf_exponent']}). Median over at least "
-      f"{config['steps']} steps (fast steps: as many as fit in "
-      f"{config.get('min_seconds', 0)} s, at most "
-      f"{config.get('max_steps', config['steps'])}) after {config['warmup']} "
-      'warm-up steps. '
-      'Dense optimizers take the gradient w.r.t. the whole table and update '
-      'all of it; sparse ones take it w.r.t. the gathered rows and update only '
-      'those.',
+      _method(config),
       '',
       f'Made by `{report["command"]}` on {machine["cpu"]} '
       f'({machine["cpu_count"]} cores, JAX {machine["jax_version"]}, backend '
