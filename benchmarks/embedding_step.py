@@ -17,7 +17,10 @@ optimizers before the next, so that a slow spell on a shared machine touches
 every optimizer alike; the reported median is the median of the rounds'
 medians. ``--nodonate`` times the same steps without donating the table and the
 state, as a ``jax.jit`` without ``donate_argnums`` does: every step then writes
-a fresh table and state. Results go to ``<output>/<name>.json``
+a fresh table and state. Each size's dense and sparse optimizers are timed in
+a fresh subprocess each (``--noisolate`` times everything in one process), so
+that no step is timed in the aftermath of another's large allocations. Results
+go to ``<output>/<name>.json``
 and ``<output>/<name>.png``; ``make_table.py`` renders the JSON as Markdown.
 
   python benchmarks/embedding_step.py --output benchmarks/results --name cpu
@@ -27,7 +30,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -76,6 +81,11 @@ _REPEATS = flags.DEFINE_integer(
     'repeats', 1,
     'Times each (N, optimizer) pair this many times, in interleaved rounds; '
     'the median of the rounds\' medians is reported.')
+_ISOLATE = flags.DEFINE_boolean(
+    'isolate', True,
+    'Measure each table size\'s dense and sparse optimizers in a fresh '
+    'subprocess each, so no step is timed in the aftermath of another '
+    'size\'s or path\'s allocations.')
 _DONATE = flags.DEFINE_boolean(
     'donate', True,
     'Donate the table and the optimizer state to the jitted step (updates in '
@@ -268,6 +278,75 @@ def time_rounds(names: list[str], num_rows: int, batches, frequencies,
   return results
 
 
+def measure_size(num_rows: int, names: list[str]) -> list[dict[str, Any]]:
+  """Results for each optimizer in `names` at one table size, in this process.
+
+  Ids, targets and weights come from a generator seeded with (seed, N), so a
+  size gets the same batches whichever process or order measures it.
+  """
+  rng = np.random.default_rng([_SEED.value, num_rows])
+  weights = jnp.asarray(rng.normal(size=(_DIM.value,)), jnp.float32)
+  frequencies = (_BATCH.value * zipf_probabilities(
+      num_rows, _ZIPF_EXPONENT.value)).astype(np.float32)
+  batches = []
+  for _ in range(_NUM_BATCHES.value):
+    ids = zipf_ids(rng, num_rows, _ZIPF_EXPONENT.value, (_BATCH.value,))
+    targets = rng.normal(size=(_BATCH.value,)).astype(np.float32)
+    batches.append((jnp.asarray(ids), jnp.asarray(targets)))
+  table_gb = num_rows * _DIM.value * 4 / 1e9
+  results, timed = [], []
+  for name in names:
+    tables = TABLES_IN_MEMORY[name]
+    if not _DONATE.value:
+      tables += 1 + STATE_TABLES.get(name, 0)
+    estimate_gb = tables * table_gb
+    if estimate_gb > _MAX_MEMORY_GB.value:
+      result = {
+          'optimizer': name, 'num_rows': num_rows,
+          'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
+          'skipped': (f'needs about {tables} tables, {estimate_gb:.3g} GB '
+                      f'> --max_memory_gb={_MAX_MEMORY_GB.value}'),
+      }
+      results.append(result)
+      print(json.dumps(result), flush=True)
+    else:
+      timed.append(name)
+  for result in time_rounds(timed, num_rows, batches, frequencies, weights):
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  jax.clear_caches()
+  return results
+
+
+def measure_in_subprocess(num_rows: int,
+                          names: list[str]) -> list[dict[str, Any]]:
+  """`measure_size` in a fresh Python process with this run's flags.
+
+  A large dense step allocates and frees several tables' worth of memory;
+  timing the next optimizer in the same process measures that aftermath too
+  (on this project's CPU VM, sparse steps at N = 1e7 ran up to 2× slower right
+  after the dense ones). A fresh process per size and path is what a user's
+  training job sees.
+  """
+  with tempfile.TemporaryDirectory() as folder:
+    flagfile = os.path.join(folder, 'flags')
+    with open(flagfile, 'w') as f:
+      f.write(flags.FLAGS.flags_into_string())
+    command = [sys.executable, os.path.abspath(__file__),
+               f'--flagfile={flagfile}', f'--num_rows={num_rows}',
+               f'--optimizers={",".join(names)}', '--noisolate',
+               f'--output={folder}', '--name=part']
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                               check=False)
+    sys.stdout.write(completed.stdout)
+    if completed.returncode:
+      raise RuntimeError(
+          f'Measuring {names} at N={num_rows} in a subprocess failed with '
+          f'exit status {completed.returncode}; its stderr is above.')
+    with open(os.path.join(folder, 'part.json')) as f:
+      return json.load(f)['results']
+
+
 def machine_description() -> dict[str, Any]:
   cpu = platform.processor() or platform.machine()
   try:
@@ -339,42 +418,18 @@ def main(argv):
     raise app.UsageError(f'--num_rows must be positive; got {sizes}.')
 
   os.makedirs(_OUTPUT.value, exist_ok=True)
-  rng = np.random.default_rng(_SEED.value)
-  weights = jnp.asarray(rng.normal(size=(_DIM.value,)), jnp.float32)
   load_before = load_average()
   started = time.time()
   results = []
   for num_rows in sizes:
-    frequencies = (_BATCH.value * zipf_probabilities(
-        num_rows, _ZIPF_EXPONENT.value)).astype(np.float32)
-    batches = []
-    for _ in range(_NUM_BATCHES.value):
-      ids = zipf_ids(rng, num_rows, _ZIPF_EXPONENT.value, (_BATCH.value,))
-      targets = rng.normal(size=(_BATCH.value,)).astype(np.float32)
-      batches.append((jnp.asarray(ids), jnp.asarray(targets)))
-    table_gb = num_rows * _DIM.value * 4 / 1e9
-    timed = []
-    for name in _OPTIMIZERS.value:
-      tables = TABLES_IN_MEMORY[name]
-      if not _DONATE.value:
-        tables += 1 + STATE_TABLES.get(name, 0)
-      estimate_gb = tables * table_gb
-      if estimate_gb > _MAX_MEMORY_GB.value:
-        result = {
-            'optimizer': name, 'num_rows': num_rows,
-            'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
-            'skipped': (f'needs about {tables} tables, {estimate_gb:.3g} GB '
-                        f'> --max_memory_gb={_MAX_MEMORY_GB.value}'),
-        }
-        results.append(result)
-        print(json.dumps(result), flush=True)
-      else:
-        timed.append(name)
-    for result in time_rounds(timed, num_rows, batches, frequencies, weights):
-      results.append(result)
-      print(json.dumps(result), flush=True)
-    del batches, frequencies
-    jax.clear_caches()
+    if not _ISOLATE.value:
+      results += measure_size(num_rows, _OPTIMIZERS.value)
+      continue
+    for path in ('dense', 'sparse'):
+      names = [name for name in _OPTIMIZERS.value
+               if (name in SPARSE_OPTIMIZERS) == (path == 'sparse')]
+      if names:
+        results += measure_in_subprocess(num_rows, names)
 
   report = {
       'command': ' '.join(['python'] + sys.argv),
@@ -386,6 +441,7 @@ def main(argv):
           'dim': _DIM.value, 'batch': _BATCH.value, 'steps': _STEPS.value,
           'warmup': _WARMUP.value, 'min_seconds': _MIN_SECONDS.value,
           'repeats': _REPEATS.value, 'donate': _DONATE.value,
+          'isolate': _ISOLATE.value,
           'max_steps': _MAX_STEPS.value,
           'zipf_exponent': _ZIPF_EXPONENT.value,
           'num_batches': _NUM_BATCHES.value, 'dtype': 'float32',

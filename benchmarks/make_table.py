@@ -188,6 +188,9 @@ def _method(config: dict[str, Any]) -> str:
     text += (f'; each pair timed in {repeats} rounds (every optimizer of a '
              'size once per round, on a fresh table) and the median of the '
              "rounds' medians reported")
+  if config.get('isolate'):
+    text += ('. Each size\'s dense and sparse optimizers ran in a fresh '
+             'process each')
   return text + ('. Dense optimizers take the gradient w.r.t. the whole table '
                  'and update all of it; sparse ones take it w.r.t. the '
                  'gathered rows and update only those.')

@@ -539,6 +539,13 @@ class BenchmarkScriptTest(absltest.TestCase):
       self.assertAlmostEqual(cf['median_ms'],
                              float(np.median(cf['round_medians_ms'])))
       self.assertTrue(report['config']['donate'])
+      # Each size's dense and sparse optimizers ran in a subprocess of their
+      # own, and their results came back in order, sizes first.
+      self.assertTrue(report['config']['isolate'])
+      self.assertEqual(
+          [(r['num_rows'], r['path']) for r in report['results']],
+          [(1000, 'dense')] * 2 + [(1000, 'sparse')] * 2
+          + [(2000, 'dense')] * 2 + [(2000, 'sparse')] * 2)
       self.assertEqual(by_name[('sparse_fa_sgd', 1000)]['frequencies_bytes'],
                        1000 * 4)
       markdown = subprocess.run(
@@ -561,7 +568,7 @@ class BenchmarkScriptTest(absltest.TestCase):
           [sys.executable, os.path.join(root, 'benchmarks', 'embedding_step.py'),
            '--num_rows=1000', '--dim=8', '--batch=64', '--steps=2',
            '--warmup=1', '--num_batches=2', '--max_memory_gb=0.00015',
-           '--min_seconds=0', '--nodonate',
+           '--min_seconds=0', '--nodonate', '--noisolate',
            '--optimizers=adagrad,sparse_cf_sgd',
            f'--output={output}', '--name=tiny'],
           check=True, env=env, capture_output=True, timeout=300)
