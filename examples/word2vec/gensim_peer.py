@@ -162,7 +162,7 @@ if __name__ == '__main__':
       'best cf_sgd learning rate and the sweep\'s settings.')
   _OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd',
                                    'Our optimizer in the comparison.')
-  _UPDATE = flags.DEFINE_enum('update', 'scatter', train.UPDATES,
+  _UPDATE = flags.DEFINE_enum('update', 'sparse', train.UPDATES,
                                'How our tables are updated.')
   _OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
   _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
