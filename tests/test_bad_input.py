@@ -44,7 +44,7 @@ class BadIdsTest(parameterized.TestCase):
                                   [1, 1, 0, 0, 0, 0])
 
   def test_out_of_range_ids_are_reported_by_checkify(self):
-    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10, checkify_ids=True)
     state = tx.init(_params())
     checked = jax.jit(checkify.checkify(
         lambda g, s, p, i: tx.update(g, s, p, ids={'embed': i})))
@@ -56,6 +56,27 @@ class BadIdsTest(parameterized.TestCase):
       error.throw()
     error, _ = checked(_grads(), state, _params(), jnp.array([2, 5, 1]))
     self.assertIsNone(error.get())
+
+  def test_jitted_update_has_no_check_unless_asked(self):
+    # A check is an effect, and a jitted function with effects loses JAX's
+    # fast dispatch path: the default step must carry none.
+    def effects(tx):
+      state = tx.init(_params())
+      return jax.make_jaxpr(
+          lambda g, s, p, i: tx.update(g, s, p, ids={'embed': i}))(
+              _grads(), state, _params(), jnp.array([2, 9])).effects
+
+    self.assertEmpty(effects(fasgd_optax.cf_sgd(0.1, num_steps=10)))
+    self.assertNotEmpty(
+        effects(fasgd_optax.cf_sgd(0.1, num_steps=10, checkify_ids=True)))
+    # Without the check, checkify sees nothing, and the bad id is dropped.
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    error, (_, state) = jax.jit(checkify.checkify(
+        lambda g, s, p, i: tx.update(g, s, p, ids={'embed': i})))(
+            _grads(), tx.init(_params()), _params(), jnp.array([2, 9]))
+    self.assertIsNone(error.get())
+    np.testing.assert_array_equal(state[0].row_counts['embed'],
+                                  [0, 0, 1, 0, 0, 0])
 
   def test_float_ids(self):
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10)

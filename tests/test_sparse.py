@@ -275,14 +275,34 @@ class SparseBehaviourTest(parameterized.TestCase):
       np.testing.assert_array_equal(
           np.flatnonzero(accumulators != accumulators[0]), [5])
 
-  def test_bad_ids_reported_by_checkify(self):
-    sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda **kw: fasgd_optax.sparse_cf_sgd(
+          1.0, num_steps=10, **kw)),
+      ('fa_sgd', lambda **kw: fasgd_optax.sparse_fa_sgd(
+          1.0, jnp.ones(6), num_steps=10, **kw)),
+      ('rowwise_adagrad', lambda **kw: fasgd_optax.sparse_rowwise_adagrad(
+          1.0, **kw)),
+  )
+  def test_bad_ids_reported_by_checkify_only_when_asked(self, make):
     table = jnp.zeros((6, 2))
-    checked = checkify.checkify(jax.jit(sparse.apply),
-                                errors=checkify.user_checks)
-    error, _ = checked(table, sparse.init(table), jnp.array([1, 7]),
-                       jnp.ones((2, 2)))
-    self.assertIn('got 7', error.get())
+    for checkify_ids in (True, False):
+      sparse = make(checkify_ids=checkify_ids)
+      state = sparse.init(table)
+      args = (table, state, jnp.array([1, 7]), jnp.ones((2, 2)))
+      # A check is an effect, which takes a jitted step off JAX's fast
+      # dispatch path: only there when asked for.
+      effects = jax.make_jaxpr(sparse.apply)(*args).effects
+      self.assertEqual(bool(effects), checkify_ids)
+      checked = checkify.checkify(jax.jit(sparse.apply),
+                                  errors=checkify.user_checks)
+      error, (new_table, _) = checked(*args)
+      if checkify_ids:
+        self.assertIn('got 7', error.get())
+      else:
+        self.assertIsNone(error.get())
+      # Either way only row 1 moved.
+      np.testing.assert_array_equal(
+          np.flatnonzero(np.any(np.asarray(new_table) != 0, axis=1)), [1])
 
   def test_empty_batch_only_counts_the_step(self):
     sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)

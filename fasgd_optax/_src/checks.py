@@ -71,16 +71,22 @@ def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
   return jnp.asarray(ids)
 
 
-def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str) -> None:
+def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str, *,
+                       checkify_traced: bool = False) -> None:
   """Rejects ids outside [0, num_rows).
 
   Outside `jit` this raises a ValueError naming the leaf and the first bad
-  value. Under `jit` it adds a `checkify.debug_check`: a no-op unless the caller
-  wraps the step in `jax.experimental.checkify.checkify`, where it reports the
-  bad value. Either way the counting code drops bad ids.
+  value. Under `jit`, with `checkify_traced`, it adds a `checkify.debug_check`:
+  a no-op unless the caller wraps the step in
+  `jax.experimental.checkify.checkify`, where it reports the bad value. It is
+  opt-in because a jitted function holding a check has an effect, which takes
+  every call off JAX's fast dispatch path (about 0.1-0.2 ms a step on CPU).
+  Either way the counting code drops bad ids.
   """
   name = leaf_path or '<root>'
   if is_traced(ids):
+    if not checkify_traced:
+      return
     flat = jnp.ravel(ids)
     if flat.size == 0:
       return

@@ -57,6 +57,7 @@ def leaf_increments(
     ids: Optional[Any],
     leaf_path: str,
     axis_name: Optional[str],
+    checkify_ids: bool = False,
 ) -> jax.Array:
   """This step's count increments for one leaf, shape ``row_shape(grad)``.
 
@@ -71,7 +72,8 @@ def leaf_increments(
     return increments
   ids = checks.check_ids_dtype(ids, leaf_path)
   rows = num_rows(grad)
-  checks.check_ids_in_range(ids, rows, leaf_path)
+  checks.check_ids_in_range(ids, rows, leaf_path,
+                            checkify_traced=checkify_ids)
   increments = id_increments(ids, rows)
   if axis_name is not None:
     increments = lax.psum(increments, axis_name)
