@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import app
 from absl import flags
@@ -366,7 +366,21 @@ def machine_description() -> dict[str, Any]:
       'jax_version': jax.__version__,
       'optax_version': optax.__version__,
       'python': platform.python_version(),
+      # Random row reads in a large table miss the TLB with 4 KiB pages; the
+      # kernel's transparent huge page mode and glibc's malloc tunables
+      # decide whether XLA's buffers get 2 MiB pages.
+      'transparent_hugepage': _read_first_line(
+          '/sys/kernel/mm/transparent_hugepage/enabled'),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
   }
+
+
+def _read_first_line(path: str) -> Optional[str]:
+  try:
+    with open(path) as f:
+      return f.readline().strip()
+  except OSError:
+    return None
 
 
 def load_average() -> list[float]:

@@ -196,6 +196,16 @@ def _method(config: dict[str, Any]) -> str:
                  'gathered rows and update only those.')
 
 
+def _pages(machine: dict[str, Any]) -> str:
+  """The huge page settings the run had, if it recorded them."""
+  if 'transparent_hugepage' not in machine:
+    return ''
+  text = f'; transparent huge pages {machine["transparent_hugepage"]!r}'
+  tunables = machine.get('glibc_tunables')
+  return text + (f', GLIBC_TUNABLES={tunables}' if tunables else
+                 ', no GLIBC_TUNABLES')
+
+
 def render(report: dict[str, Any], json_name: str) -> str:
   results = report['results']
   config = report['config']
@@ -207,7 +217,8 @@ def render(report: dict[str, Any], json_name: str) -> str:
       '',
       f'Made by `{report["command"]}` on {machine["cpu"]} '
       f'({machine["cpu_count"]} cores, JAX {machine["jax_version"]}, backend '
-      f'{machine["jax_backend"]}), in {report["total_seconds"]} s. The machine '
+      f'{machine["jax_backend"]}{_pages(machine)}), in '
+      f'{report["total_seconds"]} s. The machine '
       'is shared: load average (1, 5, 15 min) '
       f'{report["load_average_before"]} before and '
       f'{report["load_average_after"]} after the run. Rendered from '
