@@ -43,12 +43,8 @@ def cf_sgd(
       `pmap`/`shard_map` data parallelism.
     count_half_life: decay counts with this half-life in steps (float32
       counts plus one int32 "last seen" step per row).
-    checkify_ids: under `jit`, also add a `checkify.debug_check` that reports
-      out-of-range ids (naming the leaf and the value) when the step is
-      wrapped in `jax.experimental.checkify.checkify`. Off by default: a
-      jitted step holding a check has an effect and loses JAX's fast dispatch
-      path (about 0.1-0.2 ms a step). Bad ids are dropped either way, and
-      raise a ValueError outside `jit`.
+    checkify_ids: add a `checkify.debug_check` for out-of-range ids under
+      `jit` (off by default; see `scale_by_counted_frequency`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
