@@ -61,6 +61,11 @@ TABLES_IN_MEMORY = {
 # Tables' worth of optimizer state, written anew each step without donation.
 STATE_TABLES = {'adagrad': 1, 'adam': 2}
 
+
+def path_of(name: str) -> str:
+  """'sparse' or 'dense': how optimizer `name` takes gradients and updates."""
+  return 'sparse' if name in SPARSE_OPTIMIZERS else 'dense'
+
 _NUM_ROWS = flags.DEFINE_list(
     'num_rows', ['10000', '100000', '1000000', '10000000'],
     'Table sizes N (rows) to time.')
@@ -102,6 +107,9 @@ _MAX_MEMORY_GB = flags.DEFINE_float(
     'Skip a (N, optimizer) pair whose estimated peak memory exceeds this.')
 _OUTPUT = flags.DEFINE_string(
     'output', 'benchmarks/results', 'Folder for the JSON and PNG results.')
+_PLOT = flags.DEFINE_boolean(
+    'plot', True, 'Also write <output>/<name>.png (the subprocesses of '
+    '--isolate skip it: their parent plots every size).')
 _NAME = flags.DEFINE_string(
     'name', 'cpu', 'Results file stem: <output>/<name>.json and .png.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for ids and targets.')
@@ -262,7 +270,7 @@ def time_rounds(names: list[str], num_rows: int, batches, frequencies,
     all_times = [t for m in rounds[name] for t in m['times']]
     results.append({
         'optimizer': name,
-        'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
+        'path': path_of(name),
         'num_rows': num_rows,
         'median_ms': statistics.median(medians),
         'round_medians_ms': medians,
@@ -303,7 +311,7 @@ def measure_size(num_rows: int, names: list[str]) -> list[dict[str, Any]]:
     if estimate_gb > _MAX_MEMORY_GB.value:
       result = {
           'optimizer': name, 'num_rows': num_rows,
-          'path': 'sparse' if name in SPARSE_OPTIMIZERS else 'dense',
+          'path': path_of(name),
           'skipped': (f'needs about {tables} tables, {estimate_gb:.3g} GB '
                       f'> --max_memory_gb={_MAX_MEMORY_GB.value}'),
       }
@@ -324,8 +332,8 @@ def measure_in_subprocess(num_rows: int,
 
   A large dense step allocates and frees several tables' worth of memory;
   timing the next optimizer in the same process measures that aftermath too
-  (on this project's CPU VM, sparse steps at N = 1e7 ran up to 2× slower right
-  after the dense ones). A fresh process per size and path is what a user's
+  (on this project's CPU VM, sparse steps at N = 1e7 ran about 1.8× slower
+  right after the dense ones). A fresh process per size and path is what a user's
   training job sees.
   """
   with tempfile.TemporaryDirectory() as folder:
@@ -334,7 +342,7 @@ def measure_in_subprocess(num_rows: int,
       f.write(flags.FLAGS.flags_into_string())
     command = [sys.executable, os.path.abspath(__file__),
                f'--flagfile={flagfile}', f'--num_rows={num_rows}',
-               f'--optimizers={",".join(names)}', '--noisolate',
+               f'--optimizers={",".join(names)}', '--noisolate', '--noplot',
                f'--output={folder}', '--name=part']
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True,
                                check=False)
@@ -440,8 +448,7 @@ def main(argv):
       results += measure_size(num_rows, _OPTIMIZERS.value)
       continue
     for path in ('dense', 'sparse'):
-      names = [name for name in _OPTIMIZERS.value
-               if (name in SPARSE_OPTIMIZERS) == (path == 'sparse')]
+      names = [name for name in _OPTIMIZERS.value if path_of(name) == path]
       if names:
         results += measure_in_subprocess(num_rows, names)
 
@@ -466,9 +473,10 @@ def main(argv):
   json_path = os.path.join(_OUTPUT.value, f'{_NAME.value}.json')
   with open(json_path, 'w') as f:
     json.dump(report, f, indent=1)
-  plot(results, os.path.join(_OUTPUT.value, f'{_NAME.value}.png'),
-       f'One training step, d={_DIM.value}, B={_BATCH.value} Zipf ids '
-       f'({report["machine"]["jax_backend"]})')
+  if _PLOT.value:
+    plot(results, os.path.join(_OUTPUT.value, f'{_NAME.value}.png'),
+         f'One training step, d={_DIM.value}, B={_BATCH.value} Zipf ids '
+         f'({report["machine"]["jax_backend"]})')
   print(f'Wrote {json_path}')
 
 
