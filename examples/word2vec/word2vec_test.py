@@ -49,6 +49,19 @@ def tiny_config(**overrides):
   return config
 
 
+
+def train_on_both_paths(config, update: str):
+  """(dense run, `update` run) of `config`, after checking equal parameters."""
+  dense = train.train_and_evaluate(config, generated_corpus(200),
+                                   show_progress=False)
+  config.update = update
+  other = train.train_and_evaluate(config, generated_corpus(200),
+                                   show_progress=False)
+  chex.assert_trees_all_close(other['train_state']['params'],
+                              dense['train_state']['params'],
+                              atol=2e-5, rtol=2e-4)
+  return dense, other
+
 class VocabularyAndSubsamplingTest(absltest.TestCase):
 
   def test_vocabulary_counts_min_count_and_order(self):
@@ -277,14 +290,7 @@ class TrainTest(parameterized.TestCase):
     config = tiny_config(model=model, optimizer=optimizer,
                          learning_rate=LEARNING_RATES[optimizer],
                          evals_per_epoch=1)
-    dense = train.train_and_evaluate(config, generated_corpus(200),
-                                     show_progress=False)
-    config.update = update
-    sparse = train.train_and_evaluate(config, generated_corpus(200),
-                                      show_progress=False)
-    chex.assert_trees_all_close(sparse['train_state']['params'],
-                                dense['train_state']['params'],
-                                atol=2e-5, rtol=2e-4)
+    dense, sparse = train_on_both_paths(config, update)
     if optimizer == 'cf_sgd':
       dense_counts = optax.tree.get(dense['train_state']['opt_state'],
                                     'row_counts')
@@ -302,14 +308,7 @@ class TrainTest(parameterized.TestCase):
         tiny_config(optimizer='cf_sgd', learning_rate=100.0,
                     evals_per_epoch=1, update='scatter'),
         generated_corpus(200), show_progress=False)
-    dense = train.train_and_evaluate(config, generated_corpus(200),
-                                     show_progress=False)
-    config.update = update
-    capped = train.train_and_evaluate(config, generated_corpus(200),
-                                      show_progress=False)
-    chex.assert_trees_all_close(capped['train_state']['params'],
-                                dense['train_state']['params'],
-                                atol=2e-5, rtol=2e-4)
+    _, capped = train_on_both_paths(config, update)
     self.assertGreater(
         np.abs(np.asarray(capped['train_state']['params']['input_embed'][
             'embedding']) - np.asarray(uncapped['train_state']['params'][
