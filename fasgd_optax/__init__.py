@@ -10,6 +10,7 @@ from fasgd_optax._src.rowwise_adagrad import ScaleByRowwiseAdagradState
 from fasgd_optax._src.sparse import sparse_cf_sgd
 from fasgd_optax._src.sparse import sparse_fa_sgd
 from fasgd_optax._src.sparse import sparse_rowwise_adagrad
+from fasgd_optax._src.sparse import sparse_sgd
 from fasgd_optax._src.sparse import SparseTransformation
 from fasgd_optax._src.transform import scale_by_counted_frequency
 from fasgd_optax._src.transform import scale_by_known_frequency
@@ -29,6 +30,7 @@ __all__ = (
     'sparse_cf_sgd',
     'sparse_fa_sgd',
     'sparse_rowwise_adagrad',
+    'sparse_sgd',
     'SparseTransformation',
     'scale_by_counted_frequency',
     'scale_by_known_frequency',

@@ -45,6 +45,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from fasgd_optax._src import rows as rows_lib
 from fasgd_optax._src import sparse as sparse_lib
 from fasgd_optax._src import tree_args
 
@@ -120,7 +121,7 @@ class _Lookups:
           'passed to value_and_grad; look rows up from the model\'s own '
           'tables.')
     ids = jnp.asarray(ids)
-    rows = sparse_lib.gather_rows(jax.lax.stop_gradient(table.get_value()),
+    rows = rows_lib.gather_rows(jax.lax.stop_gradient(table.get_value()),
                                   ids)
     position = len(self.records)
     self.records.append((path, ids))
@@ -171,7 +172,7 @@ def lookup(table: SparseTable, ids: Any) -> jax.Array:
   lookups = getattr(_active, 'lookups', None)
   if lookups is not None:
     return lookups.lookup(table, ids)
-  return sparse_lib.gather_rows(table.get_value(), jnp.asarray(ids))
+  return rows_lib.gather_rows(table.get_value(), jnp.asarray(ids))
 
 
 def tables_by_path(model: Any) -> dict[str, SparseTable]:

@@ -20,43 +20,55 @@ def schedule(count):
 
 
 # name -> (dense transformation, sparse transformation, state of the dense
-# chain that the sparse state mirrors).
-def optimizers(name):
+# chain that the sparse state mirrors). `duplicates` picks the sparse path's
+# design: 'auto', 'scatter' (CPU's) or 'reduce' (accelerators').
+def optimizers(name, duplicates='auto'):
+  kwargs = dict(duplicates=duplicates)
   if name == 'cf_sgd':
-    kwargs = dict(num_steps=50)
-  elif name == 'cf_sgd_half_life_capped':
-    kwargs = dict(num_steps=50, count_half_life=2.0, max_learning_rate=0.15)
-  elif name == 'cf_sgd_no_horizon':
-    kwargs = dict(num_steps=None)
-  elif name == 'cf_sgdschedule':
+    return _cf_sgd(num_steps=50, **kwargs)
+  if name == 'cf_sgd_half_life_capped':
+    return _cf_sgd(num_steps=50, count_half_life=2.0, max_learning_rate=0.15,
+                   **kwargs)
+  if name == 'cf_sgd_no_horizon':
+    return _cf_sgd(num_steps=None, **kwargs)
+  if name == 'cf_sgd_schedule':
     return (fasgd_optax.cf_sgd(schedule, num_steps=50),
-            fasgd_optax.sparse_cf_sgd(schedule, num_steps=50),
+            fasgd_optax.sparse_cf_sgd(schedule, num_steps=50, **kwargs),
             lambda state: state[0])
-  elif name == 'fa_sgd':
+  if name == 'fa_sgd':
     return (fasgd_optax.fa_sgd(0.8, FREQUENCIES, num_steps=50,
                                max_learning_rate=0.3),
             fasgd_optax.sparse_fa_sgd(0.8, FREQUENCIES, num_steps=50,
-                                      max_learning_rate=0.3),
+                                      max_learning_rate=0.3, **kwargs),
             lambda state: state[0])
-  elif name == 'rowwise_adagrad':
+  if name == 'rowwise_adagrad':
     return (fasgd_optax.rowwise_adagrad(0.3, initial_accumulator_value=0.1),
             fasgd_optax.sparse_rowwise_adagrad(
-                0.3, initial_accumulator_value=0.1),
+                0.3, initial_accumulator_value=0.1, **kwargs),
             lambda state: state)
-  elif name == 'rowwise_adagradschedule':
+  if name == 'rowwise_adagrad_schedule':
     return (fasgd_optax.rowwise_adagrad(schedule),
-            fasgd_optax.sparse_rowwise_adagrad(schedule),
+            fasgd_optax.sparse_rowwise_adagrad(schedule, **kwargs),
             lambda state: state)
-  else:
-    raise ValueError(name)
+  if name == 'sgd':
+    return (optax.sgd(0.3), fasgd_optax.sparse_sgd(0.3, **kwargs),
+            lambda state: state)
+  if name == 'sgd_schedule':
+    return (optax.sgd(schedule), fasgd_optax.sparse_sgd(schedule, **kwargs),
+            lambda state: state)
+  raise ValueError(name)
+
+
+def _cf_sgd(duplicates, **kwargs):
   return (fasgd_optax.cf_sgd(0.8, **kwargs),
-          fasgd_optax.sparse_cf_sgd(0.8, **kwargs),
+          fasgd_optax.sparse_cf_sgd(0.8, duplicates=duplicates, **kwargs),
           lambda state: state[0])
 
 
 ALL_OPTIMIZERS = ('cf_sgd', 'cf_sgd_half_life_capped', 'cf_sgd_no_horizon',
-                  'cf_sgdschedule', 'fa_sgd', 'rowwise_adagrad',
-                  'rowwise_adagradschedule')
+                  'cf_sgd_schedule', 'fa_sgd', 'rowwise_adagrad',
+                  'rowwise_adagrad_schedule', 'sgd', 'sgd_schedule')
+DUPLICATE_MODES = ('scatter', 'reduce')
 
 
 def initial_table():

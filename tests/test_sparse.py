@@ -13,18 +13,19 @@ import numpy as np
 import optax
 
 import fasgd_optax
-from fasgd_optax._src import sparse as sparse_lib
+from fasgd_optax._src import rows as rows_lib
 from tests import reference
 from tests import sparse_cases as cases
-from tests.sparse_cases import ALL_OPTIMIZERS, DIM, ROWS
+from tests.sparse_cases import ALL_OPTIMIZERS, DIM, DUPLICATE_MODES, ROWS
 
 
 class DenseEquivalenceTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(*ALL_OPTIMIZERS)
-  def test_matches_dense_transformation(self, name):
-    dense, sparse, sparse_part = cases.optimizers(name)
+  @parameterized.product(name=ALL_OPTIMIZERS,
+                         duplicates=('auto',) + DUPLICATE_MODES)
+  def test_matches_dense_transformation(self, name, duplicates):
+    dense, sparse, sparse_part = cases.optimizers(name, duplicates)
     dense_table = jnp.asarray(cases.initial_table())
     dense_state = dense.init(dense_table)
     sparse_table = jnp.asarray(cases.initial_table())
@@ -43,9 +44,10 @@ class DenseEquivalenceTest(chex.TestCase):
     chex.assert_trees_all_close(sparse_state, sparse_part(dense_state),
                                 rtol=1e-5)
 
-  @parameterized.parameters('cf_sgd_half_life_capped', 'rowwise_adagrad')
-  def test_switch_from_dense_to_sparse_mid_training(self, name):
-    dense, sparse, sparse_part = cases.optimizers(name)
+  @parameterized.product(name=('cf_sgd_half_life_capped', 'rowwise_adagrad'),
+                         duplicates=DUPLICATE_MODES)
+  def test_switch_from_dense_to_sparse_mid_training(self, name, duplicates):
+    dense, sparse, sparse_part = cases.optimizers(name, duplicates)
     batches = list(cases.batches(6))
     table = jnp.asarray(cases.initial_table())
     state = dense.init(table)
@@ -64,8 +66,10 @@ class DenseEquivalenceTest(chex.TestCase):
     chex.assert_trees_all_close(switched, table, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(sparse_state, sparse_part(state), rtol=1e-5)
 
-  def test_matches_numpy_reference_with_duplicates(self):
-    sparse = fasgd_optax.sparse_cf_sgd(0.5, num_steps=20, count_half_life=3.0)
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_matches_numpy_reference_with_duplicates(self, duplicates):
+    sparse = fasgd_optax.sparse_cf_sgd(0.5, num_steps=20, count_half_life=3.0,
+                                       duplicates=duplicates)
     table = jnp.asarray(cases.initial_table())
     state = sparse.init(table)
     expected = cases.initial_table().astype(np.float64)
@@ -78,8 +82,10 @@ class DenseEquivalenceTest(chex.TestCase):
       table, state = sparse.apply(table, state, ids, row_grads)
     np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-6)
 
-  def test_counts_duplicates_with_multiplicity(self):
-    sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_counts_duplicates_with_multiplicity(self, duplicates):
+    sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10,
+                                       duplicates=duplicates)
     table = jnp.zeros((6, 2))
     state = sparse.init(table)
     ids = jnp.array([[3, 3], [3, 5]])
@@ -123,8 +129,10 @@ class SparseBehaviourTest(parameterized.TestCase):
     ids = jax.ShapeDtypeStruct((64,), jnp.int32)
     row_grads = jax.ShapeDtypeStruct((64, DIM), jnp.float32)
     jaxpr = jax.make_jaxpr(sparse.apply)(table, state, ids, row_grads)
+    # Containers whose inner equations are visited too: `cond` holds both
+    # designs under duplicates='auto'.
     allowed = {'gather', 'scatter', 'scatter-add', 'scatter_add', 'pjit',
-               'jit'}
+               'jit', 'cond'}
     offenders = []
 
     def visit(jaxpr):
@@ -139,14 +147,15 @@ class SparseBehaviourTest(parameterized.TestCase):
     visit(jaxpr.jaxpr)
     self.assertEqual(offenders, [])
 
-  @parameterized.parameters(*ALL_OPTIMIZERS)
-  def test_compiled_step_copies_no_state_or_table(self, name):
+  @parameterized.product(name=ALL_OPTIMIZERS, duplicates=DUPLICATE_MODES)
+  def test_compiled_step_copies_no_state_or_table(self, name, duplicates):
     """XLA copies a whole array when a scatter may race a gather from it."""
-    _, sparse, _ = cases.optimizers(name)
+    _, sparse, _ = cases.optimizers(name, duplicates)
     num_rows = 100_003  # A size no other array in the step has.
     if name == 'fa_sgd':
       sparse = fasgd_optax.sparse_fa_sgd(
-          0.8, np.ones(num_rows, np.float32), num_steps=50)
+          0.8, np.ones(num_rows, np.float32), num_steps=50,
+          duplicates=duplicates)
     table = jnp.zeros((num_rows, DIM), jnp.float32)
     state = sparse.init(table)
     step = jax.jit(sparse.apply, donate_argnums=(0, 1))
@@ -170,10 +179,12 @@ class SparseBehaviourTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'at least one dimension'):
       sparse.init(jnp.zeros(()))
 
-  @parameterized.parameters('cf_sgd_half_life_capped', 'fa_sgd',
-                            'rowwise_adagrad')
-  def test_bad_ids_are_dropped_under_jit(self, name):
-    _, sparse, _ = cases.optimizers(name)
+  @parameterized.product(
+      name=('cf_sgd', 'cf_sgd_half_life_capped', 'fa_sgd', 'rowwise_adagrad',
+            'sgd'),
+      duplicates=DUPLICATE_MODES)
+  def test_bad_ids_are_dropped_under_jit(self, name, duplicates):
+    _, sparse, _ = cases.optimizers(name, duplicates)
     table = jnp.asarray(cases.initial_table())
     state = sparse.init(table)
     step = jax.jit(sparse.apply)
@@ -301,25 +312,143 @@ class SaturationTest(absltest.TestCase):
     chex.assert_trees_all_close(sparse_table, updates, rtol=1e-6)
 
 
-class TouchedRowsTest(absltest.TestCase):
+class DistinctRowsTest(parameterized.TestCase):
+  """Both ways of combining duplicate ids: sums, counts, dropped bad ids."""
 
-  def test_sums_duplicates_and_drops_bad_ids(self):
+  SUMS = {'scatter': rows_lib.sum_duplicates_by_scatter,
+          'reduce': rows_lib.sum_duplicates_by_sorting}
+
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_sums_duplicates_and_drops_bad_ids(self, duplicates):
     ids = jnp.array([4, -1, 2, 4, 9, 4])
     grads = jnp.arange(6.0)[:, None] * jnp.ones((1, 2))
-    keys, flat_grads = sparse_lib.flat_batch(ids, grads, num_rows=9)
+    keys, flat_grads = rows_lib.flat_batch(ids, grads, num_rows=9)
     np.testing.assert_array_equal(keys, [4, 9, 2, 4, 9, 4])
-    touched = sparse_lib.touched_rows(keys, flat_grads, num_rows=9)
-    rows = np.asarray(touched.rows)
-    np.testing.assert_array_equal(rows, np.sort(rows))
-    np.testing.assert_array_equal(rows[touched.slots], keys)
+    batch = self.SUMS[duplicates](keys, flat_grads, num_rows=9)
+    rows = np.asarray(batch.rows)
+    # Every slot's row is its own: in-range rows once, the rest past the end.
+    self.assertLen(set(rows.tolist()), len(rows))
     by_row = {int(r): (np.asarray(g), int(m)) for r, g, m in zip(
-        rows, sparse_lib.summed_grads(touched), touched.multiplicities)
-              if r < 9}
+        rows, batch.grads, batch.multiplicities) if r < 9}
     self.assertEqual(sorted(by_row), [2, 4])
     np.testing.assert_array_equal(by_row[4][0], [8.0, 8.0])  # 0 + 3 + 5
     self.assertEqual(by_row[4][1], 3)
     np.testing.assert_array_equal(by_row[2][0], [2.0, 2.0])
     self.assertEqual(by_row[2][1], 1)
+
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_runs_longer_than_a_block(self, duplicates):
+    """Hot rows whose occurrences span several of the 128-row blocks."""
+    rng = np.random.default_rng(3)
+    num_rows, size = 50, 1000
+    keys = np.minimum(rng.zipf(2.0, size=size) - 1, num_rows)  # 50: bad ids.
+    grads = rng.normal(size=(size, 2, 3)).astype(np.float32)
+    batch = self.SUMS[duplicates](jnp.asarray(keys, jnp.int32),
+                                  jnp.asarray(grads), num_rows)
+    expected_sums = np.zeros((num_rows, 2, 3))
+    np.add.at(expected_sums, keys[keys < num_rows], grads[keys < num_rows])
+    expected_counts = np.bincount(keys[keys < num_rows], minlength=num_rows)
+    self.assertGreater(expected_counts.max(), 3 * 128)
+    rows = np.asarray(batch.rows)
+    in_range = rows < num_rows
+    np.testing.assert_array_equal(np.sort(rows[in_range]),
+                                  np.flatnonzero(expected_counts))
+    np.testing.assert_array_equal(
+        np.asarray(batch.multiplicities)[in_range],
+        expected_counts[rows[in_range]])
+    np.testing.assert_allclose(np.asarray(batch.grads)[in_range],
+                               expected_sums[rows[in_range]], rtol=1e-5,
+                               atol=1e-5)
+    self.assertLen(set(rows.tolist()), size)
+
+
+class DuplicateModesTest(parameterized.TestCase):
+  """The two designs agree, and each compiles to what it should."""
+
+  @parameterized.parameters(*ALL_OPTIMIZERS)
+  def test_designs_agree_on_power_law_batches(self, name):
+    """Large Zipf batches: hot rows repeat hundreds of times per step."""
+    results = {}
+    for duplicates in DUPLICATE_MODES:
+      _, sparse, _ = cases.optimizers(name, duplicates)
+      table = jnp.asarray(cases.initial_table())
+      state = sparse.init(table)
+      step = jax.jit(functools.partial(cases.sparse_step, sparse))
+      for ids, targets in cases.batches(3, shape=(200, 4), seed=7):
+        table, state = step(table, state, ids, targets)
+      results[duplicates] = (table, state)
+    chex.assert_trees_all_close(results['reduce'], results['scatter'],
+                                rtol=2e-5, atol=1e-6)
+
+  def _scatters(self, text, num_rows):
+    """The StableHLO scatters into arrays of `num_rows` rows, op by op."""
+    ops, current = [], None
+    for line in text.splitlines():
+      if 'stablehlo.scatter' in line:
+        current = [line]
+      elif current is not None:
+        current.append(line)
+        if line.lstrip().startswith('}) :'):
+          ops.append('\n'.join(current))
+          current = None
+    return [op for op in ops
+            if f'-> tensor<{num_rows}' in op.splitlines()[-1]]
+
+  def _lowered(self, name, duplicates, num_rows, platform=None):
+    _, sparse, _ = cases.optimizers(name, duplicates)
+    if name == 'fa_sgd':
+      sparse = fasgd_optax.sparse_fa_sgd(
+          0.8, np.ones(num_rows, np.float32), num_steps=50,
+          duplicates=duplicates)
+    table = jax.ShapeDtypeStruct((num_rows, DIM), jnp.float32)
+    state = jax.eval_shape(sparse.init, table)
+    ids = jax.ShapeDtypeStruct((4096,), jnp.int32)
+    row_grads = jax.ShapeDtypeStruct((4096, DIM), jnp.float32)
+    if platform is None:
+      return jax.jit(sparse.apply).lower(table, state, ids, row_grads).as_text()
+    exported = jax.export.export(jax.jit(sparse.apply), platforms=[platform])(
+        table, state, ids, row_grads)
+    return exported.mlir_module()
+
+  @parameterized.parameters(*ALL_OPTIMIZERS)
+  def test_reduce_writes_each_row_once(self, name):
+    """One scatter per N-row array, with unique indices; no loops."""
+    num_rows = 100_003
+    text = self._lowered(name, 'reduce', num_rows)
+    scatters = self._scatters(text, num_rows)
+    state_arrays = {'cf_sgd_half_life_capped': 2, 'rowwise_adagrad': 1,
+                    'rowwise_adagrad_schedule': 1}.get(
+                        name, 1 if name.startswith('cf_sgd') else 0)
+    self.assertLen(scatters, 1 + state_arrays)
+    for line in scatters:
+      self.assertIn('unique_indices = true', line)
+    self.assertNotIn('stablehlo.while', text)
+    # Duplicates are combined without scatter-adds into any other array.
+    self.assertEqual(
+        [op for op in self._scatters(text, '') if 'stablehlo.add' in op
+         and 'unique_indices = true' not in op], [])
+
+  @parameterized.parameters('cf_sgd', 'fa_sgd', 'sgd')
+  def test_auto_picks_scatter_on_cpu_and_reduce_elsewhere(self, name):
+    num_rows = 100_003
+    # Lowered for this machine's CPU: each occurrence scattered, no sort.
+    cpu = self._lowered(name, 'auto', num_rows)
+    self.assertNotIn('stablehlo.sort', cpu)
+    table_scatters = [line for line in self._scatters(cpu, num_rows)
+                      if f'tensor<{num_rows}x{DIM}xf32>' in line]
+    self.assertLen(table_scatters, 1)
+    self.assertIn('unique_indices = false', table_scatters[0])
+    # Exported for a GPU and a TPU from this CPU-only machine: the same
+    # function holds the reduce design there.
+    for platform in ('cuda', 'tpu'):
+      text = self._lowered(name, 'auto', num_rows, platform)
+      self.assertIn('stablehlo.sort', text)
+      for line in self._scatters(text, num_rows):
+        self.assertIn('unique_indices = true', line)
+
+  def test_bad_duplicates_argument(self):
+    with self.assertRaisesRegex(ValueError, "`duplicates`.*got 'sorted'"):
+      fasgd_optax.sparse_cf_sgd(1.0, num_steps=10, duplicates='sorted')
 
 
 if __name__ == '__main__':

@@ -209,12 +209,34 @@ def step_counter(params: Any) -> jax.Array:
 
 
 def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
-  """Per-row zeros for `leaf`, sharded like its rows when it is sharded."""
+  """Per-row zeros for `leaf`, sharded like its rows when it is sharded.
+
+  Under `jit` the leaf is a tracer whose sharding is not known here (and on an
+  Auto mesh axis not even in its type), so the zeros are computed from the
+  leaf's rows instead: the compiler then places them like those rows, as it
+  does eagerly, and as `jax.jit(tx.init)(params)` should.
+  """
+  if checks.is_traced(leaf):
+    return _zeros_from_rows(leaf, dtype)
   zeros = jnp.zeros(row_shape(leaf), dtype)
   sharding = row_sharding(leaf)
   if sharding is not None:
     zeros = jax.device_put(zeros, sharding)
   return zeros
+
+
+def _zeros_from_rows(leaf: jax.Array, dtype: Any) -> jax.Array:
+  """Zeros of shape ``row_shape(leaf)`` that depend on the leaf's first column.
+
+  ``x * 0`` is not folded away before sharding propagation (it is NaN for a
+  NaN or infinite x, which the select maps back to 0); bitwise tricks such as
+  ``x & 0`` are folded first, and the zeros would lose the rows' placement.
+  """
+  if leaf.size == 0:
+    return jnp.zeros(row_shape(leaf), dtype)
+  column = leaf[(slice(None),) + (0,) * (leaf.ndim - 1)] if leaf.ndim else leaf
+  zeros = column * jnp.zeros((), column.dtype)
+  return jnp.where(zeros == 0, zeros, 0).astype(dtype)
 
 
 def keep_sharding(new: jax.Array, old: jax.Array) -> jax.Array:

@@ -7,17 +7,21 @@ only the touched rows of the table and of the per-row state are read and
 written, so a step costs O(batch), not O(N). The arithmetic is the dense
 transformations' (`fasgd_optax._src.counting`), and so is the state layout, so
 a user can switch between the dense and the sparse path mid-training.
+
+Each rule comes in the two designs of `fasgd_optax._src.rows`: per occurrence
+(``'scatter'``, the CPU's) and per distinct row (``'reduce'``, the
+accelerators'), picked by the ``duplicates`` argument.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
 from fasgd_optax._src import checks
 from fasgd_optax._src import counting
+from fasgd_optax._src import rows as rows_lib
 from fasgd_optax._src import rowwise_adagrad as rowwise_adagrad_lib
 from fasgd_optax._src import transform
 
@@ -25,7 +29,6 @@ ScalarOrSchedule = transform.ScalarOrSchedule
 
 # Names the table in error messages (a sparse transformation has one table).
 _TABLE = 'table'
-
 
 class SparseTransformation(NamedTuple):
   """An optimizer for one embedding table that updates only touched rows.
@@ -41,178 +44,6 @@ class SparseTransformation(NamedTuple):
   """
   init: Callable[[Any], Any]
   apply: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
-
-
-class TouchedRows(NamedTuple):
-  """A batch's distinct rows and, for each occurrence, its row's slot.
-
-  ``rows`` and ``multiplicities`` have the flattened batch's length B; the
-  ``B - U`` slots past the U distinct rows (and the slot collecting
-  out-of-range ids) hold the out-of-bounds row ``num_rows``, which gathers
-  read as 0 and scatters drop.
-  """
-  rows: jax.Array  # shape=(B,), int32, ascending: the distinct rows.
-  multiplicities: jax.Array  # shape=(B,), int32; occurrences of each row.
-  ids: jax.Array  # shape=(B,), int32; each occurrence's row (or num_rows).
-  slots: jax.Array  # shape=(B,), int32; each occurrence's index into rows.
-  grads: jax.Array  # shape=(B,) + row shape, float32; each occurrence's.
-
-
-def gather_replicas(x: jax.Array, axis_name: Any) -> jax.Array:
-  """Concatenates every replica's `x` along axis 0, the same on all replicas.
-
-  `shard_map` must know the result is replica-invariant for a replicated
-  table to come out replicated: `all_gather` does not say so, and
-  `all_gather_invariant` is not public in every JAX, so without it each
-  replica writes its block into zeros and a `psum` combines them.
-  """
-  all_gather_invariant = getattr(lax, 'all_gather_invariant', None)
-  if all_gather_invariant is not None:
-    return all_gather_invariant(x, axis_name, tiled=True)
-  num_replicas = lax.psum(1, axis_name)
-  blocks = jnp.zeros((num_replicas,) + x.shape, x.dtype)
-  blocks = lax.dynamic_update_index_in_dim(
-      blocks, x, lax.axis_index(axis_name), axis=0)
-  blocks = lax.psum(blocks, axis_name)
-  return blocks.reshape((num_replicas * x.shape[0],) + x.shape[1:])
-
-
-def flat_batch(
-    ids: jax.Array,
-    row_grads: jax.Array,
-    num_rows: int,
-    axis_name: Optional[str] = None,
-) -> tuple[jax.Array, jax.Array]:
-  """The batch as (B,) int32 ids and (B,) + row shape float32 gradients.
-
-  Args:
-    ids: integer ids, any shape.
-    row_grads: shape ``ids.shape + row_shape``.
-    num_rows: the table's rows; ids outside [0, num_rows) become ``num_rows``,
-      which gathers read as 0 and scatters drop (JAX would otherwise wrap
-      negative indices and clamp large ones into real rows).
-    axis_name: a mapped axis; if set, ids and gradients of all replicas are
-      gathered, and the gradients averaged over the replicas (as ``pmean`` of
-      dense gradients would be), so every replica computes the same update.
-
-  Returns:
-    ``(ids, grads)``, flattened.
-  """
-  row_shape = row_grads.shape[ids.ndim:]
-  flat_ids = jnp.ravel(ids)
-  flat_grads = row_grads.reshape((flat_ids.size,) + row_shape).astype(
-      jnp.float32)
-  if axis_name is not None:
-    flat_ids = gather_replicas(flat_ids, axis_name)
-    flat_grads = gather_replicas(flat_grads, axis_name)
-    flat_grads = flat_grads / lax.psum(1, axis_name)
-  valid = (flat_ids >= 0) & (flat_ids < num_rows)
-  return jnp.where(valid, flat_ids, num_rows).astype(jnp.int32), flat_grads
-
-
-def touched_rows(keys: jax.Array, grads: jax.Array,
-                 num_rows: int) -> TouchedRows:
-  """Finds the distinct rows of a batch: a sort of the ids, O(B log B).
-
-  Args:
-    keys: (B,) ids from `flat_batch`, out-of-range ones set to `num_rows`.
-    grads: (B,) + row shape, each occurrence's gradient.
-    num_rows: the table's rows.
-
-  Returns:
-    `TouchedRows`.
-  """
-  size = keys.shape[0]
-  # Sorting the keys alone is several times faster on CPU than sorting
-  # (key, position) pairs; each id then finds its row's slot by binary search.
-  sorted_keys = lax.sort(keys)
-  starts = jnp.ones((size,), jnp.bool_).at[1:].set(
-      sorted_keys[1:] != sorted_keys[:-1])
-  slots_of_sorted = jnp.cumsum(starts.astype(jnp.int32)) - 1
-  rows = jnp.full((size,), num_rows, jnp.int32).at[slots_of_sorted].set(
-      sorted_keys, indices_are_sorted=True)
-  slots = slots_of_sorted[jnp.searchsorted(sorted_keys, keys, side='left')]
-  multiplicities = jax.ops.segment_sum(
-      jnp.ones((size,), jnp.int32), slots, num_segments=size)
-  return TouchedRows(rows, multiplicities, keys, slots, grads)
-
-
-def summed_grads(touched: TouchedRows) -> jax.Array:
-  """Each distinct row's gradient: its occurrences' gradients summed."""
-  return jax.ops.segment_sum(touched.grads, touched.slots,
-                             num_segments=touched.slots.shape[0])
-
-
-def _explicit_sharding(values: jax.Array):
-  """`values`' sharding when its type carries one (an Explicit mesh axis).
-
-  On a mesh with Explicit axes, a gather from or a scatter into a sharded
-  array needs its result's sharding spelled out; on Auto meshes, under `pmap`
-  and without a mesh the compiler chooses and this returns None.
-  """
-  typeof = getattr(jax, 'typeof', None)
-  if typeof is None:
-    return None
-  sharding = getattr(typeof(values), 'sharding', None)
-  spec = getattr(sharding, 'spec', None)
-  if spec is None or all(axis is None for axis in spec):
-    return None
-  return sharding
-
-
-def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
-  """``values[rows]``, with 0 for out-of-range rows, replicated on a mesh."""
-  kwargs = {}
-  sharding = _explicit_sharding(values)
-  if sharding is not None:
-    kwargs['out_sharding'] = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec())
-  return values.at[rows].get(mode='fill', fill_value=0, **kwargs)
-
-
-def _scatter_kwargs(values: jax.Array) -> dict[str, Any]:
-  sharding = _explicit_sharding(values)
-  return {} if sharding is None else {'out_sharding': sharding}
-
-
-def set_rows(values: jax.Array, rows: jax.Array, new: jax.Array) -> jax.Array:
-  """``values`` with ``values[rows] = new``, dropping out-of-range rows."""
-  return values.at[rows].set(new.astype(values.dtype), mode='drop',
-                             indices_are_sorted=True,
-                             **_scatter_kwargs(values))
-
-
-def add_to_rows(table: jax.Array, rows: jax.Array, delta: jax.Array, *,
-                indices_are_sorted: bool = True) -> jax.Array:
-  """``table`` with ``delta`` added to ``table[rows]``, in the table's dtype."""
-  return table.at[rows].add(delta.astype(table.dtype), mode='drop',
-                            indices_are_sorted=indices_are_sorted,
-                            **_scatter_kwargs(table))
-
-
-def add_scaled_occurrences(table: jax.Array, ids: jax.Array,
-                           grads: jax.Array, scale: jax.Array) -> jax.Array:
-  """``table`` minus ``scale[i] · grads[i]`` at row ``ids[i]``, per occurrence.
-
-  With a per-row scale (every occurrence of a row gets the same), this equals
-  adding each row's scaled summed gradient, without summing the B×d gradients
-  or finding the distinct rows first: the costliest parts of a step on CPU.
-  """
-  return add_to_rows(table, ids, -counting.scale_rows(grads, scale),
-                     indices_are_sorted=False)
-
-
-def scatter_rows(values: jax.Array, ids: jax.Array, new: jax.Array, *,
-                 add: bool = False) -> jax.Array:
-  """``values[ids] = new`` (or ``+= new``) for unsorted, repeated `ids`.
-
-  Out-of-range ids (``num_rows``) are dropped. Repeated ids of a set must
-  carry equal values, so the write order does not matter.
-  """
-  at = values.at[ids]
-  update = at.add if add else at.set
-  return update(new.astype(values.dtype), mode='drop',
-                **_scatter_kwargs(values))
 
 
 def _check_table(table: Any) -> None:
@@ -241,18 +72,28 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool):
   return ids, row_grads
 
 
-def _make_apply(apply_rows: Callable[..., tuple[Any, Any]],
-                axis_name: Optional[str] = None,
-                constants: tuple[Any, ...] = (),
-                checkify_ids: bool = False):
-  """Builds ``apply(table, state, ids, row_grads)`` around `apply_rows`.
+def _make_apply(
+    each_row: Callable[..., tuple[Any, Any]],
+    *,
+    each_occurrence: Optional[Callable[..., tuple[Any, Any]]] = None,
+    duplicates: str = 'auto',
+    axis_name: Optional[str] = None,
+    constants: tuple[Any, ...] = (),
+    checkify_ids: bool = False,
+):
+  """Builds ``apply(table, state, ids, row_grads)`` from a rule's bodies.
 
   Args:
-    apply_rows: ``apply_rows(table, state, ids, grads, *constants) -> (table,
-      state)`` for the flattened batch of `flat_batch`.
-    axis_name: passed to `flat_batch`.
-    constants: arrays `apply_rows` needs (e.g. per-row frequencies), passed
-      as arguments so the jitted step does not embed them as constants.
+    each_row: ``each_row(table, state, batch, *constants) -> (table, state)``
+      for a `rows.DistinctRows` batch: each distinct row once.
+    each_occurrence: ``each_occurrence(table, state, ids, grads, *constants)``
+      for the flattened batch of `rows.flat_batch`, repeats and all: the CPU
+      design where the rule allows it; None to give `each_row` the batch's
+      rows summed by scatter-adds on CPU.
+    duplicates: one of `rows.DUPLICATE_MODES`.
+    axis_name: passed to `rows.flat_batch`.
+    constants: arrays the bodies need (e.g. per-row frequencies), passed as
+      arguments so the jitted step does not embed them as constants.
     checkify_ids: add a checkify check for traced ids (see `sparse_cf_sgd`).
 
   Returns:
@@ -260,9 +101,23 @@ def _make_apply(apply_rows: Callable[..., tuple[Any, Any]],
     donated; under an outer `jit` it is inlined and the outer function's
     donation decides.
   """
+  rows_lib.check_duplicates(duplicates)
+
+  def scatter(table, state, ids, grads, *constants):
+    if each_occurrence is not None:
+      return each_occurrence(table, state, ids, grads, *constants)
+    batch = rows_lib.sum_duplicates_by_scatter(ids, grads, table.shape[0])
+    return each_row(table, state, batch, *constants)
+
+  def reduce(table, state, ids, grads, *constants):
+    batch = rows_lib.sum_duplicates_by_sorting(ids, grads, table.shape[0])
+    return each_row(table, state, batch, *constants)
+
+  apply_rows = rows_lib.by_backend(duplicates, scatter, reduce)
 
   def apply_impl(table, state, ids, row_grads, *constants):
-    keys, grads = flat_batch(ids, row_grads, table.shape[0], axis_name)
+    keys, grads = rows_lib.flat_batch(ids, row_grads, table.shape[0],
+                                      axis_name)
     return apply_rows(table, state, keys, grads, *constants)
 
   jitted = jax.jit(apply_impl, donate_argnums=(0, 1), inline=True)
@@ -274,6 +129,70 @@ def _make_apply(apply_rows: Callable[..., tuple[Any, Any]],
   return apply
 
 
+def _per_slot(value: Any, size: int) -> jax.Array:
+  """A scalar step size, one per slot of a flattened batch."""
+  return jnp.full((size,), value, jnp.float32)
+
+
+def sparse_sgd(
+    learning_rate: ScalarOrSchedule,
+    *,
+    axis_name: Optional[str] = None,
+    checkify_ids: bool = False,
+    duplicates: str = 'auto',
+) -> SparseTransformation:
+  r"""Plain SGD on one embedding table, touching only the batch's rows.
+
+  Row k moves by :math:`-\alpha_t g_k`, where :math:`g_k` sums the gradients
+  of all of k's occurrences: what `optax.sgd` does with the dense gradient
+  (rows not in ``ids`` have zero gradients there and do not move).
+
+  Args:
+    learning_rate: α, a float or an Optax schedule (called with the number
+      of earlier updates).
+    axis_name: under `pmap`/`shard_map` data parallelism, the mapped axis
+      over which ids and row gradients are gathered (gradients averaged), as
+      in `sparse_cf_sgd`.
+    checkify_ids: add a checkify check for out-of-range ids under `jit`, as
+      in `sparse_cf_sgd`.
+    duplicates: how repeated ids are combined, as in `sparse_cf_sgd`.
+
+  Returns:
+    A `SparseTransformation` whose state is ``optax.sgd(learning_rate)
+    .init(table)``, so dense and sparse states are interchangeable.
+  """
+  checks.check_positive('learning_rate', learning_rate)
+  dense = optax.sgd(learning_rate)
+
+  def init(table):
+    _check_table(table)
+    return dense.init(table)
+
+  def step_size(state):
+    trace_state, schedule_state = state
+    if not callable(learning_rate):
+      return learning_rate, state
+    return learning_rate(schedule_state.count), (
+        trace_state, optax.ScaleByScheduleState(
+            count=optax.safe_increment(schedule_state.count)))
+
+  def each_occurrence(table, state, ids, grads):
+    alpha, state = step_size(state)
+    table = rows_lib.add_scaled_occurrences(
+        table, ids, grads, _per_slot(alpha, ids.shape[0]))
+    return table, state
+
+  def each_row(table, state, batch):
+    alpha, state = step_size(state)
+    table = rows_lib.subtract_scaled_rows(
+        table, batch, _per_slot(alpha, batch.rows.shape[0]))
+    return table, state
+
+  return SparseTransformation(init, _make_apply(
+      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
+      axis_name=axis_name, checkify_ids=checkify_ids))
+
+
 def sparse_cf_sgd(
     learning_rate: ScalarOrSchedule,
     *,
@@ -282,6 +201,7 @@ def sparse_cf_sgd(
     axis_name: Optional[str] = None,
     count_half_life: Optional[float] = None,
     checkify_ids: bool = False,
+    duplicates: str = 'auto',
 ) -> SparseTransformation:
   r"""CF-SGD on one embedding table, touching only the batch's rows.
 
@@ -315,6 +235,13 @@ def sparse_cf_sgd(
       this project's CPU benchmark).
       Bad ids are dropped either way, and raise a ValueError when `apply` is
       called outside `jit`.
+    duplicates: how repeated ids are combined (`fasgd_optax._src.rows`):
+      ``'auto'`` (the default) picks per backend when the step is compiled;
+      ``'scatter'``, the CPU's design, scatter-adds each occurrence into the
+      table; ``'reduce'``, the accelerators', sums repeats without
+      scatter-adds and writes each distinct row once, so a hot row's
+      hundreds of occurrences do not serialize in atomic adds. Both give the
+      same result up to float rounding.
 
   Returns:
     A `SparseTransformation`. ``apply`` donates the table and the state.
@@ -340,7 +267,13 @@ def sparse_cf_sgd(
     _check_table(table)
     return dense.init(table)
 
-  def apply_rows(table, state, ids, grads):
+  def step_sizes(counts_now, step, alpha):
+    return counting.step_sizes(
+        counting.effective_counts(counts_now.astype(jnp.float32), step,
+                                  num_steps, count_half_life),
+        alpha, max_learning_rate)
+
+  def each_occurrence(table, state, ids, grads):
     # Each occurrence is added to its row's count and its scaled gradient to
     # its row: O(B) gathers and scatters, no sort to find distinct rows.
     step = optax.safe_increment(state.count)
@@ -350,36 +283,57 @@ def sparse_cf_sgd(
     # from it or writes values computed from that gather: otherwise XLA may
     # order them either way and copies the whole array to be safe (O(N)).
     if count_half_life is None:
-      row_counts = scatter_rows(state.row_counts, ids, occurrences, add=True)
-      counts_now = gather_rows(row_counts, ids)
+      row_counts = rows_lib.scatter_rows(state.row_counts, ids, occurrences,
+                                         add=True)
+      counts_now = rows_lib.gather_rows(row_counts, ids)
       # Counts are never negative, so a negative one was pushed past 2^31 - 1
       # and wrapped around: pin it at the maximum.
       wrapped = counts_now < 0
       counts_now = jnp.where(wrapped, counting.INT32_MAX, counts_now)
-      row_counts = scatter_rows(
+      row_counts = rows_lib.scatter_rows(
           row_counts, jnp.where(wrapped, ids, table.shape[0]), counts_now)
       row_last_step = None
     else:
       # Decay each touched row's stored count to this step, then add.
-      last_seen = gather_rows(state.row_last_step, ids)
-      decayed = (gather_rows(state.row_counts, ids)
+      last_seen = rows_lib.gather_rows(state.row_last_step, ids)
+      decayed = (rows_lib.gather_rows(state.row_counts, ids)
                  * counting.decay_factor(step - last_seen, count_half_life))
-      row_counts = scatter_rows(state.row_counts, ids, decayed)
-      row_counts = scatter_rows(row_counts, ids, occurrences, add=True)
+      row_counts = rows_lib.scatter_rows(state.row_counts, ids, decayed)
+      row_counts = rows_lib.scatter_rows(row_counts, ids, occurrences,
+                                         add=True)
       # max(last_seen, step) is `step`, written from the gathered value.
-      row_last_step = scatter_rows(state.row_last_step, ids,
-                                   jnp.maximum(last_seen, step))
-      counts_now = gather_rows(row_counts, ids)
-    eta = counting.step_sizes(
-        counting.effective_counts(counts_now.astype(jnp.float32), step,
-                                  num_steps, count_half_life),
-        alpha, max_learning_rate)
-    table = add_scaled_occurrences(table, ids, grads, eta)
+      row_last_step = rows_lib.scatter_rows(state.row_last_step, ids,
+                                            jnp.maximum(last_seen, step))
+      counts_now = rows_lib.gather_rows(row_counts, ids)
+    eta = step_sizes(counts_now, step, alpha)
+    table = rows_lib.add_scaled_occurrences(table, ids, grads, eta)
     return table, transform.ScaleByCountedFrequencyState(
         count=step, row_counts=row_counts, row_last_step=row_last_step)
 
-  return SparseTransformation(
-      init, _make_apply(apply_rows, axis_name, checkify_ids=checkify_ids))
+  def each_row(table, state, batch):
+    # The dense transformation's count update, on the gathered rows only.
+    step = optax.safe_increment(state.count)
+    alpha = counting.learning_rate_at(learning_rate, state.count)
+    last_seen = None
+    if count_half_life is not None:
+      last_seen = rows_lib.gather_rows(state.row_last_step, batch.rows)
+    counts, last, counts_now = counting.updated_counts(
+        rows_lib.gather_rows(state.row_counts, batch.rows), last_seen,
+        batch.multiplicities, step, count_half_life)
+    row_counts = rows_lib.set_distinct_rows(state.row_counts, batch.rows,
+                                            counts)
+    row_last_step = None
+    if count_half_life is not None:
+      row_last_step = rows_lib.set_distinct_rows(state.row_last_step,
+                                                 batch.rows, last)
+    table = rows_lib.subtract_scaled_rows(table, batch,
+                                          step_sizes(counts_now, step, alpha))
+    return table, transform.ScaleByCountedFrequencyState(
+        count=step, row_counts=row_counts, row_last_step=row_last_step)
+
+  return SparseTransformation(init, _make_apply(
+      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
+      axis_name=axis_name, checkify_ids=checkify_ids))
 
 
 def sparse_fa_sgd(
@@ -390,6 +344,7 @@ def sparse_fa_sgd(
     max_learning_rate: Optional[float] = None,
     axis_name: Optional[str] = None,
     checkify_ids: bool = False,
+    duplicates: str = 'auto',
 ) -> SparseTransformation:
   r"""FA-SGD on one embedding table, touching only the batch's rows.
 
@@ -406,6 +361,7 @@ def sparse_fa_sgd(
       row gradients are gathered (gradients averaged), as in `sparse_cf_sgd`.
     checkify_ids: add a checkify check for out-of-range ids under `jit`, as
       in `sparse_cf_sgd`.
+    duplicates: how repeated ids are combined, as in `sparse_cf_sgd`.
 
   Returns:
     A `SparseTransformation` whose state is ``fa_sgd(...).init(table)[0]``.
@@ -431,18 +387,31 @@ def sparse_fa_sgd(
     check_rows(table)
     return dense.init(table)
 
-  def apply_rows(table, state, ids, grads, row_frequencies):
-    # Step sizes come from fixed frequencies: no need to find distinct rows.
+  def step_sizes(state, row_frequencies, rows):
     alpha = counting.learning_rate_at(learning_rate, state.count)
-    eta = counting.step_sizes(
-        jnp.asarray(num_steps, jnp.float32) * gather_rows(row_frequencies, ids),
+    return counting.step_sizes(
+        jnp.asarray(num_steps, jnp.float32)
+        * rows_lib.gather_rows(row_frequencies, rows),
         alpha, max_learning_rate)
-    table = add_scaled_occurrences(table, ids, grads, eta)
-    return table, transform.ScaleByKnownFrequencyState(
+
+  def next_state(state):
+    return transform.ScaleByKnownFrequencyState(
         count=optax.safe_increment(state.count))
 
-  apply_checked = _make_apply(apply_rows, axis_name, (frequencies,),
-                              checkify_ids)
+  def each_occurrence(table, state, ids, grads, row_frequencies):
+    # Step sizes come from fixed frequencies: no need to find distinct rows.
+    eta = step_sizes(state, row_frequencies, ids)
+    return (rows_lib.add_scaled_occurrences(table, ids, grads, eta),
+            next_state(state))
+
+  def each_row(table, state, batch, row_frequencies):
+    eta = step_sizes(state, row_frequencies, batch.rows)
+    return rows_lib.subtract_scaled_rows(table, batch, eta), next_state(state)
+
+  apply_checked = _make_apply(
+      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
+      axis_name=axis_name, constants=(frequencies,),
+      checkify_ids=checkify_ids)
 
   def apply(table, state, ids, row_grads):
     check_rows(table)
@@ -458,6 +427,7 @@ def sparse_rowwise_adagrad(
     initial_accumulator_value: float = 0.0,
     axis_name: Optional[str] = None,
     checkify_ids: bool = False,
+    duplicates: str = 'auto',
 ) -> SparseTransformation:
   r"""Row-wise Adagrad on one embedding table, touching only the batch's rows.
 
@@ -475,6 +445,10 @@ def sparse_rowwise_adagrad(
       row gradients are gathered (gradients averaged), as in `sparse_cf_sgd`.
     checkify_ids: add a checkify check for out-of-range ids under `jit`, as
       in `sparse_cf_sgd`.
+    duplicates: how repeated ids are summed before squaring: on CPU
+      (``'scatter'``) by a sort of the ids and scatter-adds into a
+      batch-sized buffer; on accelerators (``'reduce'``) without
+      scatter-adds. ``'auto'`` picks per backend, as in `sparse_cf_sgd`.
 
   Returns:
     A `SparseTransformation` whose state is ``rowwise_adagrad(...).init(table)``:
@@ -489,8 +463,7 @@ def sparse_rowwise_adagrad(
     _check_table(table)
     return dense.init(table)
 
-  def apply_rows(table, state, ids, grads):
-    touched = touched_rows(ids, grads, table.shape[0])
+  def each_row(table, state, batch):
     adagrad_state, schedule_state = state
     if callable(learning_rate):
       alpha = learning_rate(schedule_state.count)
@@ -498,17 +471,17 @@ def sparse_rowwise_adagrad(
           count=optax.safe_increment(schedule_state.count))
     else:
       alpha = learning_rate
-    grads = summed_grads(touched)
-    accumulators = (gather_rows(adagrad_state.accumulators, touched.rows)
-                    + rowwise_adagrad_lib.row_mean_squares(grads))
+    accumulators = (
+        rows_lib.gather_rows(adagrad_state.accumulators, batch.rows)
+        + rowwise_adagrad_lib.row_mean_squares(batch.grads))
     scale = (jnp.asarray(alpha, jnp.float32)
              * rowwise_adagrad_lib.rowwise_scale(accumulators, epsilon))
-    table = add_to_rows(table, touched.rows,
-                        -counting.scale_rows(grads, scale))
+    table = rows_lib.subtract_scaled_rows(table, batch, scale)
     new_adagrad_state = rowwise_adagrad_lib.ScaleByRowwiseAdagradState(
-        accumulators=set_rows(adagrad_state.accumulators, touched.rows,
-                              accumulators))
+        accumulators=rows_lib.set_distinct_rows(adagrad_state.accumulators,
+                                                batch.rows, accumulators))
     return table, (new_adagrad_state, schedule_state)
 
-  return SparseTransformation(
-      init, _make_apply(apply_rows, axis_name, checkify_ids=checkify_ids))
+  return SparseTransformation(init, _make_apply(
+      each_row, duplicates=duplicates, axis_name=axis_name,
+      checkify_ids=checkify_ids))
