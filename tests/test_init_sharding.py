@@ -1,0 +1,99 @@
+"""`init` shards per-row state like the rows, eagerly and under `jit` (§4).
+
+On a mesh whose axes are Explicit the sharding is part of an array's type; on
+an Auto mesh it is not, and a jitted `init` only learns it from the compiler.
+Either way `jax.jit(tx.init)(params)` must give what `tx.init(params)` gives.
+"""
+
+import contextlib
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+import fasgd_optax
+
+NUM_DEVICES, ROWS, DIM = 8, 64, 4
+
+TRANSFORMATIONS = {
+    'cf_sgd': lambda: fasgd_optax.cf_sgd(0.1, num_steps=100),
+    'cf_sgd_half_life': lambda: fasgd_optax.cf_sgd(
+        0.1, num_steps=100, count_half_life=5.0),
+    'rowwise_adagrad': lambda: fasgd_optax.rowwise_adagrad(
+        0.1, initial_accumulator_value=0.5),
+    'sparse_cf_sgd': lambda: fasgd_optax.sparse_cf_sgd(0.1, num_steps=100),
+    'sparse_cf_sgd_half_life': lambda: fasgd_optax.sparse_cf_sgd(
+        0.1, num_steps=100, count_half_life=5.0),
+    'sparse_rowwise_adagrad': lambda: fasgd_optax.sparse_rowwise_adagrad(
+        0.1, initial_accumulator_value=0.5),
+}
+
+
+def _cpu_mesh(explicit):
+  devices = jax.devices('cpu')
+  if len(devices) < NUM_DEVICES:
+    raise absltest.SkipTest(
+        f'needs {NUM_DEVICES} CPU devices (XLA_FLAGS='
+        f'--xla_force_host_platform_device_count={NUM_DEVICES} before JAX '
+        f'starts, as conftest.py sets); found {len(devices)}')
+  if not explicit:
+    return Mesh(np.array(devices[:NUM_DEVICES]), ('rows',))
+  if not hasattr(jax.sharding, 'AxisType'):
+    raise absltest.SkipTest('this JAX has no Explicit mesh axes')
+  return Mesh(np.array(devices[:NUM_DEVICES]), ('rows',),
+              axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def _spec(leaf):
+  return tuple(leaf.sharding.spec) if hasattr(leaf.sharding, 'spec') else None
+
+
+class InitShardingTest(parameterized.TestCase):
+
+  @parameterized.product(name=tuple(TRANSFORMATIONS), explicit=(False, True),
+                         use_jit=(False, True))
+  def test_per_row_state_is_sharded_like_the_rows(self, name, explicit,
+                                                  use_jit):
+    mesh = _cpu_mesh(explicit)
+    tx = TRANSFORMATIONS[name]()
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    values[3, 0] = np.nan  # A NaN or inf weight must not leak into the state.
+    values[5, 0] = np.inf
+    table = jax.device_put(values, NamedSharding(mesh, P('rows', None)))
+    init = jax.jit(tx.init) if use_jit else tx.init
+    with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+      state = init(table)
+      eager = tx.init(table)
+    per_row = [leaf for leaf in jax.tree.leaves(state) if leaf.ndim]
+    self.assertNotEmpty(per_row)
+    for leaf in per_row:
+      self.assertEqual(leaf.shape, (ROWS,))
+      self.assertEqual(_spec(leaf), ('rows',), f'{leaf.sharding}')
+    for leaf, eager_leaf in zip(jax.tree.leaves(state),
+                                jax.tree.leaves(eager)):
+      np.testing.assert_array_equal(leaf, eager_leaf)
+      self.assertEqual(leaf.dtype, eager_leaf.dtype)
+      if not leaf.ndim:
+        self.assertIn(_spec(leaf), ((), None))
+
+  def test_explicit_types_match_issue_example(self):
+    """The report of issue 11 §3: int32[64@x] with and without `jit`."""
+    mesh = _cpu_mesh(explicit=True)
+    with jax.set_mesh(mesh):
+      params = jax.device_put(jnp.zeros((ROWS, DIM)),
+                              NamedSharding(mesh, P('rows', None)))
+      tx = fasgd_optax.cf_sgd(0.1, num_steps=100)
+      eager = jax.typeof(tx.init(params)[0].row_counts)
+      jitted = jax.typeof(jax.jit(tx.init)(params)[0].row_counts)
+    self.assertEqual(eager, jitted)
+    self.assertEqual(tuple(jitted.sharding.spec), ('rows',))
+
+
+if __name__ == '__main__':
+  absltest.main()
