@@ -437,7 +437,7 @@ class DuplicateModesTest(parameterized.TestCase):
     table_scatters = [line for line in self._scatters(cpu, num_rows)
                       if f'tensor<{num_rows}x{DIM}xf32>' in line]
     self.assertLen(table_scatters, 1)
-    self.assertIn('unique_indices = false', table_scatters[0])
+    self.assertNotIn('unique_indices = true', table_scatters[0])
     # Exported for a GPU and a TPU (from any machine, CPU-only included): the
     # same function holds the reduce design there.
     for platform in ('cuda', 'tpu'):
