@@ -1,11 +1,77 @@
-"""Test setup shared by tests/ and examples/: 8 fake CPU devices.
+"""Test setup shared by tests/ and examples/, done before any test starts JAX.
 
-XLA reads XLA_FLAGS once, when JAX first starts a backend, so this must run
-before any test module imports JAX.
+XLA reads XLA_FLAGS, and JAX its JAX_* variables, once, when JAX first starts
+a backend, so this must run before any test module uses JAX.
+
+1. Eight fake CPU devices, for the multi-device tests. They exist beside a GPU
+   or TPU too; those tests take them from `tests/cpu_devices.py`, never from
+   the default backend. Both spellings are set: JAX_NUM_CPU_DEVICES (the
+   `jax_num_cpu_devices` option of newer JAX, which wins where it exists) and
+   XLA's flag (which JAX reads when that option is unset).
+2. Deterministic GPU kernels (`--xla_gpu_exclude_nondeterministic_ops=true`).
+   The exact-resume tests of the examples compare a resumed run with an
+   uninterrupted one bit for bit. On a GPU, scatter-adds (atomics) and
+   autotuned kernels round differently from run to run, and those tests
+   differed by one ulp on an H200 (7.45e-09 on `params/bias`). With this
+   flag XLA uses deterministic scatters, matrix products and convolutions,
+   and its autotuner takes the first working kernel rather than the fastest
+   measured one, so every compilation of a program picks the same kernels.
+   CPUs and TPUs ignore it. Tests keep their exact comparisons.
+
+   XLA aborts the process on a flag it does not know ("Unknown flag in
+   XLA_FLAGS"), and XLA renames flags now and then, so the flag is added only
+   after a throwaway Python process has started JAX with it. The first pytest
+   process checks once; pytest-xdist's workers inherit its environment.
 """
 
 import os
+import subprocess
+import sys
 
-_FLAG = '--xla_force_host_platform_device_count=8'
-if _FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
+_NUM_CPU_DEVICES = 8
+_CPU_DEVICES_FLAG = (
+    f'--xla_force_host_platform_device_count={_NUM_CPU_DEVICES}')
+_DETERMINISM_FLAG = '--xla_gpu_exclude_nondeterministic_ops=true'
+# Set once the determinism flag has been tried, so workers do not try again.
+_CHECKED = 'FASGD_TEST_XLA_FLAGS_CHECKED'
+
+_rejected_flag_message = None
+
+
+def _with_flag(flag: str) -> str:
+  return (os.environ.get('XLA_FLAGS', '') + ' ' + flag).strip()
+
+
+def _jax_starts_with(xla_flags: str) -> tuple[bool, str]:
+  """Whether JAX starts every backend with these XLA_FLAGS, and its stderr."""
+  try:
+    completed = subprocess.run(
+        [sys.executable, '-c', 'import jax; jax.devices()'],
+        env=dict(os.environ, XLA_FLAGS=xla_flags), capture_output=True,
+        text=True, timeout=300, check=False)
+  except subprocess.TimeoutExpired:
+    return False, 'JAX did not start within 300 s'
+  return completed.returncode == 0, completed.stderr.strip()[-300:]
+
+
+os.environ.setdefault('JAX_NUM_CPU_DEVICES', str(_NUM_CPU_DEVICES))
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS',
+                                                                ''):
+  os.environ['XLA_FLAGS'] = _with_flag(_CPU_DEVICES_FLAG)
+
+if _CHECKED not in os.environ:
+  os.environ[_CHECKED] = '1'
+  if 'xla_gpu_exclude_nondeterministic_ops' not in os.environ['XLA_FLAGS']:
+    _accepted, _stderr = _jax_starts_with(_with_flag(_DETERMINISM_FLAG))
+    if _accepted:
+      os.environ['XLA_FLAGS'] = _with_flag(_DETERMINISM_FLAG)
+    else:
+      _rejected_flag_message = (
+          f'conftest.py: JAX did not start with XLA_FLAGS {_DETERMINISM_FLAG} '
+          f'({_stderr}); running without it, so exact-resume tests may differ '
+          'by rounding on a GPU.')
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _rejected_flag_message:
+    terminalreporter.write_line(_rejected_flag_message, yellow=True)

@@ -14,9 +14,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fasgd_optax
+from tests import cpu_devices
 from tests import reference
 
-NUM_DEVICES = 8
+NUM_DEVICES = cpu_devices.NUM_DEVICES
 ROWS, DIM, PER_DEVICE_BATCH = 64, 4, 6
 
 
@@ -40,6 +41,11 @@ def _batches(num_steps):
     yield ids, targets
 
 
+def _replicate(tree):
+  """`tree` stacked once per device, for `pmap`."""
+  return jax.tree.map(lambda x: jnp.stack([x] * NUM_DEVICES), tree)
+
+
 def _single_device_run(tx, num_steps):
   """The reference: one device over the concatenated batches."""
   params = _init_params()
@@ -60,7 +66,7 @@ class DataParallelTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    chex.assert_equal(jax.device_count(), NUM_DEVICES)
+    self.devices = cpu_devices.use(self)
 
   @parameterized.named_parameters(('horizon', 30, None), ('half_life', 30, 3.0))
   def test_pmap_matches_concatenated_batch(self, num_steps, half_life):
@@ -68,17 +74,15 @@ class DataParallelTest(parameterized.TestCase):
                                 count_half_life=half_life)
     tx = make_tx(axis_name='batch')
 
-    @functools.partial(jax.pmap, axis_name='batch')
+    @functools.partial(jax.pmap, axis_name='batch', devices=self.devices)
     def step(params, state, ids, targets):
       grads = jax.grad(_loss)(params, ids, targets)
       grads = jax.lax.psum(grads, 'batch')
       updates, state = tx.update(grads, state, params, ids={'table': ids})
       return optax.apply_updates(params, updates), state
 
-    replicate = lambda tree: jax.tree.map(
-        lambda x: jnp.stack([x] * NUM_DEVICES), tree)
-    params = replicate(_init_params())
-    state = replicate(tx.init(_init_params()))
+    params = _replicate(_init_params())
+    state = _replicate(tx.init(_init_params()))
     for ids, targets in _batches(4):
       params, state = step(params, state, ids, targets)
 
@@ -94,7 +98,7 @@ class DataParallelTest(parameterized.TestCase):
           optax.tree.get(state, 'row_counts')['kernel'][:, 0], 4)
 
   def test_shard_map_matches_concatenated_batch(self):
-    mesh = Mesh(np.array(jax.devices()), ('batch',))
+    mesh = Mesh(np.array(self.devices), ('batch',))
     tx = fasgd_optax.cf_sgd(0.02, num_steps=30, axis_name='batch')
     shard_map = getattr(jax, 'shard_map', None)
     if shard_map is None:  # Older JAX.
@@ -120,27 +124,33 @@ class DataParallelTest(parameterized.TestCase):
     chex.assert_trees_all_close(params, expected_params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(state, expected_state)
 
-  @chex.variants(with_pmap=True)
-  def test_pmap_variant_without_axis_name(self):
+  def test_pmap_without_axis_name(self):
     # Identical inputs on every device and no axis_name: each replica counts
-    # its own (identical) batch.
+    # its own (identical) batch. (chex's pmap variant would skip this on a
+    # one-GPU machine: it counts the default backend's devices.)
     tx = fasgd_optax.cf_sgd(0.3, num_steps=30)
     params = _init_params()
     ids = jnp.array([[1, 2], [2, 2]])
     grads = jax.grad(_loss)(params, ids, jnp.ones(2))
-    step = self.variant(
-        lambda g, s, p, i: tx.update(g, s, p, ids={'table': i}))
-    updates, state = step(grads, tx.init(params), params, ids)
+    step = jax.pmap(lambda g, s, p, i: tx.update(g, s, p, ids={'table': i}),
+                    devices=self.devices)
+    updates, state = step(*_replicate((grads, tx.init(params), params, ids)))
     expected, expected_state = tx.update(grads, tx.init(params), params,
                                          ids={'table': ids})
-    chex.assert_trees_all_close(updates, expected, rtol=1e-6)
-    chex.assert_trees_all_close(state, expected_state)
+    for device in range(NUM_DEVICES):
+      on_device = jax.tree.map(lambda x, d=device: x[d], (updates, state))
+      chex.assert_trees_all_close(on_device[0], expected, rtol=1e-6)
+      chex.assert_trees_all_close(on_device[1], expected_state)
 
 
 class ShardedTableTest(parameterized.TestCase):
 
+  def setUp(self):
+    super().setUp()
+    self.devices = cpu_devices.use(self)
+
   def _mesh_and_shardings(self):
-    mesh = Mesh(np.array(jax.devices()), ('rows',))
+    mesh = Mesh(np.array(self.devices), ('rows',))
     return mesh, {'table': NamedSharding(mesh, P('rows', None)),
                   'kernel': NamedSharding(mesh, P())}
 
@@ -192,7 +202,7 @@ class ShardedTableTest(parameterized.TestCase):
   def test_explicit_sharding_mesh(self, use_jit):
     # jax.make_mesh gives Explicit axes on recent JAX, where a sharding the
     # compiler cannot resolve is an error rather than a guess.
-    mesh = jax.make_mesh((NUM_DEVICES,), ('rows',))
+    mesh = jax.make_mesh((NUM_DEVICES,), ('rows',), devices=self.devices)
     table = jax.device_put(jnp.ones((ROWS, DIM)),
                            NamedSharding(mesh, P('rows', None)))
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10, count_half_life=3.0)

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 import fasgd_optax
+from tests import cpu_devices
 
 
 def _reference_updates(grads, accumulators, learning_rate, epsilon):
@@ -122,7 +123,7 @@ class RowwiseAdagradTest(chex.TestCase):
         ids={'embed': jnp.array([1])})
 
   def test_keeps_row_sharding(self):
-    mesh = Mesh(np.array(jax.devices()), ('rows',))
+    mesh = Mesh(np.array(cpu_devices.use(self)), ('rows',))
     table = jax.device_put(jnp.ones((16, 4)),
                            NamedSharding(mesh, P('rows', None)))
     tx = fasgd_optax.rowwise_adagrad(0.1)

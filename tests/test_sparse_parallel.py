@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 import fasgd_optax
+from tests import cpu_devices
 from tests import sparse_cases as cases
 from tests.sparse_cases import NUM_DEVICES
 
@@ -21,7 +22,7 @@ class ShardedTableTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    chex.assert_equal(jax.device_count(), NUM_DEVICES)
+    self.devices = cpu_devices.use(self, NUM_DEVICES)
 
   @parameterized.parameters(
       ('cf_sgd_half_life_capped', False, False),
@@ -36,9 +37,10 @@ class ShardedTableTest(parameterized.TestCase):
       if not hasattr(jax.sharding, 'AxisType'):
         self.skipTest('No Explicit mesh axes in this JAX.')
       mesh = jax.make_mesh((NUM_DEVICES,), ('rows',),
-                           axis_types=(jax.sharding.AxisType.Explicit,))
+                           axis_types=(jax.sharding.AxisType.Explicit,),
+                           devices=self.devices)
     else:
-      mesh = Mesh(np.array(jax.devices()), ('rows',))
+      mesh = Mesh(np.array(self.devices), ('rows',))
     sharding = NamedSharding(mesh, P('rows', None))
     _, sparse, _ = cases.optimizers(name)
     table = jax.device_put(jnp.asarray(cases.initial_table()), sharding)
@@ -69,6 +71,10 @@ class ShardedTableTest(parameterized.TestCase):
 class DataParallelTest(parameterized.TestCase):
   """Each replica's batch; the result of one device over all of them."""
 
+  def setUp(self):
+    super().setUp()
+    self.devices = cpu_devices.use(self, NUM_DEVICES)
+
   def _single_device(self, sparse, batches):
     table = jnp.asarray(cases.initial_table())
     state = sparse.init(table)
@@ -90,7 +96,7 @@ class DataParallelTest(parameterized.TestCase):
     sparse = make(axis_name='batch')
     batches = list(cases.batches(3, shape=(NUM_DEVICES * 2, 2)))
 
-    @functools.partial(jax.pmap, axis_name='batch')
+    @functools.partial(jax.pmap, axis_name='batch', devices=self.devices)
     def step(table, state, ids, targets):
       row_grads = jax.grad(cases.loss)(table[ids], targets)
       return sparse.apply(table, state, ids, row_grads)
@@ -115,7 +121,7 @@ class DataParallelTest(parameterized.TestCase):
     shard_map = getattr(jax, 'shard_map', None)
     if shard_map is None:  # Older JAX.
       from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
-    mesh = Mesh(np.array(jax.devices()), ('batch',))
+    mesh = Mesh(np.array(self.devices), ('batch',))
     sparse = fasgd_optax.sparse_cf_sgd(0.8, num_steps=50, axis_name='batch')
 
     def local_step(table, state, ids, targets):
