@@ -17,13 +17,13 @@ sweep restarted with the same flags skips the runs it has already done.
 import dataclasses
 import json
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
+from examples.common import machine
 from examples.common import plotting
 from examples.common import progress
 from examples.movielens import config as config_lib
@@ -211,15 +211,7 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def machine_description() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
-    if names:
-      cpu = names[0]
-  except OSError:
-    pass
-  return f'{os.cpu_count()}-core CPU ({cpu}), {platform.system()}'
+  return machine.describe_machine()
 
 
 def _fmt(stat: Mapping[str, float]) -> str:

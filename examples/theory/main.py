@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 import jax
 
+from examples.common import machine
 from examples.theory import analysis
 from examples.theory import plots
 from examples.theory import train
@@ -70,6 +71,7 @@ def main(argv):
   results['command'] = 'python -m examples.theory.main ' + ' '.join(
       arg for arg in sys.argv[1:])
   results['machine'] = {
+      'description': machine.describe_machine(),
       'platform': platform.platform(),
       'cpu_count': os.cpu_count(),
       'jax_backend': jax.default_backend(),

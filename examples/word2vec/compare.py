@@ -16,7 +16,6 @@ already there. Then `--report` draws the loss curves and writes the tables:
 import dataclasses
 import json
 import os
-import platform
 from typing import Optional
 
 from absl import app
@@ -24,6 +23,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from examples.common import machine as machine_lib
 from examples.common import plotting
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
@@ -97,9 +97,8 @@ def update_of(run: dict) -> str:
 
 
 def machine() -> str:
-  return (f'{platform.processor() or platform.machine()}, '
-          f'{os.cpu_count()} CPU cores, "this machine" (shared with other '
-          'jobs while measured)')
+  return (f'{machine_lib.describe_machine()}, "this machine" (shared with '
+          'other jobs while measured)')
 
 
 def run_sweep(path: str) -> None:
