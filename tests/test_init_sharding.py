@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 import fasgd_optax
+from tests import cpu_devices
 
 NUM_DEVICES, ROWS, DIM = 8, 64, 4
 
@@ -35,17 +36,12 @@ TRANSFORMATIONS = {
 
 
 def _cpu_mesh(explicit):
-  devices = jax.devices('cpu')
-  if len(devices) < NUM_DEVICES:
-    raise absltest.SkipTest(
-        f'needs {NUM_DEVICES} CPU devices (XLA_FLAGS='
-        f'--xla_force_host_platform_device_count={NUM_DEVICES} before JAX '
-        f'starts, as conftest.py sets); found {len(devices)}')
+  devices = np.array(cpu_devices.get(NUM_DEVICES))
   if not explicit:
-    return Mesh(np.array(devices[:NUM_DEVICES]), ('rows',))
+    return Mesh(devices, ('rows',))
   if not hasattr(jax.sharding, 'AxisType'):
     raise absltest.SkipTest('this JAX has no Explicit mesh axes')
-  return Mesh(np.array(devices[:NUM_DEVICES]), ('rows',),
+  return Mesh(devices, ('rows',),
               axis_types=(jax.sharding.AxisType.Explicit,))
 
 
@@ -54,6 +50,10 @@ def _spec(leaf):
 
 
 class InitShardingTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    cpu_devices.use(self, NUM_DEVICES)
 
   @parameterized.product(name=tuple(TRANSFORMATIONS), explicit=(False, True),
                          use_jit=(False, True))
