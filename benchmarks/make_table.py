@@ -2,6 +2,9 @@ r"""Renders `embedding_step.py`'s JSON as a Markdown report with the targets.
 
   python benchmarks/make_table.py --input benchmarks/results/cpu.json \
       --output benchmarks/results/README.md
+  # With a check against an earlier run on the same machine:
+  python benchmarks/make_table.py --input /tmp/new.json \
+      --baseline benchmarks/results/cpu.json --output -
 """
 
 import json
@@ -16,18 +19,50 @@ _INPUT = flags.DEFINE_string('input', 'benchmarks/results/cpu.json',
 _OUTPUT = flags.DEFINE_string(
     'output', 'benchmarks/results/README.md',
     'Markdown file to write; "-" prints to stdout.')
+_BASELINE = flags.DEFINE_string(
+    'baseline', None,
+    'An earlier JSON of embedding_step.py on the same machine: adds the '
+    'target that no sparse step is more than 10% slower than there (synced '
+    'medians, which every report has).')
 
 ORDER = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd',
-         'sparse_cf_sgd', 'sparse_fa_sgd', 'sparse_rowwise_adagrad',
-         'no_update')
+         'sparse_sgd', 'sparse_cf_sgd', 'sparse_fa_sgd',
+         'sparse_rowwise_adagrad', 'no_update')
 LABELS = {
     'sgd': '`optax.sgd`', 'adagrad': '`optax.adagrad`',
     'adam': '`optax.adam`', 'rowwise_adagrad': 'row-wise Adagrad',
-    'fa_sgd': 'FA-SGD', 'cf_sgd': 'CF-SGD',
+    'fa_sgd': 'FA-SGD', 'cf_sgd': 'CF-SGD', 'sparse_sgd': 'SGD, sparse',
     'sparse_cf_sgd': 'CF-SGD, sparse', 'sparse_fa_sgd': 'FA-SGD, sparse',
     'sparse_rowwise_adagrad': 'row-wise Adagrad, sparse',
     'no_update': 'gather and loss only (no update)',
 }
+DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
+
+
+def _label(name: str) -> str:
+  """'sparse_cf_sgd@reduce' -> 'CF-SGD, sparse, `reduce` duplicates'."""
+  base, _, duplicates = name.partition('@')
+  label = LABELS.get(base, f'`{base}`')
+  return f'{label}, `{duplicates}` duplicates' if duplicates else label
+
+
+def _names(results) -> list[str]:
+  """The optimizers in `results`, in ORDER, each base's @modes after it."""
+
+  def key(name):
+    base, _, duplicates = name.partition('@')
+    return (ORDER.index(base) if base in ORDER else len(ORDER), base,
+            DUPLICATE_MODES.index(duplicates or 'auto')
+            if (duplicates or 'auto') in DUPLICATE_MODES else 99, name)
+
+  return sorted({r['optimizer'] for r in results}, key=key)
+
+
+def main_ms(result: Optional[dict[str, Any]]) -> Optional[float]:
+  """The main number: back-to-back ms per step (synced, for older reports)."""
+  if result is None:
+    return None
+  return result.get('back_to_back_ms', result.get('median_ms'))
 
 
 def _sizes(results) -> list[int]:
@@ -42,8 +77,7 @@ def _find(results, name: str, num_rows: int) -> Optional[dict[str, Any]]:
 
 
 def _median(results, name, num_rows) -> Optional[float]:
-  result = _find(results, name, num_rows)
-  return None if result is None else result.get('median_ms')
+  return main_ms(_find(results, name, num_rows))
 
 
 def _rows_label(num_rows: int) -> str:
@@ -68,11 +102,12 @@ def _format_bytes(num_bytes: int) -> str:
   return f'{num_bytes} B'
 
 
-def time_table(results) -> list[str]:
+def time_table(results, key: str = 'back_to_back_ms') -> list[str]:
+  """Rows of optimizers, columns of N, cells of `key` (ms per step)."""
   sizes = _sizes(results)
   lines = ['| optimizer | ' + ' | '.join(f'N = {_rows_label(n)}' for n in sizes)
            + ' |', '|---|' + '---:|' * len(sizes)]
-  for name in ORDER:
+  for name in _names(results):
     cells = []
     for num_rows in sizes:
       result = _find(results, name, num_rows)
@@ -80,10 +115,12 @@ def time_table(results) -> list[str]:
         cells.append('')
       elif 'skipped' in result:
         cells.append('skipped¹')
+      elif 'error' in result:
+        cells.append('failed³')
       else:
-        cells.append(_format_ms(result['median_ms']))
+        cells.append(_format_ms(result[key]))
     if any(cells):
-      lines.append(f'| {LABELS[name]} | ' + ' | '.join(cells) + ' |')
+      lines.append(f'| {_label(name)} | ' + ' | '.join(cells) + ' |')
   return lines
 
 
@@ -92,7 +129,7 @@ def memory_table(results) -> list[str]:
   lines = ['| optimizer | (state + frequencies²) / params | ' + ' | '.join(
       f'state, N = {_rows_label(n)}' for n in sizes) + ' |',
            '|---|---:|' + '---:|' * len(sizes)]
-  for name in ORDER:
+  for name in _names(results):
     measured = [r for r in results
                 if r['optimizer'] == name and 'state_bytes' in r]
     if not measured:
@@ -109,7 +146,7 @@ def memory_table(results) -> list[str]:
         if result.get('frequencies_bytes'):
           cell += f" + {_format_bytes(result['frequencies_bytes'])}²"
       cells.append(cell)
-    lines.append(f'| {LABELS[name]} | {ratio:.4f} | ' + ' | '.join(cells)
+    lines.append(f'| {_label(name)} | {ratio:.4f} | ' + ' | '.join(cells)
                  + ' |')
   return lines
 
@@ -158,15 +195,72 @@ def targets(results, dim: int) -> list[str]:
   value = ratio(_median(results, 'sparse_cf_sgd', 10_000_000),
                 _median(results, 'sparse_cf_sgd', 100_000))
   spread = ''
-  if value is not None and len(large.get('round_medians_ms', [])) > 1:
+  rounds_key = ('round_back_to_back_ms' if 'round_back_to_back_ms' in (
+      large or {}) else 'round_medians_ms')
+  if value is not None and len(large.get(rounds_key, [])) > 1:
     # Round i of every optimizer ran close in time, at each size.
-    round_ratios = [a / b for a, b in zip(large['round_medians_ms'],
-                                          small['round_medians_ms'])]
+    round_ratios = [a / b for a, b in zip(large[rounds_key],
+                                          small[rounds_key])]
     spread = (f' (rounds: {min(round_ratios):.2f}× to '
               f'{max(round_ratios):.2f}×)')
   lines.append('| CF-SGD sparse step grows < 1.5× from N = 1e5 to 1e7 | '
                + ('' if value is None else f'{value:.2f}×{spread}') + ' | '
                + _verdict(None if value is None else value < 1.5) + ' |')
+  return lines
+
+
+def _target_line(target: str, measured: str, ok: Optional[bool]) -> str:
+  return f'| {target} | {measured} | {_verdict(ok)} |'
+
+
+def accelerator_targets(results) -> list[str]:
+  """Issue 10's targets for the sparse path on an accelerator."""
+  lines = ['| target | measured | verdict |', '|---|---|---|']
+  sizes = (100_000, 1_000_000, 10_000_000, 100_000_000)
+  for name in ('sparse_cf_sgd', 'sparse_fa_sgd', 'sparse_rowwise_adagrad'):
+    ratios = []
+    for num_rows in sizes:
+      step, floor = (_median(results, n, num_rows) for n in (name, 'no_update'))
+      if step is not None and floor is not None:
+        ratios.append((num_rows, step / floor))
+    measured = ', '.join(f'{_rows_label(n)}: {r:.2f}×' for n, r in ratios)
+    if 0 < len(ratios) < len(sizes):
+      measured += f' (only {len(ratios)} of the {len(sizes)} sizes)'
+    ok = None  # Met only if measured at every size.
+    if any(r > 2 for _, r in ratios):
+      ok = False
+    elif len(ratios) == len(sizes):
+      ok = True
+    lines.append(_target_line(
+        f'{_label(name)} ≤ 2× `no_update`, every N in 1e5 … 1e8', measured,
+        ok))
+  sgd, sparse = (_median(results, n, 10_000_000)
+                 for n in ('sgd', 'sparse_cf_sgd'))
+  value = None if sgd is None or sparse is None else sgd / sparse
+  lines.append(_target_line(
+      'CF-SGD sparse step ≥ 10× faster than `optax.sgd`, N = 1e7',
+      '' if value is None else f'{value:.1f}×',
+      None if value is None else value >= 10))
+  return lines
+
+
+def baseline_targets(results, baseline: dict[str, Any],
+                     baseline_name: str) -> list[str]:
+  """No sparse step more than 10% slower than in `baseline` (synced medians)."""
+  lines = ['| sparse step | N | now (ms) | ' + baseline_name
+           + ' (ms) | ratio | verdict |', '|---|---:|---:|---:|---:|---|']
+  for result in results:
+    before = _find(baseline['results'], result['optimizer'],
+                   result['num_rows'])
+    if (result.get('path') != 'sparse' or 'median_ms' not in result
+        or before is None or 'median_ms' not in before):
+      continue
+    ratio = result['median_ms'] / before['median_ms']
+    lines.append(
+        f"| {_label(result['optimizer'])} | {_rows_label(result['num_rows'])} "
+        f"| {_format_ms(result['median_ms'])} | "
+        f"{_format_ms(before['median_ms'])} | {ratio:.2f}× | "
+        f'{_verdict(ratio <= 1.1)} |')
   return lines
 
 
@@ -179,11 +273,21 @@ def _method(config: dict[str, Any]) -> str:
              'table and optimizer state **not** donated, so each step writes '
              'a fresh table and state')
           + f") on an N × {config['dim']} float32 table with batches of "
-          f"{config['batch']} Zipf ids (exponent {config['zipf_exponent']}). "
-          f"Median over at least {config['steps']} steps (fast steps: as many "
-          f"as fit in {config.get('min_seconds', 0)} s, at most "
-          f"{config.get('max_steps', config['steps'])}) after "
-          f"{config['warmup']} warm-up steps")
+          f"{config['batch']} Zipf ids (exponent {config['zipf_exponent']}), "
+          f"after {config['warmup']} warm-up steps. ")
+  if 'back_to_back_steps' in config:
+    text += (
+        f"Main number: blocks of up to {config['back_to_back_steps']} steps "
+        'dispatched back to back with one host sync at the end (fewer steps '
+        'per block for slow steps), ms per step = block time / steps, median '
+        f"over at least 3 blocks (fast steps: {config.get('min_seconds', 0)} "
+        f"s of blocks, at most {config.get('max_steps')} steps). Second "
+        'number: the median of steps each followed by a host sync, ')
+  else:
+    text += 'Median step time, each step followed by a host sync, '
+  text += (f"over at least {config['steps']} steps (fast steps: as many "
+           f"as fit in {config.get('min_seconds', 0)} s, at most "
+           f"{config.get('max_steps', config['steps'])})")
   if repeats > 1:
     text += (f'; each pair timed in {repeats} rounds (every optimizer of a '
              'size once per round, on a fresh table) and the median of the '
@@ -193,7 +297,20 @@ def _method(config: dict[str, Any]) -> str:
              'process each')
   return text + ('. Dense optimizers take the gradient w.r.t. the whole table '
                  'and update all of it; sparse ones take it w.r.t. the '
-                 'gathered rows and update only those.')
+                 'gathered rows and update only those. A sparse optimizer '
+                 'named with `@scatter` or `@reduce` combines duplicate ids '
+                 'that way; without, `auto` compiles the backend\'s own '
+                 '(`scatter` on CPU, `reduce` on GPU and TPU).')
+
+
+def _machine(machine: dict[str, Any]) -> str:
+  """'NVIDIA H200 (gpu) with a 16-core CPU (...)', or the CPU for old runs."""
+  if 'description' in machine:
+    return (f'{machine["description"]} (JAX {machine["jax_version"]}, '
+            f'backend {machine["jax_backend"]}{_pages(machine)})')
+  return (f'{machine["cpu"]} ({machine["cpu_count"]} cores, JAX '
+          f'{machine["jax_version"]}, backend '
+          f'{machine["jax_backend"]}{_pages(machine)})')
 
 
 def _pages(machine: dict[str, Any]) -> str:
@@ -206,58 +323,82 @@ def _pages(machine: dict[str, Any]) -> str:
                  ', no GLIBC_TUNABLES')
 
 
-def render(report: dict[str, Any], json_name: str) -> str:
+def render(report: dict[str, Any], json_name: str,
+           baseline: Optional[tuple[dict[str, Any], str]] = None) -> str:
+  """The Markdown report; `baseline` is (an earlier report, its file name)."""
   results = report['results']
   config = report['config']
   machine = report['machine']
+  back_to_back = any('back_to_back_ms' in r for r in results)
   lines = [
       '# Embedding step benchmark',
       '',
       _method(config),
       '',
-      f'Made by `{report["command"]}` on {machine["cpu"]} '
-      f'({machine["cpu_count"]} cores, JAX {machine["jax_version"]}, backend '
-      f'{machine["jax_backend"]}{_pages(machine)}), in '
-      f'{report["total_seconds"]} s. The machine '
-      'is shared: load average (1, 5, 15 min) '
+      f'Made by `{report["command"]}` on {_machine(machine)}, in '
+      f'{report["total_seconds"]} s. Load average (1, 5, 15 min) '
       f'{report["load_average_before"]} before and '
       f'{report["load_average_after"]} after the run. Rendered from '
       f'`{json_name}` by `python benchmarks/make_table.py`; the plot is '
       f'`{os.path.splitext(json_name)[0]}.png`.',
       '',
-      '## Median step time (ms)',
-      '',
   ]
-  lines += time_table(results)
+  if back_to_back:
+    lines += ['## ms per step, steps back to back', '']
+    lines += time_table(results, 'back_to_back_ms')
+    lines += ['', '## Median ms per step, one host sync per step', '']
+    lines += time_table(results, 'median_ms')
+  else:
+    lines += ['## Median step time (ms)', '']
+    lines += time_table(results, 'median_ms')
   skipped = [r for r in results if 'skipped' in r]
   if skipped:
     lines += ['', '¹ Skipped: ' + '; '.join(
-        f"{LABELS[r['optimizer']]} at N = {_rows_label(r['num_rows'])} "
+        f"{_label(r['optimizer'])} at N = {_rows_label(r['num_rows'])} "
         f"({r['skipped']})" for r in skipped) + '.']
+  failed = [r for r in results if 'error' in r]
+  if failed:
+    lines += ['', '³ Failed: ' + '; '.join(
+        f"{_label(r['optimizer'])} at N = {_rows_label(r['num_rows'])} "
+        f"({r['error']})" for r in failed) + '.']
   lines += ['', '## Optimizer state', '']
   lines += memory_table(results)
   lines += ['', '² FA-SGD\'s per-row frequencies (float32), which it holds '
             'outside its state; the other optimizers have none.']
   lines += ['', '## Targets (issue 3)', '']
   lines += targets(results, config['dim'])
+  lines += ['', '## Targets for accelerators (issue 10)', '']
+  lines += accelerator_targets(results)
+  if baseline is not None:
+    lines += ['', f'## Against `{baseline[1]}` (synced medians)', '']
+    lines += baseline_targets(results, *baseline)
   lines.append('')
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
+def _load(path: str, flag: str) -> dict[str, Any]:
   try:
-    with open(_INPUT.value) as f:
+    with open(path) as f:
       report = json.load(f)
   except FileNotFoundError as e:
     raise app.UsageError(
-        f'--input {_INPUT.value}: no such file; run '
+        f'--{flag} {path}: no such file; run '
         'benchmarks/embedding_step.py first.') from e
   for key in ('results', 'config', 'machine', 'command'):
     if key not in report:
       raise app.UsageError(
-          f'--input {_INPUT.value}: not a benchmark report (no {key!r} key).')
-  markdown = render(report, os.path.basename(_INPUT.value))
+          f'--{flag} {path}: not a benchmark report (no {key!r} key).')
+  return report
+
+
+def main(argv):
+  del argv
+  report = _load(_INPUT.value, 'input')
+  baseline = None
+  if _BASELINE.value:
+    baseline = (_load(_BASELINE.value, 'baseline'),
+                os.path.basename(_BASELINE.value))
+  markdown = render(report, os.path.basename(_INPUT.value), baseline)
   if _OUTPUT.value == '-':
     print(markdown)
   else:

@@ -1,4 +1,4 @@
-"""benchmarks/embedding_step.py and make_table.py, run tiny."""
+"""benchmarks/: the step benchmark and its table, run tiny, and its pieces."""
 
 import json
 import os
@@ -7,27 +7,38 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+import jax
 import numpy as np
+
+from benchmarks import isolation
+from benchmarks import timing
+from benchmarks import workload
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = timing.Settings(dim=8, batch=64, steps=2, warmup=1, num_batches=2,
+                        min_seconds=0.0, back_to_back_steps=4)
 
 
 class BenchmarkScriptTest(absltest.TestCase):
   """benchmarks/embedding_step.py and make_table.py run end to end."""
 
-  def _run(self, *flags_):
+  def _run(self, *flags_, check=True):
     """(report, markdown, whether the PNG was written) of a tiny run."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS='cpu')
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
     with tempfile.TemporaryDirectory() as output:
-      subprocess.run(
-          [sys.executable, os.path.join(root, 'benchmarks', 'embedding_step.py'),
+      completed = subprocess.run(
+          [sys.executable, os.path.join(_ROOT, 'benchmarks', 'embedding_step.py'),
            '--dim=8', '--batch=64', '--steps=2', '--warmup=1',
-           '--num_batches=2', '--min_seconds=0', *flags_,
-           f'--output={output}', '--name=tiny'],
-          check=True, env=env, capture_output=True, timeout=300)
+           '--num_batches=2', '--min_seconds=0', '--back_to_back_steps=4',
+           *flags_, f'--output={output}', '--name=tiny'],
+          check=False, env=env, capture_output=True, text=True, timeout=300)
+      if not check:
+        return completed
+      self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
       with open(os.path.join(output, 'tiny.json')) as f:
         report = json.load(f)
       markdown = subprocess.run(
-          [sys.executable, os.path.join(root, 'benchmarks', 'make_table.py'),
+          [sys.executable, os.path.join(_ROOT, 'benchmarks', 'make_table.py'),
            f'--input={output}/tiny.json', '--output=-'],
           check=True, env=env, capture_output=True, text=True,
           timeout=120).stdout
@@ -43,6 +54,7 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertEqual(len(by_name), 8)
     # Adam's 5 tables' worth of 2000 × 8 floats exceed the 200 kB budget.
     self.assertIn('skipped', by_name[('adam', 2000)])
+    self.assertIn('--max_memory_gb=0.0002', by_name[('adam', 2000)]['skipped'])
     cf = by_name[('sparse_cf_sgd', 2000)]
     self.assertEqual(cf['state_bytes'], 2000 * 4 + 4)
     self.assertEqual(cf['params_bytes'], 2000 * 8 * 4)
@@ -52,7 +64,21 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertEqual(cf['timed_steps'], 4)
     self.assertAlmostEqual(cf['median_ms'],
                            float(np.median(cf['round_medians_ms'])))
+    # Back to back: each round 3 blocks of K ≤ 4 steps, one sync per block.
+    self.assertGreater(cf['back_to_back_ms'], 0.0)
+    self.assertLen(cf['round_back_to_back_ms'], 2)
+    self.assertAlmostEqual(cf['back_to_back_ms'],
+                           float(np.median(cf['round_back_to_back_ms'])))
+    self.assertTrue(all(1 <= k <= 4 for k in cf['back_to_back_steps']))
+    self.assertEqual(cf['back_to_back_timed_steps'],
+                     3 * sum(cf['back_to_back_steps']))
+    self.assertEqual(cf['duplicates'], 'auto')
     self.assertTrue(report['config']['donate'])
+    # The device is named, in the JSON and in the table.
+    machine = report['machine']
+    self.assertEqual(machine['platform'], 'cpu')
+    self.assertEqual(machine['device_kind'], jax.devices('cpu')[0].device_kind)
+    self.assertIn(machine['description'], markdown)
     # Each size's dense and sparse optimizers ran in a subprocess of their
     # own, and their results came back in order, sizes first.
     self.assertTrue(report['config']['isolate'])
@@ -62,10 +88,37 @@ class BenchmarkScriptTest(absltest.TestCase):
         + [(2000, 'dense')] * 2 + [(2000, 'sparse')] * 2)
     self.assertEqual(by_name[('sparse_fa_sgd', 1000)]['frequencies_bytes'],
                      1000 * 4)
+    self.assertIn('## ms per step, steps back to back', markdown)
+    self.assertIn('## Median ms per step, one host sync per step', markdown)
     self.assertIn('| CF-SGD, sparse |', markdown)
     self.assertIn('skipped¹', markdown)
     self.assertIn('CF-SGD state bytes ≤ params bytes / d + 1 KiB', markdown)
     self.assertIn('in 2 rounds', markdown)
+
+  def test_both_duplicate_modes_on_one_machine(self):
+    report, markdown, _ = self._run(
+        '--num_rows=1000', '--noisolate', '--noplot',
+        '--duplicates=auto,scatter,reduce',
+        '--optimizers=sparse_cf_sgd,sparse_sgd@reduce,no_update')
+    self.assertEqual(
+        [(r['optimizer'], r.get('duplicates')) for r in report['results']],
+        [('sparse_cf_sgd', 'auto'), ('sparse_cf_sgd@scatter', 'scatter'),
+         ('sparse_cf_sgd@reduce', 'reduce'), ('sparse_sgd@reduce', 'reduce'),
+         ('no_update', None)])
+    for result in report['results']:
+      self.assertGreater(result['back_to_back_ms'], 0.0)
+    self.assertIn('| CF-SGD, sparse, `reduce` duplicates |', markdown)
+    self.assertIn('| SGD, sparse, `reduce` duplicates |', markdown)
+
+  def test_bad_optimizer_names_are_usage_errors(self):
+    for name, message in (
+        ('no_update@reduce', 'only .* take @<duplicates>'),
+        ('sparse_cf_sgd@sorted', 'duplicates must be one of'),
+        ('momentum', "unknown optimizer 'momentum'")):
+      completed = self._run('--num_rows=1000', f'--optimizers={name}',
+                            check=False)
+      self.assertNotEqual(completed.returncode, 0)
+      self.assertRegex(completed.stderr, message)
 
   def test_no_donation_counts_fresh_outputs_in_memory_estimate(self):
     # 1000 × 8 floats are 32 kB: sparse CF-SGD needs 1 table donated and 2
@@ -79,6 +132,79 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertIn('needs about 6 tables', by_name['adagrad']['skipped'])
     self.assertGreater(by_name['sparse_cf_sgd']['median_ms'], 0.0)
     self.assertIn('**not** donated', markdown)
+
+
+class _Device:
+  """A stand-in device whose memory_stats() a test chooses."""
+  device_kind = 'Test GPU'
+
+  def __init__(self, stats):
+    self._stats = stats
+
+  def memory_stats(self):
+    return self._stats
+
+
+class MemoryAndFailureTest(absltest.TestCase):
+  """timing.py: what does not fit, or fails, never loses other results."""
+
+  def test_memory_limit_prefers_the_smaller_of_device_and_flag(self):
+    device = _Device({'bytes_limit': 80e9})
+    self.assertEqual(timing.memory_limit(device, None),
+                     (80e9, "the Test GPU's bytes_limit"))
+    self.assertEqual(timing.memory_limit(device, 10.0),
+                     (10e9, '--max_memory_gb=10.0'))
+    self.assertEqual(timing.memory_limit(_Device(None), None)[0],
+                     timing.DEFAULT_MEMORY_GB * 1e9)
+
+  def test_device_limit_skips_what_cannot_fit(self):
+    # 1000 × 8 floats are 32 kB: Adam's 5 tables exceed 100 kB, SGD's 3 not.
+    optimizers = workload.expand(['adam', 'sgd'], ['auto'])
+    results = timing.measure_size(1000, optimizers, _TINY,
+                                  device=_Device({'bytes_limit': 100_000}),
+                                  emit=lambda result: None)
+    self.assertIn("Test GPU's bytes_limit", results[0]['skipped'])
+    self.assertGreater(results[1]['back_to_back_ms'], 0.0)
+
+  def test_out_of_memory_and_errors_keep_the_other_results(self):
+    optimizers = workload.expand(
+        ['sparse_cf_sgd', 'sgd', 'sparse_fa_sgd', 'no_update'], ['auto'])
+
+    def make_step(optimizer, inputs, **kwargs):
+      if optimizer.name == 'sparse_cf_sgd':
+        raise jax.errors.JaxRuntimeError(
+            'RESOURCE_EXHAUSTED: Out of memory while trying to allocate '
+            '51200000000 bytes.')
+      if optimizer.name == 'sparse_fa_sgd':
+        raise ValueError('a bug')
+      return workload.make_step(optimizer, inputs, **kwargs)
+
+    emitted = []
+    results = timing.measure_size(1000, optimizers, _TINY,
+                                  make_step=make_step, emit=emitted.append)
+    self.assertEqual(emitted, results)
+    self.assertEqual([r['optimizer'] for r in results],
+                     ['sparse_cf_sgd', 'sgd', 'sparse_fa_sgd', 'no_update'])
+    self.assertRegex(results[0]['skipped'],
+                     '^out of memory: JaxRuntimeError: RESOURCE_EXHAUSTED')
+    self.assertEqual(results[2]['error'], 'ValueError: a bug')
+    for result in results[1], results[3]:
+      self.assertGreater(result['back_to_back_ms'], 0.0)
+
+  def test_a_crashed_child_loses_only_what_it_had_not_finished(self):
+    with tempfile.TemporaryDirectory() as folder:
+      script = os.path.join(folder, 'crash.py')
+      with open(script, 'w') as f:
+        f.write('import json, sys\n'
+                'print("compiling...")\n'
+                'print(json.dumps({"optimizer": "sgd", "num_rows": 10, '
+                '"path": "dense", "median_ms": 1.0}), flush=True)\n'
+                'sys.exit(137)\n')
+      results = isolation.measure_in_subprocess(script, '', 10,
+                                                ['sgd', 'adam'], 'dense')
+    self.assertEqual(results[0]['median_ms'], 1.0)
+    self.assertEqual(results[1]['optimizer'], 'adam')
+    self.assertIn('exited with status 137', results[1]['error'])
 
 
 if __name__ == '__main__':

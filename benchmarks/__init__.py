@@ -1,0 +1,1 @@
+"""The step benchmark: `python benchmarks/embedding_step.py` (see its docstring)."""

@@ -1,0 +1,73 @@
+"""Measuring a table size in a fresh Python process.
+
+A large dense step allocates and frees several tables' worth of memory; timing
+the next optimizer in the same process measures that aftermath too (on this
+project's CPU VM, sparse steps at N = 1e7 ran about 1.8× slower right after
+the dense ones). A fresh process per size and path is what a user's training
+job sees. A child that crashes (killed for memory, say) loses only the
+results it had not finished: each finished result is a JSON line on its
+stdout, and the rest are recorded as errors.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+
+def _finished_results(stdout: str) -> dict[str, dict[str, Any]]:
+  """The results a child printed, by optimizer name."""
+  finished = {}
+  for line in stdout.splitlines():
+    if not line.startswith('{'):
+      continue
+    try:
+      result = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(result, dict) and 'optimizer' in result:
+      finished[result['optimizer']] = result
+  return finished
+
+
+def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
+                          names: list[str], path: str) -> list[dict[str, Any]]:
+  """`script`'s measurement of `names` at `num_rows`, with this run's flags.
+
+  Args:
+    script: the benchmark's entry point, run as
+      ``python script --flagfile=... --num_rows=N --optimizers=... --noisolate``.
+    flag_lines: this run's flags, as `flags.FLAGS.flags_into_string()` gives
+      them; the arguments above override them.
+    num_rows: N.
+    names: optimizer names, all of one `path`.
+    path: 'dense' or 'sparse', for the error entries of a crashed child.
+
+  Returns:
+    One result per name, in order; an 'error' entry for each that the child
+    did not finish.
+  """
+  with tempfile.TemporaryDirectory() as folder:
+    flagfile = os.path.join(folder, 'flags')
+    with open(flagfile, 'w') as f:
+      f.write(flag_lines)
+    command = [sys.executable, script, f'--flagfile={flagfile}',
+               f'--num_rows={num_rows}', f'--optimizers={",".join(names)}',
+               '--duplicates=auto', '--noisolate', '--noplot',
+               f'--output={folder}', '--name=part']
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                               check=False)
+    sys.stdout.write(completed.stdout)
+    sys.stdout.flush()
+    report = os.path.join(folder, 'part.json')
+    if os.path.exists(report):  # Written last: the child finished.
+      with open(report) as f:
+        return json.load(f)['results']
+  finished = _finished_results(completed.stdout)
+  reason = (f'its process exited with status {completed.returncode} before '
+            'finishing (its stderr is in the log)')
+  return [finished.get(name) or {'optimizer': name, 'num_rows': num_rows,
+                                 'path': path, 'error': reason}
+          for name in names]
