@@ -8,15 +8,16 @@ does not grow with the files (README.md shows it for a 10× larger file).
 - **Malformed lines** (wrong field count, a label other than 0/1, a bad
   integer, a categorical value that is not 8 hex digits) never become data.
   With ``bad_lines='skip'`` they are counted by kind and the first few are
-  kept with their file and line number (`BadLineLog`); with ``'fail'`` the
-  first raises `MalformedLineError`.
+  kept with their file and line number (`BadLineLog`: lines of the first
+  pass over the files, read ahead of the training step included); with
+  ``'fail'`` the first raises `MalformedLineError`.
 - **A truncated or damaged gzip file**: every complete line before the damage
   is handled as usual (used, or skipped/failed as ``bad_lines`` says), the
   partial line at the cut is refused, then `TruncatedFileError` names the file
   and the last complete line.
 - **Shards**: shard s of S reads lines s, s + S, s + 2S, … of every file, so S
   readers (e.g. one per process) split the data by line, and one reader of all
-  S shards (`ProcessBatches`) makes the very same batches.
+  S shards (`process_batches`) makes the very same batches.
 - **Positions**: each batch says where its shard stands after it
   (pass, file, line), so a resumed run starts its shards there.
 - **Prefetch**: `Prefetcher` parses batches in a background thread while the
@@ -258,7 +259,8 @@ class ShardReader:
           raise MalformedLineError(
               f'{path}:{line_number}: {problem.message} (malformed line; '
               'run with --bad_lines=skip to skip such lines).')
-        self.log.add(path, line_number, problem.kind, problem.message)
+        if pass_index == 0:  # Later passes skip the same lines again.
+          self.log.add(path, line_number, problem.kind, problem.message)
       yield Chunk(examples, file, pass_index, numbers[good])
 
 

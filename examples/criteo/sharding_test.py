@@ -1,0 +1,119 @@
+"""Row-sharded training on device meshes gives the one-device result.
+
+Runs on 8 CPU devices (conftest.py asks XLA for them), whatever the default
+backend, so it also runs beside a GPU.
+"""
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import numpy as np
+
+from examples.criteo import config as config_lib
+from examples.criteo import synthetic
+from examples.criteo import train
+
+NUM_DEVICES = 8
+
+
+def cpu_devices(test: absltest.TestCase) -> list[jax.Device]:
+  """The first 8 CPU devices, the first the default while `test` runs."""
+  devices = jax.devices('cpu')
+  if len(devices) < NUM_DEVICES:
+    test.skipTest(
+        f'needs {NUM_DEVICES} CPU devices, JAX has {len(devices)}: set '
+        f'XLA_FLAGS=--xla_force_host_platform_device_count={NUM_DEVICES} '
+        'before JAX starts (conftest.py does)')
+  test.enter_context(jax.default_device(devices[0]))
+  return devices[:NUM_DEVICES]
+
+
+def tiny_config(**overrides) -> config_lib.Config:
+  settings = dict(table_rows=(40,) * 26, embedding_dim=4, mlp_features=(8,),
+                  batch_size=32, num_steps=4, learning_rate=0.5)
+  settings.update(overrides)
+  return config_lib.Config(**settings)
+
+
+def write_data(directory: str, num_lines: int = 200) -> str:
+  path = os.path.join(directory, 'train.txt')
+  synthetic.write(path, num_lines, seed=1, model=synthetic.PlantedModel(
+      0, synthetic.default_vocabulary_sizes(largest=200)))
+  return path
+
+
+def row_leaves(state, num_rows):
+  """{path: leaf} of the state's arrays with a table row's axis first."""
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+          if leaf.ndim and leaf.shape[0] == num_rows}
+
+
+class MeshTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.devices = cpu_devices(self)
+    directory = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, directory)
+    self.data = train.Data(train=[write_data(directory)])
+
+  def run_on(self, config, shape):
+    mesh = train.make_mesh(shape, self.devices[:int(np.prod(shape))])
+    num_rows = train.padded_rows(config.table_rows, mesh.size)
+    declared = train.Layout(mesh, num_rows).rows
+    shardings = []
+
+    def check_sharding(step, state):
+      leaves = row_leaves(state, num_rows)
+      shardings.append({path: leaf.sharding for path, leaf in leaves.items()})
+      for path, leaf in leaves.items():
+        self.assertTrue(leaf.sharding.is_equivalent_to(declared, leaf.ndim),
+                        f'step {step}: {path} is {leaf.sharding}')
+
+    results = train.train_and_evaluate(config, self.data, mesh,
+                                       on_step=check_sharding, log_every=2)
+    self.assertLen(shardings, config.num_steps)
+    return results['state'], num_rows
+
+  @parameterized.named_parameters(
+      ('sparse_cf_sgd', dict(optimizer='cf_sgd', learning_rate=2.0),
+       ('row_counts',)),
+      ('sparse_rowwise_adagrad', dict(optimizer='rowwise_adagrad',
+                                      dense_optimizer='adam',
+                                      dense_learning_rate=0.01),
+       ('accumulators',)),
+      ('dense_cf_sgd', dict(optimizer='cf_sgd', update='dense',
+                            learning_rate=2.0), ('row_counts',)),
+      ('dense_adam', dict(optimizer='adam', update='dense',
+                          learning_rate=0.01), ('mu', 'nu')),
+  )
+  def test_meshes_give_the_one_device_result(self, overrides, row_state):
+    config = tiny_config(**overrides)
+    reference, num_rows = self.run_on(config, (1,))
+    leaves = row_leaves(reference, num_rows)
+    # The table and its optimizer's per-row arrays are all row-sharded.
+    self.assertIn("[0]['tables']['embedding'].value", leaves)
+    for name in row_state:
+      self.assertTrue(any(name in path for path in leaves), leaves.keys())
+    # Training moved the table and counted rows.
+    self.assertGreater(float(np.abs(np.asarray(
+        leaves["[0]['tables']['embedding'].value"])[:, -1]).max()), 0)
+    counts = [np.asarray(v) for p, v in leaves.items() if 'row_counts' in p]
+    for count in counts:
+      self.assertEqual(int(count.sum()), 4 * 32 * 26)
+    for shape in ((8,), (4, 2)):
+      with self.subTest(mesh=shape):
+        state, _ = self.run_on(config, shape)
+        chex.assert_trees_all_close(jax.device_get(state),
+                                    jax.device_get(reference),
+                                    rtol=1e-4, atol=1e-6)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,500 @@
+"""DeepFM on Criteo-format data: sharded state, train and eval steps, the loop.
+
+Placement on a device mesh (`make_mesh`): axes ('data',) or ('data',
+'model'). The stacked embedding table and every optimizer array with one entry
+per table row (CF-SGD's counts, row-wise Adagrad's accumulators, Adam's
+moments on the dense path) are sharded by rows over all mesh axes; the batch
+is sharded over 'data'; the other parameters are replicated. The steps are
+`jax.jit` with these shardings; XLA partitions the table's gathers and
+scatters so that each device reads and writes only its own rows, and only
+batch-sized arrays (ids, gathered rows, row gradients) cross devices.
+
+Two update paths on the same model:
+
+- 'sparse': `fasgd_optax.nnx_sparse.value_and_grad` differentiates with
+  respect to the rows the batch looked up, a `fasgd_optax.sparse_*`
+  transformation updates only those rows, and any Optax optimizer the other
+  parameters;
+- 'dense': one Optax optimizer over all parameters, the table's gradient a
+  dense N×(d+1) array (what Adam and Adagrad need).
+
+Multi-process runs (`jax.distributed.initialize`) work the same: every process
+runs this code on its part of each global batch.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, Optional
+
+from absl import logging
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fasgd_optax
+from fasgd_optax import nnx_sparse
+
+from examples.common import metrics
+from examples.common import optimizers
+from examples.criteo import config as config_lib
+from examples.criteo import criteo_format
+from examples.criteo import input_pipeline
+from examples.criteo import model as model_lib
+
+# The stacked table's rows are padded to a multiple of this (and of the
+# device count), so that runs on 1 to 1024 devices (powers of two) build the
+# same table and can resume each other's checkpoints.
+ROW_MULTIPLE = 1024
+DATA_AXIS = 'data'
+MODEL_AXIS = 'model'
+
+
+def make_mesh(shape: Sequence[int],
+              devices: Optional[Sequence[jax.Device]] = None
+              ) -> jax.sharding.Mesh:
+  """A mesh of `devices` (default: all) with axes ('data',) or ('data', 'model')."""
+  shape = tuple(int(size) for size in shape)
+  if len(shape) not in (1, 2) or min(shape) < 1:
+    raise ValueError(f'mesh shape {shape}: expected one or two positive sizes '
+                     '(data,) or (data, model).')
+  devices = list(jax.devices() if devices is None else devices)
+  if math.prod(shape) != len(devices):
+    raise ValueError(f'mesh shape {shape} needs {math.prod(shape)} devices; '
+                     f'{len(devices)} are given.')
+  names = (DATA_AXIS, MODEL_AXIS)[:len(shape)]
+  return jax.sharding.Mesh(np.array(devices).reshape(shape), names)
+
+
+def padded_rows(table_rows: Sequence[int], num_devices: int) -> int:
+  """Rows of the stacked table: Σ table_rows, padded (see ROW_MULTIPLE)."""
+  multiple = math.lcm(ROW_MULTIPLE, num_devices)
+  return -(-sum(table_rows) // multiple) * multiple
+
+
+class Layout(NamedTuple):
+  """Where things live on the mesh."""
+  mesh: jax.sharding.Mesh
+  num_rows: int  # rows of the stacked table (padded)
+
+  def sharding(self, *spec) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(self.mesh,
+                                      jax.sharding.PartitionSpec(*spec))
+
+  @property
+  def rows(self) -> jax.sharding.NamedSharding:
+    """Row-sharded over all mesh axes."""
+    return self.sharding(self.mesh.axis_names)
+
+  @property
+  def batch(self) -> jax.sharding.NamedSharding:
+    return self.sharding(DATA_AXIS)
+
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return self.sharding()
+
+  def of_leaf(self, leaf: Any) -> jax.sharding.NamedSharding:
+    """Row-sharded for arrays with a table row's axis first; else replicated."""
+    if getattr(leaf, 'ndim', 0) >= 1 and leaf.shape[0] == self.num_rows:
+      return self.rows
+    return self.replicated
+
+
+def _sparse_transformation(name: str, learning_rate: float, num_steps: int):
+  if name == 'sgd':
+    # examples.common.optimizers has no sparse SGD yet.
+    return fasgd_optax.sparse_sgd(learning_rate)
+  return optimizers.make_sparse_optimizer(name, learning_rate,
+                                          num_steps=num_steps)
+
+
+def _dense_transformation(config: config_lib.Config, learning_rate=None):
+  return optimizers.make_optimizer(
+      config.dense_optimizer or config.optimizer,
+      learning_rate or config.dense_learning_rate or config.learning_rate,
+      num_steps=config.num_steps)
+
+
+def _is_table(path: str) -> bool:
+  return path.startswith(model_lib.TABLE_PATH)
+
+
+class Transformations(NamedTuple):
+  """The optimizers of a run: for the tables and the other parameters."""
+  tables: Any  # 'sparse': a SparseTransformation; 'dense': None.
+  dense: optax.GradientTransformation  # 'dense': over all parameters.
+
+
+def make_transformations(config: config_lib.Config) -> Transformations:
+  """The config's optimizers.
+
+  Built outside any `jit` or `eval_shape` trace: `fasgd_optax.rowwise_adagrad`
+  checks its hyperparameters with `bool()` of a jnp value, which fails on a
+  tracer.
+  """
+  if config.update == 'sparse':
+    return Transformations(
+        _sparse_transformation(config.optimizer, config.learning_rate,
+                               config.num_steps),
+        _dense_transformation(config))
+  table_tx = optimizers.make_optimizer(config.optimizer, config.learning_rate,
+                                       num_steps=config.num_steps)
+  if config.dense_optimizer is None and config.dense_learning_rate is None:
+    return Transformations(None, table_tx)
+  return Transformations(None, optimizers.make_split_optimizer(
+      table_tx, _dense_transformation(config),
+      lambda params: optimizers.label_embeddings(params, _is_table)))
+
+
+def build(config: config_lib.Config, num_rows: int,
+          transformations: Transformations):
+  """The model and its optimizers, as a tuple of NNX objects.
+
+  'sparse': (model, dense_optimizer, SparseOptimizer); 'dense': (model,
+  optimizer over all parameters).
+  """
+  model = model_lib.DeepFM(num_rows, config.embedding_dim,
+                           mlp_features=config.mlp_features,
+                           init_scale=config.init_scale,
+                           rngs=nnx.Rngs(config.seed))
+  if config.update == 'sparse':
+    dense_opt = nnx.Optimizer(model, transformations.dense, wrt=nnx.Param)
+    sparse_opt = nnx_sparse.SparseOptimizer(model, transformations.tables)
+    return model, dense_opt, sparse_opt
+  return model, nnx.Optimizer(model, transformations.dense,
+                              wrt=(nnx.Param, nnx_sparse.SparseTable))
+
+
+def loss_fn(model: model_lib.DeepFM, batch: Mapping[str, jax.Array]):
+  logits = model(batch['dense'], batch['ids'])
+  return optax.sigmoid_binary_cross_entropy(logits, batch['labels']).mean()
+
+
+class Trainer:
+  """The jitted steps of one config on one mesh.
+
+  Attributes:
+    config: the run.
+    layout: the mesh and the table's rows.
+    graphdef: the NNX graph of `build`'s objects.
+    state_shardings: the state's shardings.
+  """
+
+  def __init__(self, config: config_lib.Config, mesh: jax.sharding.Mesh):
+    self.config = config
+    num_rows = padded_rows(config.table_rows, mesh.size)
+    self.layout = Layout(mesh, num_rows)
+    data_size = mesh.shape[DATA_AXIS]
+    if config.batch_size % data_size:
+      raise ValueError(f'batch_size {config.batch_size} is not a multiple of '
+                       f'the mesh\'s data axis ({data_size}).')
+    transformations = make_transformations(config)
+    abstract = nnx.eval_shape(
+        lambda: build(config, num_rows, transformations))
+    self.graphdef, abstract_state = nnx.split(abstract)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+        nnx.state(abstract[0], nnx.Param)):
+      if leaf.ndim and leaf.shape[0] == num_rows:
+        raise ValueError(
+            f'Parameter {jax.tree_util.keystr(path)} has {num_rows} rows, as '
+            'many as the stacked table: choose other table_rows.')
+    self.state_shardings = jax.tree.map(self.layout.of_leaf, abstract_state)
+    self.abstract_state = abstract_state
+    batch_shardings = {'labels': self.layout.batch,
+                       'dense': self.layout.batch, 'ids': self.layout.batch}
+    self._init = jax.jit(
+        lambda: nnx.state(build(config, num_rows, transformations)),
+        out_shardings=self.state_shardings)
+    step = self._sparse_step if config.update == 'sparse' else self._dense_step
+    self.train_step = jax.jit(
+        step, in_shardings=(self.state_shardings, batch_shardings),
+        out_shardings=(self.state_shardings, self.layout.replicated),
+        donate_argnums=0)
+    self.predict = jax.jit(
+        self._predict, in_shardings=(self.state_shardings, batch_shardings),
+        out_shardings=self.layout.batch)
+
+  def init(self) -> Any:
+    """The initial state, created sharded (never whole on one device)."""
+    return self._init()
+
+  def _sparse_step(self, state, batch):
+    model, dense_opt, sparse_opt = nnx.merge(self.graphdef, state)
+    loss, grads, table_grads = nnx_sparse.value_and_grad(loss_fn)(model,
+                                                                  batch)
+    dense_opt.update(model, grads)
+    sparse_opt.update(model, table_grads)
+    return nnx.state((model, dense_opt, sparse_opt)), loss
+
+  def _dense_step(self, state, batch):
+    model, opt = nnx.merge(self.graphdef, state)
+    loss, grads = nnx.value_and_grad(
+        loss_fn, argnums=nnx.DiffState(
+            0, (nnx.Param, nnx_sparse.SparseTable)))(model, batch)
+    opt.update(model, grads, ids={model_lib.TABLE_PATH: batch['ids']})
+    return nnx.state((model, opt)), loss
+
+  def _predict(self, state, batch):
+    model = nnx.merge(self.graphdef, state)[0]
+    return model(batch['dense'], batch['ids'])
+
+  # -- The batch on the mesh, from each process's part of it.
+
+  def local_rows(self) -> tuple[int, int]:
+    """[start, stop) of the global batch this process provides."""
+    index_map = self.layout.batch.addressable_devices_indices_map(
+        (self.config.batch_size,))
+    starts = sorted({index[0].start or 0 for index in index_map.values()})
+    stops = sorted({index[0].stop or self.config.batch_size
+                    for index in index_map.values()})
+    start, stop = starts[0], stops[-1]
+    size = self.config.batch_size // self.layout.mesh.shape[DATA_AXIS]
+    if (stop - start) != size * len(starts):
+      raise ValueError(
+          'This process\'s devices hold non-contiguous parts of the batch; '
+          'order the mesh\'s devices by process.')
+    return start, stop
+
+  def local_shards(self) -> list[int]:
+    """The data shards this process reads (see `Config.data_shards`)."""
+    start, stop = self.local_rows()
+    shard_size = self.config.batch_size // self.config.data_shards
+    if start % shard_size or stop % shard_size:
+      raise ValueError(
+          f'data_shards {self.config.data_shards} does not split the batch '
+          f'at this process\'s rows [{start}, {stop}); use a multiple of the '
+          f'number of processes ({jax.process_count()}).')
+    return list(range(start // shard_size, stop // shard_size))
+
+  def global_batch(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """This process's rows of a batch as global arrays on the mesh."""
+    return {
+        name: jax.make_array_from_process_local_data(
+            self.layout.batch, value,
+            (self.config.batch_size,) + value.shape[1:])
+        for name, value in arrays.items()
+    }
+
+
+def counts(state: Any) -> Any:
+  """The arrays named row_counts in `state` (CF-SGD's), by path."""
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+          if 'row_counts' in jax.tree_util.keystr(path)}
+
+
+def evaluate(trainer: Trainer, state: Any,
+             batches: Iterator[input_pipeline.Batch]) -> dict[str, float]:
+  """AUC, log loss and example count of the model on `batches`."""
+  start, stop = trainer.local_rows()
+  labels, logits = [], []
+  for batch in batches:
+    arrays = {name: value[start:stop]
+              for name, value in batch.arrays().items()}
+    batch_logits = multihost_utils.process_allgather(
+        trainer.predict(state, trainer.global_batch(arrays)), tiled=True)
+    labels.append(batch.labels[:batch.size])
+    logits.append(np.asarray(batch_logits)[:batch.size])
+  labels = np.concatenate(labels) if labels else np.zeros((0,))
+  logits = np.concatenate(logits) if logits else np.zeros((0,))
+  probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))
+  return {
+      'auc': metrics.auc(labels, logits) if labels.size else float('nan'),
+      'log_loss': (metrics.log_loss(labels, probabilities) if labels.size
+                   else float('nan')),
+      'examples': int(labels.size),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Where the data comes from and how it is read (none of it changes results
+  of clean data; `bad_lines` decides what happens to malformed lines).
+
+  Attributes:
+    train: training files, read in order, pass after pass.
+    validation: files for the validation metrics (None: none).
+    test: files for the test metrics (None: none).
+    bad_lines: 'skip' (count and report) or 'fail' (raise on the first).
+    max_eval_examples: read at most this many examples of each evaluation
+      split (None: all).
+    block_bytes: bytes read from a file at a time.
+    prefetch: batches parsed ahead of the training step.
+  """
+  train: Sequence[str]
+  validation: Optional[Sequence[str]] = None
+  test: Optional[Sequence[str]] = None
+  bad_lines: str = 'skip'
+  max_eval_examples: Optional[int] = None
+  block_bytes: int = input_pipeline.DEFAULT_BLOCK_BYTES
+  prefetch: int = 4
+
+
+def _gather_positions(shards: Sequence[int],
+                      positions: Sequence[input_pipeline.Position],
+                      num_shards: int) -> list[list[int]]:
+  """Every shard's position, from every process's (the same everywhere)."""
+  local = np.full((num_shards, 3), -1, np.int64)
+  for shard, position in zip(shards, positions):
+    local[shard] = position.as_list()
+  if jax.process_count() > 1:
+    local = np.asarray(multihost_utils.process_allgather(local)).max(axis=0)
+  return local.tolist()
+
+
+def train_and_evaluate(
+    config: config_lib.Config,
+    data: Data,
+    mesh: jax.sharding.Mesh,
+    *,
+    checkpointer: Any = None,
+    eval_every: int = 0,
+    log_every: int = 100,
+    warmup_steps: int = 5,
+    stop_after_step: Optional[int] = None,
+    on_step: Optional[Callable[[int, Any], None]] = None,
+) -> dict[str, Any]:
+  """Trains `config` for `config.num_steps` steps, then evaluates.
+
+  Args:
+    config: the run.
+    data: the files.
+    mesh: the device mesh (see `make_mesh`); every process passes the same.
+    checkpointer: an `examples.common.checkpointing.Checkpointer` (or None):
+      the run resumes from its latest checkpoint (state and every data
+      shard's position) and saves as its options say, and at the last step.
+    eval_every: also evaluate on the validation files every this many steps
+      (0: only at the end).
+    log_every: log the mean training loss every this many steps.
+    warmup_steps: steps (compilation included) left out of the timing.
+    stop_after_step: stop after this step (with a checkpoint there) without
+      evaluating, e.g. to split a run over several jobs; rerun to go on.
+    on_step: called as ``on_step(step, state)`` after each step (tests).
+
+  Returns:
+    {'config', 'steps', 'train_loss' ([step, mean loss] every `log_every`
+    steps), 'validation' and 'test' metrics, 'validation_history',
+    'timing', 'bad_lines', 'optimizer_state_bytes', 'state'}.
+  """
+  trainer = Trainer(config, mesh)
+  hashing = criteo_format.Hashing(config.table_rows)
+  log = input_pipeline.BadLineLog()
+  state = trainer.init()
+  first_step = 1
+  shards = trainer.local_shards()
+  starts = None
+  record = {}
+  if checkpointer is not None:
+    restored = checkpointer.restore(state)
+    if restored is not None:
+      first_step = restored.step + 1
+      state = restored.state
+      record = restored.record
+      starts = [input_pipeline.Position(*record['positions'][shard])
+                for shard in shards]
+  batches = input_pipeline.Prefetcher(
+      input_pipeline.process_batches(
+          data.train, hashing, batch_size=config.batch_size, shards=shards,
+          num_shards=config.data_shards, starts=starts, repeat=True,
+          bad_lines=data.bad_lines, log=log, block_bytes=data.block_bytes),
+      data.prefetch)
+  train_loss = list(record.get('train_loss', []))
+  history = list(record.get('validation_history', []))
+  window: list[jax.Array] = []
+  last_step = config.num_steps
+  if stop_after_step is not None:
+    last_step = max(min(last_step, stop_after_step), first_step - 1)
+  timed_from = min(first_step + warmup_steps, last_step)
+  timer = {'start': None, 'data_wait': 0.0, 'checkpoint': 0.0, 'eval': 0.0,
+           'steps': 0}
+  positions = None
+
+  def evaluate_on(files):
+    return evaluate(trainer, state, input_pipeline.evaluation_batches(
+        files, hashing, batch_size=config.batch_size,
+        max_examples=data.max_eval_examples, bad_lines=data.bad_lines,
+        log=log, block_bytes=data.block_bytes))
+
+  try:
+    for step in range(first_step, last_step + 1):
+      if step == timed_from:
+        jax.block_until_ready(state)
+        timer['start'] = time.perf_counter()
+      wait_start = time.perf_counter()
+      batch = next(batches)
+      if timer['start'] is not None:
+        timer['data_wait'] += time.perf_counter() - wait_start
+        timer['steps'] += 1
+      state, loss = trainer.train_step(
+          state, trainer.global_batch(batch.arrays()))
+      positions = batch.positions
+      window.append(loss)
+      if step % log_every == 0 or step == last_step:
+        mean_loss = float(np.mean(jax.device_get(window)))
+        window = []
+        train_loss.append([step, mean_loss])
+        if jax.process_index() == 0:
+          logging.info('step %d: train loss %.5f', step, mean_loss)
+      if eval_every and data.validation and step % eval_every == 0:
+        eval_start = time.perf_counter()
+        history.append({'step': step, **evaluate_on(data.validation)})
+        if timer['start'] is not None:
+          timer['eval'] += time.perf_counter() - eval_start
+      if on_step is not None:
+        on_step(step, state)
+      if checkpointer is not None:
+        last = step == last_step
+        if last or checkpointer.should_save(step):
+          save_start = time.perf_counter()
+          checkpointer.save(step, state, {
+              'positions': _gather_positions(shards, positions,
+                                             config.data_shards),
+              'train_loss': train_loss,
+              'validation_history': history,
+          }, force=last)
+          if timer['start'] is not None:
+            timer['checkpoint'] += time.perf_counter() - save_start
+    jax.block_until_ready(state)
+    end = time.perf_counter()
+  finally:
+    batches.close()
+  timing = {}
+  if timer['start'] is not None and timer['steps']:
+    # Checkpoint saves and evaluations are not training: left out.
+    seconds = end - timer['start'] - timer['checkpoint'] - timer['eval']
+    timing = {
+        'steps': timer['steps'],
+        'seconds': seconds,
+        'examples_per_second': timer['steps'] * config.batch_size / seconds,
+        'data_wait_seconds': timer['data_wait'],
+        'checkpoint_seconds': timer['checkpoint'],
+    }
+  results = {
+      'config': config.record(),
+      'steps': last_step,
+      'train_loss': train_loss,
+      'validation_history': history,
+      'timing': timing,
+      'parameter_bytes': tree_bytes(state[0]),
+      'optimizer_state_bytes': tree_bytes(state) - tree_bytes(state[0]),
+      'state': state,
+  }
+  for split in ('validation', 'test'):
+    files = getattr(data, split)
+    if files and last_step == config.num_steps:
+      results[split] = evaluate_on(files)
+  results['bad_lines'] = {'counts': dict(log.counts), 'first': list(log.first),
+                          'summary': log.summary()}
+  return results
+
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of a pytree's arrays (or `jax.ShapeDtypeStruct`s)."""
+  return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+             for leaf in jax.tree.leaves(tree))
