@@ -5,9 +5,10 @@ a backend, so this must run before any test module uses JAX.
 
 1. Eight fake CPU devices, for the multi-device tests. They exist beside a GPU
    or TPU too; those tests take them from `tests/cpu_devices.py`, never from
-   the default backend. Both spellings are set: JAX_NUM_CPU_DEVICES (the
-   `jax_num_cpu_devices` option of newer JAX, which wins where it exists) and
-   XLA's flag (which JAX reads when that option is unset).
+   the default backend. This is XLA's flag, which JAX reads whenever its
+   `jax_num_cpu_devices` option is unset. That option (JAX_NUM_CPU_DEVICES)
+   is left alone: it would win over XLA_FLAGS in every subprocess a test
+   starts, and some tests start JAX processes with their own device count.
 2. Deterministic GPU kernels (`--xla_gpu_exclude_nondeterministic_ops=true`).
    The exact-resume tests of the examples compare a resumed run with an
    uninterrupted one bit for bit. On a GPU, scatter-adds (atomics) and
@@ -54,7 +55,6 @@ def _jax_starts_with(xla_flags: str) -> tuple[bool, str]:
   return completed.returncode == 0, completed.stderr.strip()[-300:]
 
 
-os.environ.setdefault('JAX_NUM_CPU_DEVICES', str(_NUM_CPU_DEVICES))
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS',
                                                                 ''):
   os.environ['XLA_FLAGS'] = _with_flag(_CPU_DEVICES_FLAG)
