@@ -1,1 +1,1 @@
-"""The step benchmark: `python benchmarks/embedding_step.py` (see its docstring)."""
+"""The step benchmark; run `python benchmarks/embedding_step.py`."""

@@ -47,30 +47,34 @@ _DEFAULTS = timing.Settings()
 _NUM_ROWS = flags.DEFINE_list(
     'num_rows', ['10000', '100000', '1000000', '10000000'],
     'Table sizes N (rows) to time; 1e7 and the like are accepted.')
-_DIM = flags.DEFINE_integer('dim', _DEFAULTS.dim, 'Embedding dimension d.')
-_BATCH = flags.DEFINE_integer('batch', _DEFAULTS.batch, 'Ids per step B.')
+_DIM = flags.DEFINE_integer('dim', _DEFAULTS.dim, 'Embedding dimension d.',
+                            lower_bound=1)
+_BATCH = flags.DEFINE_integer('batch', _DEFAULTS.batch, 'Ids per step B.',
+                              lower_bound=1)
 _STEPS = flags.DEFINE_integer(
     'steps', _DEFAULTS.steps,
     'Synced steps timed at least (each followed by a host sync; their median '
-    'is the second number).')
+    'is the second number).', lower_bound=1)
 _BACK_TO_BACK_STEPS = flags.DEFINE_integer(
     'back_to_back_steps', _DEFAULTS.back_to_back_steps,
     'K: steps per back-to-back block, one sync at its end (fewer for slow '
     'steps, so that 3 blocks fit in about --min_seconds). The main number is '
-    'the median block time / K.')
+    'the median block time / K.', lower_bound=1)
 _MIN_SECONDS = flags.DEFINE_float(
     'min_seconds', _DEFAULTS.min_seconds,
     'Keep timing fast steps until this many seconds are timed, per way of '
     'timing (at most --max_steps), so that medians of sub-millisecond steps '
-    'on a shared machine rest on many samples.')
+    'on a shared machine rest on many samples.', lower_bound=0.0)
 _MAX_STEPS = flags.DEFINE_integer(
-    'max_steps', _DEFAULTS.max_steps, 'Timed steps at most, per way of timing.')
+    'max_steps', _DEFAULTS.max_steps, 'Timed steps at most, per way of timing.',
+    lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
-    'warmup', _DEFAULTS.warmup, 'Untimed steps first (the first one compiles).')
+    'warmup', _DEFAULTS.warmup, 'Untimed steps first (the first one compiles).',
+    lower_bound=0)
 _REPEATS = flags.DEFINE_integer(
     'repeats', _DEFAULTS.repeats,
     'Times each (N, optimizer) pair this many times, in interleaved rounds; '
-    'the median of the rounds\' medians is reported.')
+    'the median of the rounds\' medians is reported.', lower_bound=1)
 _ISOLATE = flags.DEFINE_boolean(
     'isolate', True,
     'Measure each table size\'s dense and sparse optimizers in a fresh '
@@ -94,7 +98,7 @@ _ZIPF_EXPONENT = flags.DEFINE_float(
     'Exponent s of the ids\' Zipf law, p(rank) ∝ rank^-s.')
 _NUM_BATCHES = flags.DEFINE_integer(
     'num_batches', _DEFAULTS.num_batches,
-    'Distinct id batches cycled through during timing.')
+    'Distinct id batches cycled through during timing.', lower_bound=1)
 _MAX_MEMORY_GB = flags.DEFINE_float(
     'max_memory_gb', None,
     'Skip a (N, optimizer) pair whose estimated peak memory exceeds this or '
@@ -108,7 +112,8 @@ _PLOT = flags.DEFINE_boolean(
     '--isolate skip it: their parent plots every size).')
 _NAME = flags.DEFINE_string(
     'name', 'cpu', 'Results file stem: <output>/<name>.json and .png.')
-_SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed for ids and targets.')
+_SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed,
+                             'Seed for ids and targets.')
 
 
 def settings_from_flags() -> timing.Settings:
@@ -167,7 +172,7 @@ def parse_sizes(values: list[str]) -> list[int]:
     sizes = [int(float(n)) for n in values]
   except ValueError as e:
     raise app.UsageError(f'--num_rows must be integers; got {values}.') from e
-  if any(n <= 0 for n in sizes):
+  if not sizes or any(n <= 0 for n in sizes):
     raise app.UsageError(f'--num_rows must be positive; got {sizes}.')
   return sizes
 

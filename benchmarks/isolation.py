@@ -37,8 +37,8 @@ def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
   """`script`'s measurement of `names` at `num_rows`, with this run's flags.
 
   Args:
-    script: the benchmark's entry point, run as
-      ``python script --flagfile=... --num_rows=N --optimizers=... --noisolate``.
+    script: the benchmark's entry point, run as ``python script
+      --flagfile=... --num_rows=N --optimizers=... --noisolate``.
     flag_lines: this run's flags, as `flags.FLAGS.flags_into_string()` gives
       them; the arguments above override them.
     num_rows: N.

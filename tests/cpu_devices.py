@@ -1,4 +1,4 @@
-"""The 8 CPU devices that multi-device tests run on, whatever the default backend.
+"""The 8 CPU devices multi-device tests run on, whatever the default backend.
 
 `conftest.py` asks for 8 host devices before JAX starts. They exist beside a
 GPU or TPU too, where `jax.devices()` is the accelerator (often one chip), so

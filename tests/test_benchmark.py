@@ -27,7 +27,8 @@ class BenchmarkScriptTest(absltest.TestCase):
     env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
     with tempfile.TemporaryDirectory() as output:
       completed = subprocess.run(
-          [sys.executable, os.path.join(_ROOT, 'benchmarks', 'embedding_step.py'),
+          [sys.executable,
+           os.path.join(_ROOT, 'benchmarks', 'embedding_step.py'),
            '--dim=8', '--batch=64', '--steps=2', '--warmup=1',
            '--num_batches=2', '--min_seconds=0', '--back_to_back_steps=4',
            *flags_, f'--output={output}', '--name=tiny'],

@@ -1,4 +1,4 @@
-"""benchmarks/device_check.sh: parts log to OUTDIR and one failure stops none."""
+"""benchmarks/device_check.sh: parts log to OUTDIR; a failure stops none."""
 
 import json
 import os
@@ -13,8 +13,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, 'benchmarks', 'device_check.sh')
 
 
-@absltest.skipIf(shutil.which('bash') is None or shutil.which('timeout') is None,
-                 'needs bash and coreutils timeout')
+@absltest.skipIf(
+    shutil.which('bash') is None or shutil.which('timeout') is None,
+    'needs bash and coreutils timeout')
 class DeviceCheckTest(absltest.TestCase):
 
   def _run(self, outdir, *parts, **env):

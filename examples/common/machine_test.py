@@ -32,9 +32,9 @@ class DescribeMachineTest(absltest.TestCase):
     description = machine.describe_machine()
     self.assertIn(f'{info["cpu_count"]}-core CPU ({info["cpu"]})',
                   description)
-    self.assertEqual(
-        description.startswith(f'{info["device_count"]}× {device.device_kind}'),
-        device.platform != 'cpu')
+    accelerator = f'{info["device_count"]}× {device.device_kind}'
+    self.assertEqual(description.startswith(accelerator),
+                     device.platform != 'cpu')
 
 
 if __name__ == '__main__':
