@@ -1,166 +1,566 @@
-"""Per-epoch checkpoints with Orbax, for exact resume of an interrupted run.
+"""Orbax checkpoints that survive a kill at any moment, for exact resume.
 
-A checkpoint holds the training state (any pytree: parameters, optimizer
-state with its row counts, ...) and a JSON record (the epoch, the metrics so
-far, the run's config). The examples derive each epoch's data order from
-(seed, epoch), so the epoch number is all the iterator position there is, and a
-run restarted with the same flags continues bit for bit where it stopped.
+A checkpoint holds the training state (any pytree: parameters, optimizer state
+with its row counts, ...) and a JSON record (the step or epoch, the metrics so
+far, the run's config). The examples derive their data order from (seed, step)
+or (seed, epoch), so the step is all the iterator position there is, and a run
+restarted with the same flags continues bit for bit where it stopped.
 
-The state is stored as its list of leaves; its structure comes from the code
-that restores it (a freshly initialised state), so optimizer NamedTuples and
-`optax.MaskedNode`s need no special handling, and a checkpoint whose leaves do
-not fit the current state is refused with a clear error.
+What a restart finds, and what it does:
+
+- **Nothing, or only unfinished saves.** Orbax writes each checkpoint under a
+  temporary name and renames it when complete, so a save cut short is never
+  taken for a checkpoint. Such leftovers are deleted (Orbax's
+  `cleanup_tmp_directories`), and the run says so in its one resume line.
+- **Another live run on the directory.** Refused: the directory is locked
+  (`examples.common.locking`); a killed run's lock goes with its process.
+- **A checkpoint of other settings.** Refused, naming the changed settings.
+- **A corrupt checkpoint** (a truncated or edited file). The record keeps a
+  checksum of every array's values and of itself; restoring recomputes them,
+  so a damaged checkpoint is refused with a message naming it and the array.
+  With `Options(fallback=True)` (`--checkpoint_fallback`) it is moved aside
+  (`corrupt-<step>-<time>`) and the run resumes from the one before.
+
+The state is stored as its list of leaves; its structure, and where each array
+lives (devices and sharding), come from the state the caller restores into (a
+freshly initialised one), so optimizer NamedTuples need no special handling,
+row-sharded tables come back row-sharded, and a checkpoint whose arrays do not
+fit is refused. In a multi-process JAX run every process calls the same
+methods with its part of the same global arrays; process 0 takes the lock and
+writes the record, and all processes restore and check the same checkpoint.
+
+Two APIs: `Checkpointer` (by step, for training loops: `save` every
+`save_interval_steps`) and `EpochCheckpointer` (after every epoch, used by
+`examples.common.training.run_epochs`).
 """
 
+import dataclasses
+import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from examples.common import locking
+
 _TMP_MARKER = '.orbax-checkpoint-tmp'
+_FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used: partial, corrupt, or from another run."""
+  """A checkpoint cannot be used: corrupt, from another run, or locked."""
 
 
-def _leaves_dict(state: Any) -> dict[str, Any]:
-  return {f'{i:05d}': leaf for i, leaf in enumerate(jax.tree.leaves(state))}
+class CheckpointLockedError(CheckpointError, locking.DirectoryLockedError):
+  """Another live run is using the checkpoint directory."""
 
 
-class EpochCheckpointer:
-  """Saves the training state every epoch and restores the latest one.
+class _CorruptCheckpoint(Exception):
+  """A checkpoint's files do not give back what was saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a run checkpoints; none of it changes the run's results.
+
+  Attributes:
+    save_interval_steps: `Checkpointer.save` writes every this many steps and
+      returns at once in between (`force=True` writes anyway, e.g. the last
+      step). `EpochCheckpointer` saves every epoch.
+    max_to_keep: checkpoints kept (the newest); at least 2, so that a
+      fallback has one to fall back to.
+    async_save: write in the background (Orbax's async checkpointing):
+      `save` returns once the arrays are copied to host memory, and training
+      goes on while they are written. A kill during the write leaves an
+      unfinished save, discarded on restart like any other.
+    fallback: when the latest checkpoint is corrupt, move it aside and resume
+      from the one before; otherwise refuse to start.
+  """
+
+  save_interval_steps: int = 1
+  max_to_keep: int = 2
+  async_save: bool = False
+  fallback: bool = False
+
+  def __post_init__(self):
+    if self.save_interval_steps < 1:
+      raise ValueError(
+          f'save_interval_steps must be >= 1, got {self.save_interval_steps}.')
+    if self.max_to_keep < 2:
+      raise ValueError(f'max_to_keep must be >= 2, got {self.max_to_keep}.')
+
+
+class Restored(NamedTuple):
+  """What `Checkpointer.restore` found."""
+
+  step: int
+  state: Any
+  record: dict[str, Any]
+
+
+def _leaves_dict(leaves: list[Any]) -> dict[str, Any]:
+  return {f'{i:05d}': leaf for i, leaf in enumerate(leaves)}
+
+
+class Checkpointer:
+  """Saves the training state every few steps; restores the latest good one.
+
+  Example (a step-based loop; every process of a multi-process run does the
+  same)::
+
+    checkpointer = Checkpointer(workdir, config, Options(save_interval_steps=500))
+    restored = checkpointer.restore(state)  # None: start from scratch
+    first = 1 if restored is None else restored.step + 1
+    if restored is not None:
+      state = restored.state                # in `state`'s shardings
+    for step in range(first, num_steps + 1):
+      state, metrics = train_step(state, batch(step))
+      checkpointer.save(step, state, {'loss': float(metrics['loss'])},
+                        force=step == num_steps)
+    checkpointer.close()
 
   Args:
-    directory: where checkpoints go (created if missing).
+    directory: where checkpoints go (created if missing); locked for the life
+      of the checkpointer, so close it (or use it as a context manager).
     config: the run's settings (JSON-serialisable). A checkpoint written under
       a different config is refused, so a changed flag never silently mixes
-      two runs in one workdir.
-    max_to_keep: how many epochs' checkpoints to keep.
+      two runs in one directory. Put only settings that change results here.
+    options: `Options` (interval, async saves, fallback, ...).
+    unit: what a step is called in messages ('step', 'epoch', ...).
+
+  Raises:
+    CheckpointLockedError: another live run uses `directory`.
   """
 
   def __init__(
-      self, directory: str, config: Mapping[str, Any], max_to_keep: int = 2
+      self,
+      directory: str,
+      config: Mapping[str, Any],
+      options: Optional[Options] = None,
+      *,
+      unit: str = 'step',
   ):
     self.directory = os.path.abspath(directory)
     self.config = json.loads(json.dumps(dict(config)))
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            create=True,
-            enable_async_checkpointing=False,
-        ),
-    )
-
-  def latest_epoch(self) -> Optional[int]:
-    """The last saved epoch, or None when there is none.
-
-    Raises:
-      CheckpointError: when a partial (unfinished) checkpoint lies in the
-        directory: resuming from an older epoch without saying so would hide
-        the problem.
-    """
-    partial = sorted(
-        name for name in os.listdir(self.directory) if _TMP_MARKER in name
-    )
-    if partial:
-      raise CheckpointError(
-          f'Partial checkpoint {os.path.join(self.directory, partial[0])} '
-          '(a save that never finished, e.g. the run was killed while '
-          'saving). Delete it to resume from the last complete epoch '
-          f'({self._manager.latest_step()}), or use a new --workdir.'
+    self.options = options or Options()
+    self.unit = unit
+    try:
+      self._lock = locking.DirectoryLock(
+          self.directory, what='Checkpoint directory',
+          hint='or use another --workdir')
+    except locking.DirectoryLockedError as error:
+      raise CheckpointLockedError(str(error)) from None
+    try:
+      # Listed before Orbax deletes them, for the resume message. Only now,
+      # with the lock held, is no other run writing here.
+      self._unfinished = sorted(
+          name for name in os.listdir(self.directory) if _TMP_MARKER in name)
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=self.options.max_to_keep,
+              create=True,
+              cleanup_tmp_directories=True,
+              enable_async_checkpointing=self.options.async_save,
+          ),
       )
+    except BaseException:
+      self._lock.release()
+      raise
+
+  def latest_step(self) -> Optional[int]:
+    """The newest checkpoint's step (not yet checked), or None."""
     return self._manager.latest_step()
 
-  def save(self, epoch: int, state: Any, record: Mapping[str, Any]) -> None:
-    """Saves `state` and the JSON `record` as epoch `epoch`."""
-    record = dict(record, epoch=epoch, config=self.config)
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` would write (without `force`)."""
+    latest = self._manager.latest_step()
+    return (step % self.options.save_interval_steps == 0 and
+            (latest is None or step > latest))
+
+  def save(
+      self,
+      step: int,
+      state: Any,
+      record: Optional[Mapping[str, Any]] = None,
+      *,
+      force: bool = False,
+  ) -> bool:
+    """Saves `state` and the JSON `record` as `step`, if it is time to.
+
+    Args:
+      step: the number of steps (or epochs) done; what `restore` returns.
+      state: the training state (a pytree of arrays).
+      record: JSON-serialisable data to keep with it (metrics, history).
+      force: save even between intervals (not over an existing checkpoint).
+
+    Returns:
+      Whether a save was started (with `async_save`, it may still be running;
+      `wait_until_finished` or `close` waits for it).
+    """
+    latest = self._manager.latest_step()
+    if latest is not None and step <= latest:
+      return False
+    if not (force or step % self.options.save_interval_steps == 0):
+      return False
+    leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(state)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    try:
+      record = json.loads(json.dumps(dict(record or {}), allow_nan=True))
+    except (TypeError, ValueError) as error:
+      raise TypeError(
+          f'The checkpoint record of {self.unit} {step} is not JSON data: '
+          f'{error}') from None
+    record.update(step=step, config=self.config)
+    record['checkpoint'] = {
+        'format': _FORMAT,
+        'leaves': [
+            {'path': jax.tree_util.keystr(path), 'shape': list(np.shape(leaf)),
+             'dtype': str(_dtype(leaf)), 'fingerprint': fingerprint}
+            for (path, leaf), fingerprint in zip(
+                leaves_with_paths, self._fingerprints(leaves))
+        ],
+    }
+    record['checkpoint']['record_sha256'] = _record_sha256(record)
     self._manager.save(
-        epoch,
+        step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_leaves_dict(state)),
+            state=ocp.args.StandardSave(_leaves_dict(leaves)),
             record=ocp.args.JsonSave(record),
         ),
+        force=True,
     )
+    return True
+
+  def restore(self, like_state: Any) -> Optional[Restored]:
+    """Restores the newest good checkpoint into the form of `like_state`.
+
+    Logs one line saying where the run resumes and what was discarded
+    (unfinished saves; with `fallback`, corrupt checkpoints moved aside).
+
+    Args:
+      like_state: a state with the structure, shapes, dtypes and shardings to
+        restore into (e.g. the freshly initialised one). Its `jax.Array`
+        leaves give the shardings of the restored arrays.
+
+    Returns:
+      Restored(step, state, record), or None when there is no checkpoint.
+
+    Raises:
+      CheckpointError: the newest checkpoint is corrupt (without `fallback`),
+        was written under a different config, or does not fit `like_state`.
+    """
+    notes = []
+    if self._unfinished:
+      notes.append('discarded unfinished save' +
+                   ('s ' if len(self._unfinished) > 1 else ' ') +
+                   ', '.join(self._unfinished))
+    restored = None
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(step, like_state)
+        break
+      except _CorruptCheckpoint as error:
+        step_dir = self._step_dir(step)
+        if not self.options.fallback:
+          raise CheckpointError(
+              f'Checkpoint {step_dir} is corrupt: {error}. Rerun with '
+              f'--checkpoint_fallback to move it aside and resume from the '
+              f'{self.unit} before it, or use a new --workdir.') from None
+        moved = self._move_aside(step)
+        notes.append(f'{self.unit} {step} was corrupt ({error}), moved to '
+                     f'{moved}')
+    if jax.process_index() == 0:
+      where = (f'from {self.unit} {restored.step}' if restored is not None
+               else 'from scratch (no complete checkpoint)')
+      if restored is not None or notes:
+        logging.info('Resuming %s %s%s', self.directory, where,
+                     ''.join(f'; {note}' for note in notes))
+    return restored
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _move_aside(self, step: int) -> str:
+    """Renames a corrupt checkpoint so that Orbax no longer sees it."""
+    moved = os.path.join(
+        self.directory,
+        f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}')
+    if jax.process_index() == 0:
+      os.rename(self._step_dir(step), moved)
+    ocp.multihost.sync_global_processes(f'checkpointing:move_aside:{step}')
+    self._manager.reload()
+    return moved
+
+  def _restore_step(
+      self, step: int, like_state: Any
+  ) -> Restored:
+    """Restores and checks one checkpoint."""
+    step_dir = self._step_dir(step)
+    try:
+      record = self._manager.restore(
+          step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))['record']
+    except Exception as error:  # Orbax raises many types for bad files.
+      raise _CorruptCheckpoint(
+          f'its record cannot be read ({_brief(error)})') from error
+    if not isinstance(record, dict) or not isinstance(
+        record.get('checkpoint'), dict):
+      if isinstance(record, dict) and 'config' in record:
+        raise CheckpointError(
+            f'Checkpoint {step_dir} was written by an older version of this '
+            'code, without checksums. Use a new --workdir.')
+      raise _CorruptCheckpoint('its record has no checksums')
+    saved = dict(record['checkpoint'])
+    if saved.pop('record_sha256', None) != _record_sha256(
+        dict(record, checkpoint=saved)):
+      raise _CorruptCheckpoint('its record does not match its checksum')
+    if record.get('config') != self.config:
+      raise CheckpointError(self._config_mismatch(record.get('config') or {}))
+    like_with_paths, treedef = jax.tree_util.tree_flatten_with_path(like_state)
+    like_leaves = [leaf for _, leaf in like_with_paths]
+    saved_leaves = saved['leaves']
+    if len(saved_leaves) != len(like_leaves):
+      raise CheckpointError(
+          f'Checkpoint {step_dir} holds {len(saved_leaves)} arrays, the '
+          f'current state {len(like_leaves)}: it was written by different '
+          'code. Use a new --workdir.')
+    for (path, like), saved_leaf in zip(like_with_paths, saved_leaves):
+      shape, dtype = list(np.shape(like)), str(_dtype(like))
+      if [saved_leaf['shape'], saved_leaf['dtype']] != [shape, dtype]:
+        raise CheckpointError(
+            f'Checkpoint {step_dir}: array {saved_leaf["path"]} is '
+            f'{saved_leaf["dtype"]}{saved_leaf["shape"]}, the current state\'s '
+            f'{jax.tree_util.keystr(path)} {dtype}{shape}: it was written by '
+            'different code. Use a new --workdir.')
+    try:
+      leaves = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(
+                  _leaves_dict([_abstract(leaf) for leaf in like_leaves])),
+          ),
+      )['state']
+    except Exception as error:  # Orbax raises many types for bad files.
+      raise _CorruptCheckpoint(
+          f'its arrays cannot be read ({_brief(error)})') from error
+    leaves = [leaves[key] for key in sorted(leaves)]
+    leaves = [
+        np.asarray(leaf) if not isinstance(like, jax.Array) else leaf
+        for leaf, like in zip(leaves, like_leaves)
+    ]
+    for saved_leaf, fingerprint in zip(saved_leaves,
+                                       self._fingerprints(leaves)):
+      if fingerprint != saved_leaf['fingerprint']:
+        raise _CorruptCheckpoint(
+            f'array {saved_leaf["path"]} does not match its checksum')
+    return Restored(step, jax.tree.unflatten(treedef, leaves), record)
+
+  def _config_mismatch(self, saved: Mapping[str, Any]) -> str:
+    changed = sorted(
+        key for key in set(saved) | set(self.config)
+        if saved.get(key) != self.config.get(key)
+    )
+    details = ', '.join(
+        f'{key}: {saved.get(key)!r} -> {self.config.get(key)!r}'
+        for key in changed
+    )
+    return (
+        f'Checkpoints in {self.directory} come from a run with other '
+        f'settings ({details}). Use the same flags to resume, or a new '
+        '--workdir.'
+    )
+
+  def _fingerprints(self, leaves: list[Any]) -> list[list[int]]:
+    """Each leaf's checksum (two uint32 lanes), the same on every process."""
+    result: list[Optional[list[int]]] = [None] * len(leaves)
+    groups: dict[Any, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+      if isinstance(leaf, jax.Array):
+        groups.setdefault(frozenset(leaf.sharding.device_set), []).append(i)
+      else:
+        result[i] = [int(v) for v in _fingerprint(np.asarray(leaf), np)]
+    for indices in groups.values():
+      values = np.asarray(_fingerprint_arrays(
+          tuple(leaves[i] for i in indices)))
+      for i, value in zip(indices, values):
+        result[i] = [int(v) for v in value]
+    return result
+
+  def wait_until_finished(self) -> None:
+    """Waits for a background save to be complete on disk."""
     self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes any background save, then releases the directory."""
+    try:
+      self._manager.close()
+    finally:
+      self._lock.release()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+class EpochCheckpointer(Checkpointer):
+  """Saves the training state after every epoch and restores the latest one.
+
+  Args:
+    directory: where checkpoints go (created if missing; locked until
+      `close`).
+    config: the run's settings (JSON-serialisable); a checkpoint written under
+      a different config is refused.
+    max_to_keep: how many epochs' checkpoints to keep (default: options').
+    options: `Options`; its `save_interval_steps` is ignored (every epoch).
+    unit: what an epoch is called in messages.
+  """
+
+  def __init__(
+      self,
+      directory: str,
+      config: Mapping[str, Any],
+      max_to_keep: Optional[int] = None,
+      options: Optional[Options] = None,
+      *,
+      unit: str = 'epoch',
+  ):
+    options = options or Options()
+    if max_to_keep is not None:
+      options = dataclasses.replace(options, max_to_keep=max_to_keep)
+    super().__init__(directory, config, options, unit=unit)
+
+  def latest_epoch(self) -> Optional[int]:
+    """The last saved epoch (not yet checked), or None."""
+    return self.latest_step()
+
+  def save(self, epoch: int, state: Any,
+           record: Optional[Mapping[str, Any]] = None, *,
+           force: bool = True) -> bool:
+    """Saves `state` and the JSON `record` as epoch `epoch`."""
+    del force  # Every epoch is saved.
+    return super().save(epoch, state, dict(record or {}, epoch=epoch),
+                        force=True)
 
   def restore_latest(
       self, like_state: Any
   ) -> Optional[tuple[int, Any, dict[str, Any]]]:
-    """Restores the latest epoch into the structure of `like_state`.
-
-    Args:
-      like_state: a state with the structure, shapes and dtypes to restore
-        into (e.g. the freshly initialised one).
+    """Restores the latest good epoch into the form of `like_state`.
 
     Returns:
       (epoch, state, record), or None when there is no checkpoint.
 
     Raises:
-      CheckpointError: for a partial or corrupt checkpoint, one written under a
-        different config, or one whose arrays do not fit `like_state`.
+      CheckpointError: see `Checkpointer.restore`.
     """
-    epoch = self.latest_epoch()
-    if epoch is None:
+    restored = self.restore(like_state)
+    if restored is None:
       return None
-    step_dir = os.path.join(self.directory, str(epoch))
-    like_leaves = _leaves_dict(like_state)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_leaves)
-    try:
-      restored = self._manager.restore(
-          epoch,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract),
-              record=ocp.args.JsonRestore(),
-          ),
-      )
-    except Exception as error:  # Orbax raises many types for bad files.
-      raise CheckpointError(
-          f'Checkpoint {step_dir} is corrupt or incomplete and cannot be '
-          f'restored ({type(error).__name__}: {error}). Delete it to resume '
-          'from an earlier epoch, or use a new --workdir.'
-      ) from error
-    record = restored['record']
-    if record is None or 'config' not in record or 'epoch' not in record:
-      raise CheckpointError(
-          f'Checkpoint {step_dir} has no readable record (epoch, config).'
-      )
-    if record['config'] != self.config:
-      changed = sorted(
-          key
-          for key in set(record['config']) | set(self.config)
-          if record['config'].get(key) != self.config.get(key)
-      )
-      details = ', '.join(
-          f'{key}: {record["config"].get(key)!r} -> {self.config.get(key)!r}'
-          for key in changed
-      )
-      raise CheckpointError(
-          f'Checkpoints in {self.directory} come from a run with other '
-          f'settings ({details}). Use the same flags to resume, or a new '
-          '--workdir.'
-      )
-    leaves = restored['state']
-    if set(leaves) != set(like_leaves):
-      raise CheckpointError(
-          f'Checkpoint {step_dir} holds {len(leaves)} arrays, the current '
-          f'state {len(like_leaves)}: it was written by different code.'
-      )
-    for key, like in like_leaves.items():
-      if np.shape(leaves[key]) != np.shape(like):
-        raise CheckpointError(
-            f'Checkpoint {step_dir}: array {key} has shape '
-            f'{np.shape(leaves[key])}, the current state {np.shape(like)}.'
-        )
-    state = jax.tree.unflatten(
-        jax.tree.structure(like_state), [leaves[key] for key in sorted(leaves)]
-    )
-    return int(record['epoch']), state, record
+    return restored.step, restored.state, restored.record
 
-  def close(self) -> None:
-    self._manager.close()
+
+def _brief(error: BaseException) -> str:
+  """The first line of an error and of its causes (TensorStore's are long)."""
+  parts = []
+  while error is not None and len(parts) < 3:
+    lines = str(error).strip().splitlines() or ['']
+    line = lines[0].split(' See full TensorStore details')[0]
+    parts.append(f'{type(error).__name__}: {line[:300]}')
+    error = error.__cause__ or error.__context__
+  return '; from '.join(parts)
+
+
+# --------------------------------------------------------------------------
+# Checksums of values: computed from the arrays themselves (on their devices,
+# by exact integer arithmetic whose sum does not depend on the order), so they
+# are the same on every process and for every sharding of the same values.
+
+
+def _dtype(leaf: Any) -> np.dtype:
+  return leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype
+
+
+def _record_sha256(record: Mapping[str, Any]) -> str:
+  text = json.dumps(record, sort_keys=True, allow_nan=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _abstract(like: Any) -> Any:
+  if isinstance(like, jax.Array):
+    return jax.ShapeDtypeStruct(like.shape, like.dtype, sharding=like.sharding)
+  return np.asarray(like)
+
+
+# Two lanes, each a sum over words w at flat position p of
+# fmix32(w * multiplier + fmix32(p ^ seed)) mod 2^32. One changed word changes
+# each lane's sum for sure; more changes collide with probability ~2^-64.
+_LANES = ((0x9E3779B1, 0x243F6A88), (0x7FEB352D, 0x85A308D3))
+
+
+def _fmix32(h, xp):
+  """MurmurHash3's 32-bit finaliser (a bijection on uint32)."""
+  h = h ^ (h >> xp.uint32(16))
+  h = h * xp.uint32(0x85EBCA6B)
+  h = h ^ (h >> xp.uint32(13))
+  h = h * xp.uint32(0xC2B2AE35)
+  return h ^ (h >> xp.uint32(16))
+
+
+def _words(x, xp):
+  """The value's bits as uint32 words (8-byte items: a trailing axis of 2)."""
+  if xp is jnp and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if np.issubdtype(x.dtype, np.complexfloating):
+    x = xp.stack([x.real, x.imag], axis=-1)
+  if x.dtype == np.bool_:
+    return x.astype(xp.uint32)
+  size = np.dtype(x.dtype).itemsize
+  if xp is jnp:
+    if size in (1, 2):
+      return jax.lax.bitcast_convert_type(
+          x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  # Flat (row-major, as the jnp words flattened), at least 1-d: NumPy warns
+  # about wrapping arithmetic on scalars, not on arrays.
+  flat = np.ascontiguousarray(x).reshape(-1)
+  if size in (1, 2):
+    return flat.view({1: np.uint8, 2: np.uint16}[size]).astype(np.uint32)
+  return flat.view(np.uint32)
+
+
+def _positions(shape, xp):
+  """Each element's row-major flat index mod 2^32."""
+  if xp is np:
+    return (np.arange(int(np.prod(shape)), dtype=np.uint64) %
+            (1 << 32)).astype(np.uint32)
+  positions = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    positions = positions + jax.lax.broadcasted_iota(
+        jnp.uint32, shape, axis) * jnp.uint32(stride % (1 << 32))
+    stride *= shape[axis]
+  return positions
+
+
+def _fingerprint(x, xp):
+  words = _words(x, xp)
+  positions = _positions(words.shape, xp)
+  return [
+      xp.sum(_fmix32(words * xp.uint32(multiplier) +
+                     _fmix32(positions ^ xp.uint32(seed), xp), xp),
+             dtype=xp.uint32)
+      for multiplier, seed in _LANES
+  ]
+
+
+@jax.jit
+def _fingerprint_arrays(arrays):
+  return jnp.stack([jnp.stack(_fingerprint(x, jnp)) for x in arrays])

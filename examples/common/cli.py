@@ -1,0 +1,64 @@
+"""Flags that every example's main.py shares: checkpoints and logs.
+
+Importing this module defines them; a main.py then calls `configure_logs()`
+first thing and passes `checkpoint_options()` to its training::
+
+  from examples.common import cli
+
+  def main(argv):
+    cli.configure_logs()
+    train.train_and_evaluate(..., checkpoint_options=cli.checkpoint_options())
+
+A step-based example also defines `--save_interval_steps` with
+`define_save_interval_steps(default)`.
+"""
+
+from typing import Optional
+
+from absl import flags
+
+from examples.common import checkpointing
+from examples.common import logs
+
+CHECKPOINT_FALLBACK = flags.DEFINE_bool(
+    'checkpoint_fallback', False,
+    'When the latest checkpoint in --workdir is corrupt, move it aside and '
+    'resume from the one before it (without this flag the run refuses to '
+    'start and names the corrupt checkpoint).')
+ASYNC_CHECKPOINTS = flags.DEFINE_bool(
+    'async_checkpoints', False,
+    'Write checkpoints in the background while training goes on; a kill '
+    'during a write loses only that checkpoint, as with blocking saves.')
+VERBOSE_LIBRARIES = flags.DEFINE_bool(
+    'verbose_libraries', False,
+    'Also log libraries\' INFO messages (e.g. Orbax\'s checkpoint internals); '
+    'by default only their warnings and errors, and the example\'s own '
+    'messages.')
+
+_save_interval_steps: Optional[flags.FlagHolder[int]] = None
+
+
+def define_save_interval_steps(default: int) -> flags.FlagHolder[int]:
+  """Defines --save_interval_steps (for examples that checkpoint by step)."""
+  global _save_interval_steps
+  _save_interval_steps = flags.DEFINE_integer(
+      'save_interval_steps', default,
+      'Training steps between checkpoints (the last step is always saved).',
+      lower_bound=1)
+  return _save_interval_steps
+
+
+def configure_logs() -> None:
+  """Quiet library logs unless --verbose_libraries (see `logs.configure`)."""
+  logs.configure(verbose_libraries=VERBOSE_LIBRARIES.value)
+
+
+def checkpoint_options() -> checkpointing.Options:
+  """The checkpointing flags as `checkpointing.Options`."""
+  kwargs = {}
+  if _save_interval_steps is not None:
+    kwargs['save_interval_steps'] = _save_interval_steps.value
+  return checkpointing.Options(
+      async_save=ASYNC_CHECKPOINTS.value,
+      fallback=CHECKPOINT_FALLBACK.value,
+      **kwargs)
