@@ -16,6 +16,7 @@ import numpy as np
 
 from examples.criteo import config as config_lib
 from examples.criteo import synthetic
+from examples.criteo import placement
 from examples.criteo import train
 
 NUM_DEVICES = 8
@@ -64,9 +65,9 @@ class MeshTest(parameterized.TestCase):
     self.data = train.Data(train=[write_data(directory)])
 
   def run_on(self, config, shape):
-    mesh = train.make_mesh(shape, self.devices[:int(np.prod(shape))])
-    num_rows = train.padded_rows(config.table_rows, mesh.size)
-    declared = train.Layout(mesh, num_rows).rows
+    mesh = placement.make_mesh(shape, self.devices[:int(np.prod(shape))])
+    num_rows = placement.padded_rows(config.table_rows, mesh.size)
+    declared = placement.Layout(mesh, num_rows).rows
     shardings = []
 
     def check_sharding(step, state):
@@ -88,8 +89,6 @@ class MeshTest(parameterized.TestCase):
                                       dense_optimizer='adam',
                                       dense_learning_rate=0.01),
        ('accumulators',)),
-      ('dense_cf_sgd', dict(optimizer='cf_sgd', update='dense',
-                            learning_rate=2.0), ('row_counts',)),
       ('dense_adam', dict(optimizer='adam', update='dense',
                           learning_rate=0.01), ('mu', 'nu')),
   )

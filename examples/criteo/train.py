@@ -1,11 +1,8 @@
-"""DeepFM on Criteo-format data: sharded state, train and eval steps, the loop.
+"""DeepFM on Criteo-format data: the state, train and eval steps, the loop.
 
-Placement on a device mesh (`make_mesh`): axes ('data',) or ('data',
-'model'). The stacked embedding table and every optimizer array with one entry
-per table row (CF-SGD's counts, row-wise Adagrad's accumulators, Adam's
-moments on the dense path) are sharded by rows over all mesh axes; the batch
-is sharded over 'data'; the other parameters are replicated. The steps are
-`jax.jit` with these shardings; XLA partitions the table's gathers and
+The state lives on a device mesh as `placement` says (the table and its
+per-row optimizer state row-sharded, the batch over 'data'), and the steps are
+`jax.jit` with those shardings: XLA partitions the table's gathers and
 scatters so that each device reads and writes only its own rows, and only
 batch-sized arrays (ids, gathered rows, row gradients) cross devices.
 
@@ -32,7 +29,6 @@ from absl import logging
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -45,65 +41,7 @@ from examples.criteo import config as config_lib
 from examples.criteo import criteo_format
 from examples.criteo import input_pipeline
 from examples.criteo import model as model_lib
-
-# The stacked table's rows are padded to a multiple of this (and of the
-# device count), so that runs on 1 to 1024 devices (powers of two) build the
-# same table and can resume each other's checkpoints.
-ROW_MULTIPLE = 1024
-DATA_AXIS = 'data'
-MODEL_AXIS = 'model'
-
-
-def make_mesh(shape: Sequence[int],
-              devices: Optional[Sequence[jax.Device]] = None
-              ) -> jax.sharding.Mesh:
-  """A mesh of `devices` (default: all) with axes ('data',) or ('data', 'model')."""
-  shape = tuple(int(size) for size in shape)
-  if len(shape) not in (1, 2) or min(shape) < 1:
-    raise ValueError(f'mesh shape {shape}: expected one or two positive sizes '
-                     '(data,) or (data, model).')
-  devices = list(jax.devices() if devices is None else devices)
-  if math.prod(shape) != len(devices):
-    raise ValueError(f'mesh shape {shape} needs {math.prod(shape)} devices; '
-                     f'{len(devices)} are given.')
-  names = (DATA_AXIS, MODEL_AXIS)[:len(shape)]
-  return jax.sharding.Mesh(np.array(devices).reshape(shape), names)
-
-
-def padded_rows(table_rows: Sequence[int], num_devices: int) -> int:
-  """Rows of the stacked table: Σ table_rows, padded (see ROW_MULTIPLE)."""
-  multiple = math.lcm(ROW_MULTIPLE, num_devices)
-  return -(-sum(table_rows) // multiple) * multiple
-
-
-class Layout(NamedTuple):
-  """Where things live on the mesh."""
-  mesh: jax.sharding.Mesh
-  num_rows: int  # rows of the stacked table (padded)
-
-  def sharding(self, *spec) -> jax.sharding.NamedSharding:
-    return jax.sharding.NamedSharding(self.mesh,
-                                      jax.sharding.PartitionSpec(*spec))
-
-  @property
-  def rows(self) -> jax.sharding.NamedSharding:
-    """Row-sharded over all mesh axes."""
-    return self.sharding(self.mesh.axis_names)
-
-  @property
-  def batch(self) -> jax.sharding.NamedSharding:
-    return self.sharding(DATA_AXIS)
-
-  @property
-  def replicated(self) -> jax.sharding.NamedSharding:
-    return self.sharding()
-
-  def of_leaf(self, leaf: Any) -> jax.sharding.NamedSharding:
-    """Row-sharded for arrays with a table row's axis first; else replicated."""
-    if getattr(leaf, 'ndim', 0) >= 1 and leaf.shape[0] == self.num_rows:
-      return self.rows
-    return self.replicated
-
+from examples.criteo import placement
 
 def _sparse_transformation(name: str, learning_rate: float, num_steps: int):
   if name == 'sgd':
@@ -113,10 +51,10 @@ def _sparse_transformation(name: str, learning_rate: float, num_steps: int):
                                           num_steps=num_steps)
 
 
-def _dense_transformation(config: config_lib.Config, learning_rate=None):
+def _dense_transformation(config: config_lib.Config):
   return optimizers.make_optimizer(
       config.dense_optimizer or config.optimizer,
-      learning_rate or config.dense_learning_rate or config.learning_rate,
+      config.dense_learning_rate or config.learning_rate,
       num_steps=config.num_steps)
 
 
@@ -151,17 +89,20 @@ def make_transformations(config: config_lib.Config) -> Transformations:
       lambda params: optimizers.label_embeddings(params, _is_table)))
 
 
-def build(config: config_lib.Config, num_rows: int,
+def make_model(config: config_lib.Config, num_rows: int) -> model_lib.DeepFM:
+  return model_lib.DeepFM(num_rows, config.embedding_dim,
+                          mlp_features=config.mlp_features,
+                          init_scale=config.init_scale,
+                          rngs=nnx.Rngs(config.seed))
+
+
+def build(config: config_lib.Config, model: model_lib.DeepFM,
           transformations: Transformations):
   """The model and its optimizers, as a tuple of NNX objects.
 
   'sparse': (model, dense_optimizer, SparseOptimizer); 'dense': (model,
   optimizer over all parameters).
   """
-  model = model_lib.DeepFM(num_rows, config.embedding_dim,
-                           mlp_features=config.mlp_features,
-                           init_scale=config.init_scale,
-                           rngs=nnx.Rngs(config.seed))
   if config.update == 'sparse':
     dense_opt = nnx.Optimizer(model, transformations.dense, wrt=nnx.Param)
     sparse_opt = nnx_sparse.SparseOptimizer(model, transformations.tables)
@@ -187,15 +128,15 @@ class Trainer:
 
   def __init__(self, config: config_lib.Config, mesh: jax.sharding.Mesh):
     self.config = config
-    num_rows = padded_rows(config.table_rows, mesh.size)
-    self.layout = Layout(mesh, num_rows)
-    data_size = mesh.shape[DATA_AXIS]
+    num_rows = placement.padded_rows(config.table_rows, mesh.size)
+    self.layout = placement.Layout(mesh, num_rows)
+    data_size = mesh.shape[placement.DATA_AXIS]
     if config.batch_size % data_size:
       raise ValueError(f'batch_size {config.batch_size} is not a multiple of '
                        f'the mesh\'s data axis ({data_size}).')
     transformations = make_transformations(config)
     abstract = nnx.eval_shape(
-        lambda: build(config, num_rows, transformations))
+        lambda: build(config, make_model(config, num_rows), transformations))
     self.graphdef, abstract_state = nnx.split(abstract)
     for path, leaf in jax.tree_util.tree_leaves_with_path(
         nnx.state(abstract[0], nnx.Param)):
@@ -207,9 +148,22 @@ class Trainer:
     self.abstract_state = abstract_state
     batch_shardings = {'labels': self.layout.batch,
                        'dense': self.layout.batch, 'ids': self.layout.batch}
-    self._init = jax.jit(
-        lambda: nnx.state(build(config, num_rows, transformations)),
-        out_shardings=self.state_shardings)
+    # Initialisation in two steps, each within the state's own memory: the
+    # model, then the optimizers from it. In one program, the optimizers'
+    # jitted init (which reads a table column to place the counts like its
+    # rows) kept XLA from computing the table in place: 5× its size in
+    # temporaries.
+    model_graphdef, abstract_model = nnx.split(
+        nnx.eval_shape(lambda: make_model(config, num_rows)))
+    model_shardings = jax.tree.map(self.layout.of_leaf, abstract_model)
+    self._init_model = jax.jit(
+        lambda: nnx.state(make_model(config, num_rows)),
+        out_shardings=model_shardings)
+    self._init_optimizers = jax.jit(
+        lambda model_state: nnx.state(build(
+            config, nnx.merge(model_graphdef, model_state), transformations)),
+        in_shardings=(model_shardings,), out_shardings=self.state_shardings,
+        donate_argnums=0)
     step = self._sparse_step if config.update == 'sparse' else self._dense_step
     self.train_step = jax.jit(
         step, in_shardings=(self.state_shardings, batch_shardings),
@@ -221,7 +175,7 @@ class Trainer:
 
   def init(self) -> Any:
     """The initial state, created sharded (never whole on one device)."""
-    return self._init()
+    return self._init_optimizers(self._init_model())
 
   def _sparse_step(self, state, batch):
     model, dense_opt, sparse_opt = nnx.merge(self.graphdef, state)
@@ -243,42 +197,9 @@ class Trainer:
     model = nnx.merge(self.graphdef, state)[0]
     return model(batch['dense'], batch['ids'])
 
-  # -- The batch on the mesh, from each process's part of it.
-
-  def local_rows(self) -> tuple[int, int]:
-    """[start, stop) of the global batch this process provides."""
-    index_map = self.layout.batch.addressable_devices_indices_map(
-        (self.config.batch_size,))
-    starts = sorted({index[0].start or 0 for index in index_map.values()})
-    stops = sorted({index[0].stop or self.config.batch_size
-                    for index in index_map.values()})
-    start, stop = starts[0], stops[-1]
-    size = self.config.batch_size // self.layout.mesh.shape[DATA_AXIS]
-    if (stop - start) != size * len(starts):
-      raise ValueError(
-          'This process\'s devices hold non-contiguous parts of the batch; '
-          'order the mesh\'s devices by process.')
-    return start, stop
-
-  def local_shards(self) -> list[int]:
-    """The data shards this process reads (see `Config.data_shards`)."""
-    start, stop = self.local_rows()
-    shard_size = self.config.batch_size // self.config.data_shards
-    if start % shard_size or stop % shard_size:
-      raise ValueError(
-          f'data_shards {self.config.data_shards} does not split the batch '
-          f'at this process\'s rows [{start}, {stop}); use a multiple of the '
-          f'number of processes ({jax.process_count()}).')
-    return list(range(start // shard_size, stop // shard_size))
-
   def global_batch(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """This process's rows of a batch as global arrays on the mesh."""
-    return {
-        name: jax.make_array_from_process_local_data(
-            self.layout.batch, value,
-            (self.config.batch_size,) + value.shape[1:])
-        for name, value in arrays.items()
-    }
+    return self.layout.global_batch(arrays, self.config.batch_size)
 
 
 def counts(state: Any) -> Any:
@@ -291,7 +212,7 @@ def counts(state: Any) -> Any:
 def evaluate(trainer: Trainer, state: Any,
              batches: Iterator[input_pipeline.Batch]) -> dict[str, float]:
   """AUC, log loss and example count of the model on `batches`."""
-  start, stop = trainer.local_rows()
+  start, stop = trainer.layout.local_rows(trainer.config.batch_size)
   labels, logits = [], []
   for batch in batches:
     arrays = {name: value[start:stop]
@@ -364,7 +285,8 @@ def train_and_evaluate(
   Args:
     config: the run.
     data: the files.
-    mesh: the device mesh (see `make_mesh`); every process passes the same.
+    mesh: the device mesh (`placement.make_mesh`); every process passes the
+      same.
     checkpointer: an `examples.common.checkpointing.Checkpointer` (or None):
       the run resumes from its latest checkpoint (state and every data
       shard's position) and saves as its options say, and at the last step.
@@ -386,7 +308,8 @@ def train_and_evaluate(
   log = input_pipeline.BadLineLog()
   state = trainer.init()
   first_step = 1
-  shards = trainer.local_shards()
+  shards = trainer.layout.local_shards(config.batch_size,
+                                       config.data_shards)
   starts = None
   record = {}
   if checkpointer is not None:
