@@ -35,6 +35,11 @@ class Config:
       only the batch's rows read and written); the dense parameters use
       `dense_optimizer` (or `optimizer`) as usual. Same result as the dense
       path, up to float rounding.
+    checkpoint_fallback: when the latest checkpoint is corrupt, resume from
+      the one before it (see examples.common.checkpointing.Options.fallback).
+    async_checkpoints: write checkpoints in the background.
+    The last two say how the run is checkpointed, not what it computes: they
+    are not part of its recorded config, so changing them resumes the run.
   """
 
   model: str = 'fm'
@@ -49,6 +54,8 @@ class Config:
   init_scale: float = 0.05
   seed: int = 0
   sparse: bool = False
+  checkpoint_fallback: bool = False
+  async_checkpoints: bool = False
 
 
 # Chosen by `python -m examples.movielens.main --sweep --num_seeds=3` on

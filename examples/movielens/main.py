@@ -10,7 +10,8 @@ table and writes results.json, results.md and plots to --workdir.
   python -m examples.movielens.main --data_dir=/data/ml-1m  # GroupLens files
 
 Each run checkpoints every epoch under --workdir; rerunning the same command
-resumes where it stopped.
+resumes where it stopped, also after a kill at any moment (--checkpoint_fallback:
+past a corrupt checkpoint). A second command on a busy --workdir is refused.
 """
 
 import dataclasses
@@ -20,8 +21,10 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from examples.common import checkpointing
+from examples.common import cli
+from examples.common import locking
 from examples.common import optimizers
 from examples.movielens import config as config_lib
 from examples.movielens import input_pipeline
@@ -81,7 +84,17 @@ _CACHE_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.configure_logs()
+  try:
+    # One run at a time per workdir: its results, caches and checkpoints.
+    with locking.DirectoryLock(_WORKDIR.value, what='Workdir'):
+      _compare()
+  except (checkpointing.CheckpointError, locking.DirectoryLockedError) as error:
+    sys.exit(f'error: {error}')
+
+
+def _compare():
+  """Trains and compares what the flags ask for; writes the report."""
   dataset = input_pipeline.load(_DATA_DIR.value, _CACHE_DIR.value)
   print(dataset.summary(), flush=True)
   for model in _MODEL.value:
@@ -101,6 +114,8 @@ def main(argv):
       num_epochs=_NUM_EPOCHS.value,
       embedding_dim=_EMBEDDING_DIM.value,
       sparse=_SPARSE.value,
+      checkpoint_fallback=cli.CHECKPOINT_FALLBACK.value,
+      async_checkpoints=cli.ASYNC_CHECKPOINTS.value,
   )
   if _SPARSE.value:
     for name in _OPTIMIZER.value:

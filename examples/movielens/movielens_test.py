@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from examples.common import checkpointing
+from examples.common import locking
 from examples.common import optimizers
 from examples.movielens import config as config_lib
 from examples.movielens import input_pipeline
@@ -298,9 +299,29 @@ class TrainTest(MovieLensTestCase):
     with self.assertRaisesRegex(checkpointing.CheckpointError,
                                 f'{latest} is corrupt'):
       train.train_and_evaluate(config, dataset, workdir, show_progress=False)
+    # --checkpoint_fallback: the epoch before it, then the same end (the
+    # checkpointing settings are not part of the run's identity).
+    fallback = train.train_and_evaluate(
+        dataclasses.replace(config, checkpoint_fallback=True,
+                            async_checkpoints=True),
+        dataset, workdir, show_progress=False)
+    chex.assert_trees_all_equal(fallback['state'], uninterrupted['state'])
+    self.assertEqual(
+        [(r['step_losses'], r['validation']) for r in fallback['history']],
+        [(r['step_losses'], r['validation'])
+         for r in uninterrupted['history']])
 
 
 class MainTest(MovieLensTestCase):
+
+  def test_busy_workdir_is_refused(self):
+    workdir = os.path.join(self.tmp, 'work')
+    with locking.DirectoryLock(workdir):
+      with flagsaver.flagsaver(workdir=workdir, data_dir=self.write('ml-1m')):
+        flags.FLAGS.mark_as_parsed()
+        with self.assertRaisesRegex(
+            SystemExit, f'Workdir {workdir} is in use by process {os.getpid()}'):
+          main.main(['main'])
 
   def test_sweep_and_report(self):
     data_dir = self.write('ml-1m')

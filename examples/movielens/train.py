@@ -397,7 +397,9 @@ def train_and_evaluate(
   checkpointer = None
   if workdir is not None:
     checkpointer = checkpointing.EpochCheckpointer(
-        workdir, config_record(config, dataset)
+        workdir, config_record(config, dataset),
+        options=checkpointing.Options(async_save=config.async_checkpoints,
+                                      fallback=config.checkpoint_fallback),
     )
   try:
     state, history = training.run_epochs(
@@ -422,6 +424,10 @@ def train_and_evaluate(
   }
 
 
+# Config fields that say how a run is checkpointed, not what it computes.
+CHECKPOINTING_FIELDS = ('checkpoint_fallback', 'async_checkpoints')
+
+
 def config_record(
     config: config_lib.Config, dataset: input_pipeline.Dataset
 ) -> Mapping[str, Any]:
@@ -429,6 +435,7 @@ def config_record(
   record = {
       key: list(value) if isinstance(value, tuple) else value
       for key, value in config.__dict__.items()
+      if key not in CHECKPOINTING_FIELDS
   }
   record['dataset'] = dataset.name
   record['num_examples'] = int(len(dataset.labels))

@@ -4,7 +4,8 @@ r"""Trains Skip-gram or CBOW on the Brown corpus (or your text) with any optimiz
       --learning_rate=10000 --update=scatter --epochs=2 --workdir=/tmp/w2v_cf_sgd
 
 Rerunning the same command on the same --workdir resumes from its last
-checkpoint. Results go to `<workdir>/results.json`.
+checkpoint, also after a kill at any moment. Results go to
+`<workdir>/results.json`.
 """
 
 import sys
@@ -13,6 +14,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from examples.common import checkpointing
+from examples.common import cli
 from examples.common import optimizers
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
@@ -68,6 +71,7 @@ flags.mark_flag_as_required('workdir')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.configure_logs()
   config = train.Config(
       model=_MODEL.value, optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,
@@ -88,8 +92,12 @@ def main(argv):
   except (input_pipeline.CorpusError, OSError) as error:
     # A data problem, not a bug: the message says what to do.
     sys.exit(f'error: {error}')
-  results = train.train_and_evaluate(config, sentences, _WORKDIR.value,
-                                     wordsim_rows=wordsim_rows)
+  try:
+    results = train.train_and_evaluate(
+        config, sentences, _WORKDIR.value, wordsim_rows=wordsim_rows,
+        checkpoint_options=cli.checkpoint_options())
+  except checkpointing.CheckpointError as error:  # Corrupt, other run, busy.
+    sys.exit(f'error: {error}')
   logging.info('test loss %.4f, train loss %.4f, %.0f words/s',
                results['final_test_loss'], results['final_train_loss'],
                results['words_per_second'])

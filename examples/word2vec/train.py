@@ -486,6 +486,7 @@ def train_and_evaluate(
     show_progress: Optional[bool] = None,
     stop_after_rounds: Optional[int] = None,
     data: Optional[Data] = None,
+    checkpoint_options: Optional[checkpointing.Options] = None,
 ) -> dict[str, Any]:
   """Trains and evaluates; resumes from `workdir`'s checkpoint if present.
 
@@ -503,6 +504,8 @@ def train_and_evaluate(
     stop_after_rounds: stop after this many rounds (as if killed; tests).
     data: `prepare_data(config, sentences)`, when the caller already has it
       (a sweep over optimizers reuses one).
+    checkpoint_options: how to checkpoint (async saves, fallback past a
+      corrupt checkpoint); default `checkpointing.Options()`.
 
   Returns:
     A JSON-ready results dict (also written to `workdir/results.json`), plus
@@ -622,7 +625,8 @@ def train_and_evaluate(
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
     checkpointer = checkpointing.EpochCheckpointer(
-        os.path.join(workdir, 'checkpoints'), dataclasses.asdict(config))
+        os.path.join(workdir, 'checkpoints'), dataclasses.asdict(config),
+        options=checkpoint_options, unit='round')
   train_state = {'params': params, 'opt_state': opt_state}
   try:
     train_state, history = training.run_epochs(
