@@ -4,7 +4,9 @@ Runs on 8 CPU devices (conftest.py asks XLA for them), whatever the default
 backend, so it also runs beside a GPU.
 """
 
+import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -12,6 +14,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from examples.criteo import config as config_lib
@@ -112,6 +115,35 @@ class MeshTest(parameterized.TestCase):
         chex.assert_trees_all_close(jax.device_get(state),
                                     jax.device_get(reference),
                                     rtol=1e-4, atol=1e-6)
+
+
+  @parameterized.parameters('cf_sgd', 'adam')
+  def test_only_batch_sized_arrays_cross_devices(self, optimizer):
+    config = tiny_config(optimizer=optimizer, table_rows=(65536,) * 26,
+                         update='sparse' if optimizer == 'cf_sgd' else 'dense',
+                         batch_size=64)
+    trainer = train.Trainer(config, placement.make_mesh((4, 2),
+                                                        self.devices))
+    state = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                    sharding=sharding),
+        trainer.abstract_state, trainer.state_shardings)
+    batch = {
+        'labels': jax.ShapeDtypeStruct((64,), jnp.float32),
+        'dense': jax.ShapeDtypeStruct((64, 13), jnp.float32),
+        'ids': jax.ShapeDtypeStruct((64, 26), jnp.int32),
+    }
+    hlo = trainer.train_step.lower(state, batch).compile().as_text()
+    sizes = [
+        math.prod(int(d) for d in dims.split(',') if d)
+        for dims in re.findall(
+            r'= \w+\[([\d,]*)\]\S* (?:all-gather|all-reduce|all-to-all|'
+            r'collective-permute|reduce-scatter)', hlo)
+    ]
+    self.assertNotEmpty(sizes)  # The table is sharded: some do.
+    # The largest is a batch's rows (64 × 26 × (d + 1)), 1/1024 of the table.
+    self.assertLessEqual(max(sizes), 64 * 26 * 5)
+    self.assertGreaterEqual(trainer.layout.num_rows * 5, 1024 * max(sizes))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,257 @@
+"""Trains DeepFM on Criteo-format data with row-sharded tables.
+
+With no --data, it writes synthetic data (labels from a planted model; see
+synthetic.py) under --workdir and trains CF-SGD on the sparse path:
+
+  python -m examples.criteo.main
+  python -m examples.criteo.main --optimizer=adam --update=dense --learning_rate=1e-3
+  python -m examples.criteo.main --data=/data/day_0.gz,/data/day_1.gz \\
+      --test_data=/data/day_23.gz --table_rows=40000000 --embedding_dim=64
+
+Several processes (e.g. one per host), each running the same command:
+
+  python -m examples.criteo.main --coordinator_address=host0:1234 \\
+      --num_processes=2 --process_id=0 ...
+"""
+
+import glob
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+
+_DATA = flags.DEFINE_list(
+    'data', None,
+    'Training files in the Criteo format, plain or gzip (comma-separated; '
+    'globs allowed). Default: synthetic data written under --workdir.')
+_VALIDATION_DATA = flags.DEFINE_list(
+    'validation_data', None, 'Validation files (default: synthetic, or none '
+    'with --data).')
+_TEST_DATA = flags.DEFINE_list(
+    'test_data', None, 'Test files (default: synthetic, or none with --data).')
+_SYNTHETIC_LINES = flags.DEFINE_integer(
+    'synthetic_lines', 1_000_000,
+    'Without --data: lines of the synthetic training file (validation and '
+    'test get a tenth each).')
+_SYNTHETIC_VOCABULARY = flags.DEFINE_integer(
+    'synthetic_vocabulary', 100_000,
+    'Without --data: distinct values of the largest categorical feature of '
+    'the synthetic data (the others have fewer, down to 3).')
+_OPTIMIZER = flags.DEFINE_string(
+    'optimizer', 'cf_sgd',
+    'The tables\' optimizer: sgd, adagrad, adam, rowwise_adagrad, cf_sgd.')
+_LEARNING_RATE = flags.DEFINE_float(
+    'learning_rate', None,
+    'Its learning rate (α for cf_sgd); default: the rate tuned on synthetic '
+    'data (config.TUNED_LEARNING_RATES).')
+_DENSE_OPTIMIZER = flags.DEFINE_string(
+    'dense_optimizer', 'adam',
+    'Optimizer of the other parameters (MLP, integer features, bias).')
+_DENSE_LEARNING_RATE = flags.DEFINE_float(
+    'dense_learning_rate', 1e-3, 'Its learning rate.')
+_UPDATE = flags.DEFINE_enum(
+    'update', None, ['sparse', 'dense'],
+    'sparse: the tables by fasgd_optax.sparse_* (only the batch\'s rows); '
+    'dense: one Optax optimizer over all parameters. Default: sparse where '
+    'the optimizer has a sparse path (sgd, rowwise_adagrad, cf_sgd).')
+_TABLE_ROWS = flags.DEFINE_list(
+    'table_rows', ['32768'],
+    'Rows of each categorical feature\'s table: one number for all 26, or 26 '
+    'comma-separated; values are hashed into them.')
+_EMBEDDING_DIM = flags.DEFINE_integer('embedding_dim', 16, 'Embedding dim d.')
+_MLP_FEATURES = flags.DEFINE_list('mlp_features', ['128', '64'],
+                                  'DeepFM\'s hidden layer widths.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', 1024, 'Global examples per step (all devices, processes).')
+_NUM_STEPS = flags.DEFINE_integer(
+    'num_steps', None,
+    'Training steps (CF-SGD\'s horizon T); passes over the data repeat as '
+    'needed. Default: one pass over the synthetic training file; required '
+    'with --data.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Parameter initialisation seed.')
+_DATA_SHARDS = flags.DEFINE_integer(
+    'data_shards', None,
+    'Split the training lines into this many shards (line i to shard i mod '
+    'S); each gives an equal part of every batch. Default: the number of '
+    'processes. A run with the same value reads the same batches whatever its '
+    'number of processes.')
+_MESH_SHAPE = flags.DEFINE_list(
+    'mesh_shape', None,
+    'Device mesh: "N" (axis data) or "N,M" (axes data, model); the tables '
+    'are row-sharded over all devices, the batch over data. Default: all '
+    'devices on data.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process: host:port of process 0, passed to '
+    'jax.distributed.initialize.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'Multi-process: this process\'s index.')
+_BAD_LINES = flags.DEFINE_enum(
+    'bad_lines', 'skip', ['skip', 'fail'],
+    'Malformed lines: skip (count them; the report names the first few) or '
+    'fail on the first.')
+_MAX_EVAL_EXAMPLES = flags.DEFINE_integer(
+    'max_eval_examples', None, 'Evaluate on at most this many examples.')
+_EVAL_EVERY = flags.DEFINE_integer(
+    'eval_every', 0, 'Validation metrics every this many steps (0: at the '
+    'end only).')
+_LOG_EVERY = flags.DEFINE_integer('log_every', 100,
+                                  'Log the training loss every this many steps.')
+_STOP_AFTER_STEP = flags.DEFINE_integer(
+    'stop_after_step', None,
+    'Stop after this step, with a checkpoint there, e.g. to split a run over '
+    'several jobs; rerun the same command without it to go on.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', os.path.join('runs', 'criteo'),
+    'Synthetic data, checkpoints and results.json go here.')
+
+from examples.common import cli  # pylint: disable=g-import-not-at-top
+from examples.common import checkpointing  # pylint: disable=g-import-not-at-top
+from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
+
+_SAVE_INTERVAL_STEPS = cli.define_save_interval_steps(500)
+
+
+def _files(patterns):
+  files = []
+  for pattern in patterns or []:
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise app.UsageError(f'No data file matches {pattern!r}.')
+    files.extend(matches)
+  return files
+
+
+def _config(process_count: int, num_steps: int) -> config_lib.Config:
+  rows = [int(value) for value in _TABLE_ROWS.value]
+  if len(rows) == 1:
+    rows = rows * config_lib.NUM_CATEGORICAL
+  optimizer = _OPTIMIZER.value
+  update = _UPDATE.value or (
+      'sparse' if optimizer in config_lib.SPARSE_OPTIMIZERS else 'dense')
+  learning_rate = _LEARNING_RATE.value
+  if learning_rate is None:
+    learning_rate = config_lib.TUNED_LEARNING_RATES.get(optimizer)
+    if learning_rate is None:
+      raise app.UsageError(f'No tuned learning rate for {optimizer!r}; pass '
+                           '--learning_rate.')
+  try:
+    return config_lib.Config(
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        dense_optimizer=_DENSE_OPTIMIZER.value,
+        dense_learning_rate=_DENSE_LEARNING_RATE.value,
+        update=update,
+        table_rows=tuple(rows),
+        embedding_dim=_EMBEDDING_DIM.value,
+        mlp_features=tuple(int(width) for width in _MLP_FEATURES.value),
+        batch_size=_BATCH_SIZE.value,
+        num_steps=num_steps,
+        seed=_SEED.value,
+        data_shards=_DATA_SHARDS.value or process_count,
+    )
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.configure_logs()
+  import jax  # pylint: disable=g-import-not-at-top
+  multi_process = [_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                   _PROCESS_ID.value]
+  if any(value is not None for value in multi_process):
+    if any(value is None for value in multi_process):
+      raise app.UsageError(
+          '--coordinator_address, --num_processes and --process_id go '
+          'together.')
+    jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  from examples.common import machine  # pylint: disable=g-import-not-at-top
+  from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top
+  from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
+  from examples.criteo import placement  # pylint: disable=g-import-not-at-top
+  from examples.criteo import train  # pylint: disable=g-import-not-at-top
+
+  workdir = _WORKDIR.value
+  num_steps = _NUM_STEPS.value
+  if _DATA.value:
+    if num_steps is None:
+      raise app.UsageError('--num_steps is required with --data.')
+    data_files = _files(_DATA.value)
+    validation = _files(_VALIDATION_DATA.value)
+    test = _files(_TEST_DATA.value)
+  else:
+    directory = os.path.join(workdir, 'synthetic')
+    data_files = [os.path.join(directory, 'train.txt')]
+    validation = [os.path.join(directory, 'validation.txt')]
+    test = [os.path.join(directory, 'test.txt')]
+    sizes = (_SYNTHETIC_LINES.value, _SYNTHETIC_LINES.value // 10,
+             _SYNTHETIC_LINES.value // 10)
+    if jax.process_index() == 0:
+      model = synthetic.PlantedModel(0, synthetic.default_vocabulary_sizes(
+          _SYNTHETIC_VOCABULARY.value))
+      for seed, (path, size) in enumerate(zip(data_files + validation + test,
+                                              sizes)):
+        if not os.path.exists(path):
+          synthetic.write(path, size, seed=seed + 1, model=model)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('criteo: synthetic data written')
+    if num_steps is None:
+      num_steps = max(_SYNTHETIC_LINES.value // _BATCH_SIZE.value, 1)
+  config = _config(jax.process_count(), num_steps)
+  mesh_shape = ([int(size) for size in _MESH_SHAPE.value] if _MESH_SHAPE.value
+                else [jax.device_count()])
+  try:
+    mesh = placement.make_mesh(mesh_shape)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  data = train.Data(train=data_files, validation=validation or None,
+                    test=test or None, bad_lines=_BAD_LINES.value,
+                    max_eval_examples=_MAX_EVAL_EXAMPLES.value)
+  if jax.process_index() == 0:
+    logging.info('%s on %s, mesh %s', config, machine.describe_machine(),
+                 dict(mesh.shape))
+  try:
+    with checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), config.record(),
+        cli.checkpoint_options()) as checkpointer:
+      results = train.train_and_evaluate(
+          config, data, mesh, checkpointer=checkpointer,
+          eval_every=_EVAL_EVERY.value, log_every=_LOG_EVERY.value,
+          stop_after_step=_STOP_AFTER_STEP.value)
+  except input_pipeline.DataError as error:
+    raise SystemExit(f'Data error: {error}') from None
+  except checkpointing.CheckpointError as error:
+    raise SystemExit(str(error)) from None
+  results.pop('state')
+  results['machine'] = machine.describe_machine()
+  results['mesh_shape'] = mesh_shape
+  results['processes'] = jax.process_count()
+  if jax.process_index() == 0:
+    print(results['bad_lines']['summary'])
+    for split in ('validation', 'test'):
+      if split in results:
+        metrics = results[split]
+        print(f'{split}: AUC {metrics["auc"]:.4f}, log loss '
+              f'{metrics["log_loss"]:.4f} ({metrics["examples"]} examples)')
+    if results['timing']:
+      timing = results['timing']
+      print(f'{timing["examples_per_second"]:.0f} examples/s over '
+            f'{timing["steps"]} steps ({timing["data_wait_seconds"]:.2f} s '
+            'waiting for data)')
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=1)
+    print(f'Results in {os.path.abspath(os.path.join(workdir, "results.json"))}')
+
+
+if __name__ == '__main__':
+  app.run(main)
