@@ -120,7 +120,9 @@ class CheckpointerTest(parameterized.TestCase):
 
   def test_unfinished_save_is_removed_and_reported(self):
     self.save_steps([1])
-    unfinished = os.path.join(self.directory, '2.orbax-checkpoint-tmp')
+    # Named as older Orbax versions name them (newer ones drop the time).
+    unfinished = os.path.join(self.directory,
+                              '2.orbax-checkpoint-tmp-1700000000')
     os.makedirs(os.path.join(unfinished, 'state'))
     checkpointer = self.checkpointer()
     with self.assertLogs('absl', 'INFO') as captured:
@@ -128,7 +130,7 @@ class CheckpointerTest(parameterized.TestCase):
     self.assertEqual(restored.step, 1)
     self.assertIn(
         f'Resuming {self.directory} from step 1; discarded unfinished save '
-        '2.orbax-checkpoint-tmp', '\n'.join(captured.output))
+        '2.orbax-checkpoint-tmp-1700000000', '\n'.join(captured.output))
     checkpointer.save(2, train_state(2.0))
     self.assertFalse(os.path.exists(unfinished))
     self.assertEqual(checkpointer.latest_step(), 2)
