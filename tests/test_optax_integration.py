@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 import fasgd_optax
+from tests import cpu_devices
 
 
 def _params():
@@ -268,6 +269,67 @@ class NnxOptimizerTest(absltest.TestCase):
       np.testing.assert_array_equal(counts, [0, 2, 0, 0, 1, 0, 0, 0, 0, 0])
     with self.assertRaisesRegex(ValueError, r"\['embed/embedding', "):
       tx.update(grads, state, params, ids={'embed/embeding': jnp.array([1])})
+
+
+class ShardedModel(nnx.Module):
+  """A table whose rows are sharded by Flax partition metadata."""
+
+  def __init__(self):
+    self.table = nnx.Param(jnp.arange(64.0 * 4).reshape(64, 4) / 100.0,
+                           out_sharding=('rows', None))
+    self.kernel = nnx.Param(jnp.ones((4,)))
+
+
+class NnxShardedOptimizerTest(parameterized.TestCase):
+  """Flax's sharded-init pattern: partition metadata on the optimizer too."""
+
+  def setUp(self):
+    super().setUp()
+    self.mesh = jax.sharding.Mesh(np.array(cpu_devices.use(self)), ('rows',))
+
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.5, num_steps=20)),
+      ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
+          0.5, num_steps=20, count_half_life=3.0)),
+      ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.5)),
+  )
+  def test_per_row_state_gets_the_rows_axis(self, make_tx):
+    tx = make_tx()
+
+    @nnx.jit
+    def create():
+      model = ShardedModel()
+      state = nnx.state(model)
+      nnx.update(model, jax.lax.with_sharding_constraint(
+          state, nnx.get_partition_spec(state)))
+      optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+      # Each optimizer state takes its parameter's axes; per-row state must
+      # take only the rows' axis, or this constraint fails on its rank.
+      opt_state = nnx.state(optimizer)
+      nnx.update(optimizer, jax.lax.with_sharding_constraint(
+          opt_state, nnx.get_partition_spec(opt_state)))
+      return model, optimizer
+
+    @nnx.jit
+    def train_step(model, optimizer, ids):
+      grads = nnx.grad(lambda m: jnp.sum(m.table[ids] @ m.kernel))(model)
+      optimizer.update(model, grads, ids={'table': ids})
+
+    with jax.set_mesh(self.mesh):
+      model, optimizer = create()
+      before = np.asarray(model.table.get_value())
+      train_step(model, optimizer, jnp.array([1, 2, 2, 63]))
+    per_row = [leaf for leaf in jax.tree.leaves(nnx.state(optimizer))
+               if leaf.shape == (64,)]
+    self.assertNotEmpty(per_row)
+    for leaf in per_row:
+      self.assertEqual(tuple(leaf.sharding.spec), ('rows',))
+    self.assertTrue(model.table.get_value().sharding.is_equivalent_to(
+        jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(
+            'rows', None)), 2))
+    moved = np.flatnonzero(np.any(
+        np.asarray(model.table.get_value()) != before, axis=1))
+    np.testing.assert_array_equal(moved, [1, 2, 63])
 
 
 if __name__ == '__main__':

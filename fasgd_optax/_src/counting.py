@@ -225,6 +225,54 @@ def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
   return zeros
 
 
+# Metadata under which wrappers of parameters (Flax's `nnx.Variable`) name a
+# parameter's mesh axes, one entry per dimension.
+_AXES_METADATA = ('out_sharding', 'sharding', 'sharding_names',
+                  'optimizer_sharding')
+
+
+def _is_wrapped(x: Any) -> bool:
+  """Whether `x` wraps a parameter with metadata, as `nnx.Variable` does."""
+  return all(hasattr(x, name) for name in ('get_metadata', 'get_value',
+                                           'replace'))
+
+
+def _row_axes(axes: Any) -> Any:
+  """A parameter's mesh axes cut to its rows' axis (the first)."""
+  if isinstance(axes, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(
+        axes.mesh, jax.sharding.PartitionSpec(*tuple(axes.spec)[:1]))
+  if isinstance(axes, jax.sharding.PartitionSpec):
+    return jax.sharding.PartitionSpec(*tuple(axes)[:1])
+  if isinstance(axes, (tuple, list)):
+    return tuple(axes)[:1]
+  return axes
+
+
+def per_row_state(params: Any, dtype: Any, fill: Any = 0) -> Any:
+  """Per-row state for every leaf of `params`: `fill`, ``row_shape(leaf)``.
+
+  Sharded like each leaf's rows (`zeros_for_rows`). A leaf that comes wrapped
+  with metadata (Flax's `nnx.Optimizer` passes `nnx.Variable`s to `init`)
+  keeps its wrapper, with the parameter's mesh axes cut to the rows' axis: a
+  (N, d) table's ('rows', None) becomes ('rows',) for its (N,) counts, where
+  Flax would otherwise apply a rank-2 sharding to a rank-1 array.
+  """
+  def state_of(leaf):
+    state = zeros_for_rows(leaf, dtype)
+    return state if fill == 0 else state + jnp.asarray(fill, dtype)
+
+  def per_leaf(x):
+    if not _is_wrapped(x):
+      return state_of(x)
+    row_metadata = {name: _row_axes(axes)
+                    for name, axes in x.get_metadata().items()
+                    if name in _AXES_METADATA and axes is not None}
+    return x.replace(value=state_of(x.get_value()), **row_metadata)
+
+  return jax.tree.map(per_leaf, params, is_leaf=_is_wrapped)
+
+
 def _zeros_from_rows(leaf: jax.Array, dtype: Any) -> jax.Array:
   """Zeros of shape ``row_shape(leaf)`` that depend on the leaf's first column.
 

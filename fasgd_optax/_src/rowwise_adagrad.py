@@ -72,11 +72,8 @@ def scale_by_rowwise_adagrad(
   check_hyperparameters(epsilon, initial_accumulator_value)
 
   def init_fn(params):
-    def init_leaf(leaf):
-      zeros = counting.zeros_for_rows(leaf, jnp.float32)
-      return zeros + jnp.asarray(initial_accumulator_value, jnp.float32)
-    return ScaleByRowwiseAdagradState(
-        accumulators=jax.tree.map(init_leaf, params))
+    return ScaleByRowwiseAdagradState(accumulators=counting.per_row_state(
+        params, jnp.float32, fill=initial_accumulator_value))
 
   def update_fn(updates, state, params=None):
     del params

@@ -82,12 +82,10 @@ def scale_by_counted_frequency(
   count_dtype = jnp.int32 if count_half_life is None else jnp.float32
 
   def init_fn(params):
-    row_counts = jax.tree.map(
-        lambda p: counting.zeros_for_rows(p, count_dtype), params)
+    row_counts = counting.per_row_state(params, count_dtype)
     row_last_step = None
     if count_half_life is not None:
-      row_last_step = jax.tree.map(
-          lambda p: counting.zeros_for_rows(p, jnp.int32), params)
+      row_last_step = counting.per_row_state(params, jnp.int32)
     return ScaleByCountedFrequencyState(
         count=counting.step_counter(params),
         row_counts=row_counts,
