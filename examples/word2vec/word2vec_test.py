@@ -11,18 +11,25 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+from flax import nnx
 import jax
 import numpy as np
 import optax
 
 from examples.common import optimizers
 from examples.word2vec import input_pipeline
+from examples.word2vec import model as model_lib
+from examples.word2vec import negatives as negatives_lib
+from examples.word2vec import quality
 from examples.word2vec import train
 
 # Learning rates that train the tiny model below in one epoch (batch 64 mean
 # loss; fa/cf_sgd's α is on SGD's scale × sqrt(T·p)).
 LEARNING_RATES = {'sgd': 20.0, 'adagrad': 3.0, 'adam': 0.03,
                   'rowwise_adagrad': 0.3, 'fa_sgd': 100.0, 'cf_sgd': 100.0}
+# CBOW's word2vec gradient makes SGD's input-table steps several times
+# larger: 20 diverges on the tiny corpus.
+CBOW_WORD2VEC_SGD_LEARNING_RATE = 8.0
 
 
 def generated_corpus(num_sentences=600, seed=0):
@@ -271,8 +278,11 @@ class TrainTest(parameterized.TestCase):
   @parameterized.product(model=('skipgram', 'cbow'),
                          optimizer=optimizers.OPTIMIZERS)
   def test_one_epoch_lowers_the_loss(self, model, optimizer):
+    learning_rate = LEARNING_RATES[optimizer]
+    if (model, optimizer) == ('cbow', 'sgd'):
+      learning_rate = CBOW_WORD2VEC_SGD_LEARNING_RATE
     config = tiny_config(model=model, optimizer=optimizer,
-                         learning_rate=LEARNING_RATES[optimizer])
+                         learning_rate=learning_rate)
     results = train.train_and_evaluate(config, generated_corpus(),
                                        show_progress=False)
     self.assertLess(results['final_test_loss'],
@@ -282,14 +292,21 @@ class TrainTest(parameterized.TestCase):
     self.assertLen(results['test_loss'], 2)
 
   @parameterized.parameters(
-      ('skipgram', 'cf_sgd', 'sparse'), ('cbow', 'cf_sgd', 'scatter'),
-      ('skipgram', 'fa_sgd', 'scatter'), ('cbow', 'fa_sgd', 'sparse'),
-      ('skipgram', 'rowwise_adagrad', 'sparse'), ('cbow', 'sgd', 'scatter'))
+      ('skipgram', 'cf_sgd', 'sparse', {}),
+      ('cbow', 'cf_sgd', 'scatter', {}),
+      ('cbow', 'cf_sgd', 'sparse', {'cbow_gradient': 'autodiff'}),
+      ('skipgram', 'cf_sgd', 'sparse', {'duplicates': 'reduce'}),
+      ('skipgram', 'fa_sgd', 'scatter', {}),
+      ('cbow', 'fa_sgd', 'sparse', {'cbow_gradient': 'autodiff'}),
+      ('skipgram', 'rowwise_adagrad', 'scatter', {}),
+      ('cbow', 'sgd', 'scatter',
+       {'learning_rate': CBOW_WORD2VEC_SGD_LEARNING_RATE}),
+      ('cbow', 'sgd', 'sparse', {'cbow_gradient': 'autodiff'}))
   def test_sparse_updates_equal_the_dense_update(self, model, optimizer,
-                                                 update):
-    config = tiny_config(model=model, optimizer=optimizer,
-                         learning_rate=LEARNING_RATES[optimizer],
-                         evals_per_epoch=1)
+                                                 update, overrides):
+    config = tiny_config(**{'model': model, 'optimizer': optimizer,
+                            'learning_rate': LEARNING_RATES[optimizer],
+                            'evals_per_epoch': 1, **overrides})
     dense, sparse = train_on_both_paths(config, update)
     if optimizer == 'cf_sgd':
       dense_counts = optax.tree.get(dense['train_state']['opt_state'],
@@ -320,7 +337,7 @@ class TrainTest(parameterized.TestCase):
           tiny_config(optimizer='adam', max_learning_rate=1.0),
           generated_corpus(200), show_progress=False)
 
-  @parameterized.parameters(('adam', 'sparse'), ('rowwise_adagrad', 'scatter'))
+  @parameterized.parameters(('adam', 'sparse'), ('adagrad', 'scatter'))
   def test_update_without_such_a_path_is_refused(self, optimizer, update):
     with self.assertRaisesRegex(
         ValueError, f"--update={update} needs .*'{optimizer}' has no"):
@@ -367,8 +384,222 @@ class TrainTest(parameterized.TestCase):
         results['train_state']['params']['input_embed']['embedding']))
     vocab = input_pipeline.build_vocabulary(
         input_pipeline.split_sentences(sentences)[0], 2)
-    neighbours = train.nearest_neighbours(vectors, vocab, ['t0w0'], k=3)
+    neighbours = quality.nearest_neighbours(vectors, vocab, ['t0w0'], k=3)
     self.assertTrue(all(w.startswith('t0') for w in neighbours['t0w0']))
+
+
+class CbowGradientTest(parameterized.TestCase):
+  """What each context row receives under the two conventions."""
+
+  def _example(self):
+    rng = np.random.default_rng(0)
+    context_ids = np.array([[3, -1, 5, 3], [-1, -1, 2, -1], [1, 4, 0, 6]],
+                           np.int32)
+    rows = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    targets = np.array([7, 8, 9], np.int32)
+    negatives = np.array([[1, 2], [8, 3], [4, 5]], np.int32)
+    output_rows = rng.normal(size=(3, 3, 5)).astype(np.float32)
+    return context_ids, rows, targets, negatives, output_rows
+
+  @parameterized.parameters('word2vec', 'autodiff')
+  def test_each_context_row_gets_the_conventions_gradient(self, gradient):
+    context_ids, rows, targets, negatives, output_rows = self._example()
+
+    def loss_of_rows(rows):
+      return model_lib.loss_from_rows(
+          'cbow', context_ids, rows, targets, negatives, output_rows,
+          cbow_gradient=gradient).sum()
+
+    valid = (context_ids >= 0).astype(np.float32)
+    hidden = (rows * valid[..., None]).sum(1) / valid.sum(1, keepdims=True)
+    # Skip-gram's loss takes the hidden vector itself as its input row.
+    hidden_grad = jax.grad(lambda h: model_lib.loss_from_rows(
+        'skipgram', targets, h, targets, negatives, output_rows).sum())(
+            jax.numpy.asarray(hidden))
+    scale = valid if gradient == 'word2vec' else (
+        valid / valid.sum(1, keepdims=True))
+    np.testing.assert_allclose(
+        jax.grad(loss_of_rows)(rows),
+        np.asarray(hidden_grad)[:, None, :] * scale[..., None],
+        rtol=1e-5, atol=1e-6)
+    # The value is the mean either way.
+    np.testing.assert_allclose(
+        loss_of_rows(rows),
+        model_lib.loss_from_rows('skipgram', targets, hidden, targets,
+                                 negatives, output_rows).sum(), rtol=1e-6)
+
+  def test_conventions_differ_by_the_context_size(self):
+    context_ids, rows, targets, negatives, output_rows = self._example()
+    grads = {
+        gradient: jax.grad(lambda r, g=gradient: model_lib.loss_from_rows(
+            'cbow', context_ids, r, targets, negatives, output_rows,
+            cbow_gradient=g).sum())(rows)
+        for gradient in model_lib.CBOW_GRADIENTS}
+    count = (context_ids >= 0).sum(1)[:, None, None]
+    np.testing.assert_allclose(grads['word2vec'], grads['autodiff'] * count,
+                               rtol=1e-5, atol=1e-6)
+    self.assertGreater(np.abs(grads['word2vec']).max(), 1e-3)
+
+  def test_table_gradient_adds_a_repeated_context_word_twice(self):
+    # Row 3 is twice in the first window: its table gradient is twice the
+    # hidden vector's (word2vec.c adds the error once per occurrence).
+    context_ids, _, targets, negatives, _ = self._example()
+    model = model_lib.Word2Vec(10, 5, model='cbow', rngs=nnx.Rngs(0),
+                               cbow_gradient='word2vec')
+    graphdef, params = model_lib.split(model)
+    params['output_embed']['embedding'] = jax.random.normal(
+        jax.random.key(1), (10, 5))
+
+    def loss(params, context_ids):
+      return model_lib.merge(graphdef, params)(
+          context_ids, targets, negatives).sum()
+
+    table_grad = jax.grad(loss)(params, context_ids)['input_embed'][
+        'embedding']
+    hidden_grad = jax.grad(lambda h: model_lib.loss_from_rows(
+        'skipgram', targets, h, targets, negatives,
+        params['output_embed']['embedding'][model_lib.output_ids(
+            targets, negatives)]).sum())(
+                model_lib.cbow_hidden(
+                    context_ids, model_lib.lookup(
+                        params['input_embed']['embedding'], context_ids)))
+    expected = np.zeros((10, 5), np.float32)
+    for example, window in enumerate(context_ids):
+      for word in window[window >= 0]:
+        expected[word] += np.asarray(hidden_grad[example])
+    np.testing.assert_allclose(table_grad, expected, rtol=1e-5, atol=1e-6)
+
+  def test_unknown_convention_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "cbow_gradient must be one of "
+                                "word2vec, autodiff; got 'mean'"):
+      train.check_config(tiny_config(model='cbow', cbow_gradient='mean'))
+
+
+class NegativesTest(absltest.TestCase):
+
+  def test_alias_tables_hold_the_distribution_exactly(self):
+    rng = np.random.default_rng(0)
+    probabilities = rng.random(50) ** 3
+    probabilities[[3, 17]] = 0.0
+    probabilities /= probabilities.sum()
+    table = negatives_lib.alias_table(probabilities)
+    np.testing.assert_allclose(negatives_lib.probabilities_of(table),
+                               probabilities, atol=1e-7)
+
+  def test_draws_follow_the_distribution(self):
+    counts = np.array([1000, 300, 100, 30, 10, 3, 1, 0], np.float64)
+    probabilities = input_pipeline.noise_distribution(counts)
+    table = negatives_lib.alias_table(probabilities)
+    samples = np.asarray(negatives_lib.draw(
+        jax.random.key(3), jax.numpy.asarray(table.accept),
+        jax.numpy.asarray(table.alias), (400, 500)))
+    self.assertEqual(samples.shape, (400, 500))
+    frequencies = np.bincount(samples.ravel(), minlength=8) / samples.size
+    # Within 5 standard deviations of a binomial proportion.
+    bound = 5 * np.sqrt(probabilities * (1 - probabilities) / samples.size)
+    np.testing.assert_array_less(np.abs(frequencies - probabilities),
+                                 bound + 1e-12)
+    self.assertEqual(frequencies[-1], 0.0)  # Probability 0 is never drawn.
+
+  def test_streams_follow_the_key(self):
+    table = negatives_lib.alias_table(np.full(1000, 1e-3))
+    accept = jax.numpy.asarray(table.accept)
+    alias = jax.numpy.asarray(table.alias)
+    draw = lambda seed: np.asarray(negatives_lib.draw(
+        jax.random.key(seed), accept, alias, (64, 5)))
+    np.testing.assert_array_equal(draw(1), draw(1))
+    self.assertLess(np.mean(draw(1) == draw(2)), 0.05)
+
+  def test_bad_distribution_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'non-empty 1-D distribution'):
+      negatives_lib.alias_table(np.array([0.5, 0.6]))
+
+
+class EpochTest(parameterized.TestCase):
+
+  def _corpus(self):
+    sentences = generated_corpus(200)
+    vocab = input_pipeline.build_vocabulary(sentences, 2)
+    corpus = input_pipeline.encode(sentences, vocab)
+    return corpus, input_pipeline.keep_probabilities(vocab.counts, 1e-2)
+
+  @parameterized.parameters('skipgram', 'cbow')
+  def test_counted_examples_are_the_passes(self, model):
+    corpus, keep = self._corpus()
+    for epoch in (0, 3):
+      made = input_pipeline.make_epoch(
+          corpus, model=model, window=3, keep_probability=keep,
+          batch_size=1, seed=5, epoch=epoch)
+      self.assertEqual(
+          input_pipeline.count_examples(corpus, model=model, window=3,
+                                        keep_probability=keep, seed=5,
+                                        epoch=epoch),
+          made.num_batches)
+
+  def test_unordered_pairs_are_the_ordered_ones(self):
+    corpus, keep = self._corpus()
+    pairs = {
+        ordered: input_pipeline.skipgram_pairs(
+            corpus, 4, np.random.default_rng(2), ordered=ordered)
+        for ordered in (True, False)}
+    self.assertCountEqual(list(zip(*map(list, pairs[True]))),
+                          list(zip(*map(list, pairs[False]))))
+
+  @parameterized.parameters('skipgram', 'cbow')
+  def test_a_pass_has_the_batches_asked_for(self, model):
+    corpus, keep = self._corpus()
+    make = lambda num_batches, batch_size=16: input_pipeline.make_epoch(
+        corpus, model=model, window=2, keep_probability=keep,
+        batch_size=batch_size, seed=3, epoch=1, num_batches=num_batches)
+    every_example = make(None, batch_size=1).targets.ravel()
+    natural = make(None)
+    self.assertEqual(natural.num_batches, every_example.size // 16)
+    # Fewer batches: the same shuffled pass, cut short.
+    fewer = make(natural.num_batches - 3)
+    np.testing.assert_array_equal(
+        fewer.targets, natural.targets[:natural.num_batches - 3])
+    # More: every example once, then repeats of randomly chosen ones.
+    more = make(natural.num_batches + 5)
+    self.assertEqual(more.targets.shape, (natural.num_batches + 5, 16))
+    self.assertEqual(more.inputs.shape[:2], (natural.num_batches + 5, 16))
+    targets = more.targets.ravel()
+    self.assertCountEqual(targets[:every_example.size].tolist(),
+                          every_example.tolist())
+    self.assertTrue(set(targets[every_example.size:]) <= set(every_example))
+
+  def test_prefetcher_makes_the_next_pass_and_reports_errors(self):
+    made = []
+
+    def make_pass(index):
+      made.append(index)
+      if index == 2:
+        raise ValueError('pass 2 is broken')
+      return index * 10
+
+    prefetcher = input_pipeline.Prefetcher(make_pass, num_passes=3)
+    try:
+      self.assertEqual(prefetcher.get(0), 0)
+      self.assertEqual(prefetcher.get(1), 10)  # Begun while 0 was used.
+      with self.assertRaisesRegex(ValueError, 'pass 2 is broken'):
+        prefetcher.get(2)
+    finally:
+      prefetcher.close()
+    self.assertEqual(made, [0, 1, 2])
+
+
+class ConfigTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ({'duplicates': 'sorted'}, "duplicates must be one of auto, scatter, "
+       "reduce; got 'sorted'"),
+      ({'update': 'scatter', 'duplicates': 'reduce'},
+       'duplicates=scatter'),
+      ({'batch_size': 0}, 'batch_size must be >= 1'),
+      ({'learning_rate': -1.0}, 'learning_rate must be > 0'),
+      ({'model': 'glove'}, "model must be skipgram or cbow; got 'glove'"))
+  def test_bad_settings_are_named(self, overrides, message):
+    with self.assertRaisesRegex(ValueError, message):
+      train.check_config(tiny_config(**overrides))
 
 
 class GensimPeerTest(absltest.TestCase):
