@@ -72,7 +72,9 @@ INITIAL_GRIDS = {
 
 
 def _half_decade(rate: float, direction: int) -> float:
-  return float(f'{rate * 10 ** (direction / 2):.3g}')
+  """The grid point `direction` half decades from `rate` (1, 3.16, 10, ...)."""
+  exponent = round(2 * math.log10(rate)) + direction
+  return float(f'{10 ** (exponent / 2):.3g}')
 
 
 class Study:

@@ -86,12 +86,9 @@ class MeshTest(parameterized.TestCase):
     return results['state'], num_rows
 
   @parameterized.named_parameters(
-      ('sparse_cf_sgd', dict(optimizer='cf_sgd', learning_rate=2.0),
-       ('row_counts',)),
-      ('sparse_rowwise_adagrad', dict(optimizer='rowwise_adagrad',
-                                      dense_optimizer='adam',
-                                      dense_learning_rate=0.01),
-       ('accumulators',)),
+      ('sparse_cf_sgd', dict(optimizer='cf_sgd', learning_rate=2.0,
+                             dense_optimizer='adam',
+                             dense_learning_rate=0.01), ('row_counts',)),
       ('dense_adam', dict(optimizer='adam', update='dense',
                           learning_rate=0.01), ('mu', 'nu')),
   )

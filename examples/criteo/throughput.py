@@ -57,10 +57,6 @@ _PLATFORM = flags.DEFINE_string('platform', None,
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Write throughput.json, throughput.md and a plot here.')
 
-LEARNING_RATES = {'cf_sgd': 10.0, 'sgd': 1.0, 'rowwise_adagrad': 0.1,
-                  'adam': 1e-3, 'adagrad': 0.1}
-
-
 def _table_rows(value: str):
   from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
   if value == 'mlperf':
@@ -153,7 +149,8 @@ def main(argv):
       optimizer, update = variant.split('/')
       config = config_lib.Config(
           optimizer=optimizer, update=update,
-          learning_rate=LEARNING_RATES[optimizer], dense_optimizer='adam',
+          learning_rate=config_lib.TUNED_LEARNING_RATES[optimizer],
+          dense_optimizer='adam',
           dense_learning_rate=1e-3, table_rows=table_rows,
           embedding_dim=_EMBEDDING_DIM.value, batch_size=batch_size,
           num_steps=1000)

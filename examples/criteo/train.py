@@ -37,6 +37,7 @@ from fasgd_optax import nnx_sparse
 
 from examples.common import metrics
 from examples.common import optimizers
+from examples.common import progress
 from examples.criteo import config as config_lib
 from examples.criteo import criteo_format
 from examples.criteo import input_pipeline
@@ -343,8 +344,11 @@ def train_and_evaluate(
         max_examples=data.max_eval_examples, bad_lines=data.bad_lines,
         log=log, block_bytes=data.block_bytes))
 
+  bar = progress.progress_bar(
+      range(first_step, last_step + 1), desc=f'{config.optimizer} steps',
+      enabled=None if jax.process_index() == 0 else False)
   try:
-    for step in range(first_step, last_step + 1):
+    for step in bar:
       if step == timed_from:
         jax.block_until_ready(state)
         timer['start'] = time.perf_counter()
@@ -361,6 +365,7 @@ def train_and_evaluate(
         mean_loss = float(np.mean(jax.device_get(window)))
         window = []
         train_loss.append([step, mean_loss])
+        bar.set_postfix(train_loss=f'{mean_loss:.4f}')
         if jax.process_index() == 0:
           logging.info('step %d: train loss %.5f', step, mean_loss)
       if eval_every and data.validation and step % eval_every == 0:
@@ -385,6 +390,7 @@ def train_and_evaluate(
     jax.block_until_ready(state)
     end = time.perf_counter()
   finally:
+    bar.close()
     batches.close()
   timing = {}
   if timer['start'] is not None and timer['steps']:
