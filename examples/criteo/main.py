@@ -127,11 +127,22 @@ def _files(patterns):
   return files
 
 
+def _integers(flag) -> list[int]:
+  try:
+    return [int(float(value)) for value in flag.value]
+  except ValueError:
+    raise app.UsageError(
+        f'--{flag.name} {",".join(flag.value)}: expected integers.') from None
+
+
 def _config(process_count: int, num_steps: int) -> config_lib.Config:
-  rows = [int(value) for value in _TABLE_ROWS.value]
+  rows = _integers(_TABLE_ROWS)
   if len(rows) == 1:
     rows = rows * config_lib.NUM_CATEGORICAL
   optimizer = _OPTIMIZER.value
+  if optimizer not in config_lib.OPTIMIZERS:
+    raise app.UsageError(f'--optimizer {optimizer!r}: expected one of '
+                         f'{", ".join(config_lib.OPTIMIZERS)}.')
   update = _UPDATE.value or (
       'sparse' if optimizer in config_lib.SPARSE_OPTIMIZERS else 'dense')
   learning_rate = _LEARNING_RATE.value
@@ -149,7 +160,7 @@ def _config(process_count: int, num_steps: int) -> config_lib.Config:
         update=update,
         table_rows=tuple(rows),
         embedding_dim=_EMBEDDING_DIM.value,
-        mlp_features=tuple(int(width) for width in _MLP_FEATURES.value),
+        mlp_features=tuple(_integers(_MLP_FEATURES)),
         batch_size=_BATCH_SIZE.value,
         num_steps=num_steps,
         seed=_SEED.value,
@@ -208,12 +219,21 @@ def main(argv):
     if num_steps is None:
       num_steps = max(_SYNTHETIC_LINES.value // _BATCH_SIZE.value, 1)
   config = _config(jax.process_count(), num_steps)
-  mesh_shape = ([int(size) for size in _MESH_SHAPE.value] if _MESH_SHAPE.value
+  mesh_shape = (_integers(_MESH_SHAPE) if _MESH_SHAPE.value
                 else [jax.device_count()])
   try:
     mesh = placement.make_mesh(mesh_shape)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
+  data_axis = mesh.shape[placement.DATA_AXIS]
+  if config.batch_size % data_axis:
+    raise app.UsageError(
+        f'--batch_size {config.batch_size} must be a multiple of the mesh\'s '
+        f'data axis ({data_axis}).')
+  if config.data_shards % jax.process_count():
+    raise app.UsageError(
+        f'--data_shards {config.data_shards} must be a multiple of the number '
+        f'of processes ({jax.process_count()}).')
   data = train.Data(train=data_files, validation=validation or None,
                     test=test or None, bad_lines=_BAD_LINES.value,
                     max_eval_examples=_MAX_EVAL_EXAMPLES.value)
