@@ -534,17 +534,24 @@ def make_epoch(corpus: EncodedCorpus, *, model: str, window: int,
 
 
 class Prefetcher:
-  """Makes pass e + 1 in a background thread while pass e trains.
+  """Makes the next passes in background threads while one trains.
 
-  NumPy and JAX release the GIL in their array work, so the next pass is
-  built on an otherwise idle core (or in the pauses of a device's steps).
+  NumPy and JAX release the GIL in their array work, so passes are built on
+  otherwise idle cores (or in the pauses of a device's steps). With `depth`
+  d, passes e + 1 .. e + d are under way while pass e trains: on a machine
+  with many cores and a fast accelerator, building one pass can take longer
+  than training on one.
   """
 
-  def __init__(self, make_pass: Callable[[int], Any], num_passes: int):
+  def __init__(self, make_pass: Callable[[int], Any], num_passes: int,
+               depth: int = 1):
+    if depth < 1:
+      raise ValueError(f'depth must be >= 1; got {depth}.')
     self._make_pass = make_pass
     self._num_passes = num_passes
+    self._depth = depth
     self._executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix='word2vec-input')
+        max_workers=depth, thread_name_prefix='word2vec-input')
     self._futures: dict[int, concurrent.futures.Future] = {}
 
   def start(self, index: int) -> None:
@@ -553,17 +560,24 @@ class Prefetcher:
       self._futures[index] = self._executor.submit(self._make_pass, index)
 
   def get(self, index: int) -> Any:
-    """Pass `index` (waiting for it), and begins making the next one."""
+    """Pass `index` (waiting for it); begins making the next `depth`."""
     self.start(index)
     for stale in [i for i in self._futures if i < index]:
       self._futures.pop(stale).cancel()
     value = self._futures.pop(index).result()
-    self.start(index + 1)
+    for ahead in range(index + 1, index + 1 + self._depth):
+      self.start(ahead)
     return value
 
   def close(self) -> None:
     self._executor.shutdown(wait=True, cancel_futures=True)
     self._futures.clear()
+
+
+def prefetch_depth(cpu_count: Optional[int] = None) -> int:
+  """Passes to build ahead: 1 on a few cores, up to 4 with 16 or more."""
+  cpu_count = cpu_count or os.cpu_count() or 1
+  return max(1, min(4, cpu_count // 4))
 
 
 # --------------------------------------------------------------------------

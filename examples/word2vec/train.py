@@ -286,7 +286,8 @@ def train_and_evaluate(
                                    jnp.asarray(epoch_data.targets),
                                    epoch_data.num_words)
 
-  prefetcher = input_pipeline.Prefetcher(make_pass, config.epochs)
+  prefetcher = input_pipeline.Prefetcher(
+      make_pass, config.epochs, depth=input_pipeline.prefetch_depth())
   checkpointer = None
   try:
     frequencies = None
@@ -294,7 +295,8 @@ def train_and_evaluate(
       # FA-SGD's frequencies are counted on the first pass: wait for it.
       frequencies = table_frequencies(data, config, prefetcher.get(0)[0])
     else:
-      prefetcher.start(0)
+      for epoch in range(input_pipeline.prefetch_depth()):
+        prefetcher.start(epoch)
     step_fn, opt_state = steps_lib.make_step(
         config, graphdef, params, num_steps=num_steps,
         frequencies=frequencies)

@@ -586,6 +586,19 @@ class EpochTest(parameterized.TestCase):
       prefetcher.close()
     self.assertEqual(made, [0, 1, 2])
 
+  def test_prefetcher_builds_depth_passes_ahead(self):
+    prefetcher = input_pipeline.Prefetcher(lambda index: index, num_passes=5,
+                                           depth=3)
+    try:
+      self.assertEqual(prefetcher.get(0), 0)
+      self.assertCountEqual(prefetcher._futures, [1, 2, 3])
+      self.assertEqual(prefetcher.get(3), 3)  # 1 and 2 are dropped.
+      self.assertCountEqual(prefetcher._futures, [4])
+    finally:
+      prefetcher.close()
+    self.assertEqual(input_pipeline.prefetch_depth(2), 1)
+    self.assertEqual(input_pipeline.prefetch_depth(16), 4)
+
 
 class ConfigTest(parameterized.TestCase):
 

@@ -1,0 +1,162 @@
+r"""Where a training step's time goes: step time by batch size, and per op.
+
+Builds the real training round (`steps.make_train_round`, the run's own
+update path) on Brown's first pass, times rounds of steps back to back with
+one sync at the end, and, with --ops, reads a `jax.profiler` trace of one
+round and lists the compiled program's costliest operations (XLA's fusion
+names, with what each computes). Nothing is written but the JSON of
+--out:
+
+  python -m examples.word2vec.profile_step --models=skipgram,cbow \
+      --batch_sizes=256,1024,4096 --ops --out=/tmp/profile.json
+"""
+
+import collections
+import glob
+import json
+import os
+import re
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from examples.common import machine as machine_lib
+from examples.word2vec import input_pipeline
+from examples.word2vec import model as model_lib
+from examples.word2vec import steps as steps_lib
+from examples.word2vec import train
+
+_MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1024'],
+                                 'Batch sizes to time.')
+_OPTIMIZER = flags.DEFINE_string('optimizer', 'cf_sgd', 'Optimizer.')
+_LEARNING_RATE = flags.DEFINE_float(
+    'learning_rate', 1000.0, 'Learning rate (does not change the timing).')
+_UPDATE = flags.DEFINE_enum('update', 'sparse', steps_lib.UPDATES,
+                            'Update path.')
+_STEPS = flags.DEFINE_integer('steps', 200, 'Steps per timed round.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (the best '
+                                'counts: the machine is shared).')
+_OPS = flags.DEFINE_bool('ops', False, 'Also list the costliest ops.')
+_TOP = flags.DEFINE_integer('top', 12, 'Ops listed.')
+_OUT = flags.DEFINE_string('out', None, 'JSON file for the results.')
+
+# Profiler events that are not ops of the compiled program.
+_NOT_OPS = ('ThunkExecutor', '$', 'while', 'PjitFunction', 'Pjrt',
+            'CommonPjRt', 'SlinkyThreadPool', 'ParseArguments')
+
+
+def _op_descriptions(hlo_text: str) -> dict[str, str]:
+  """Each instruction's JAX op name (what it computes) from the HLO."""
+  descriptions = {}
+  for match in re.finditer(r'^\s*(?:ROOT )?%(\S+) = .*?op_name="([^"]*)"',
+                           hlo_text, re.MULTILINE):
+    what = match.group(2).split('/body/')[-1]
+    # `fasgd_optax`'s sparse apply lowers to a one-branch conditional.
+    descriptions[match.group(1)] = what.replace(
+        'cond/branch_0_fun/', 'fasgd_optax sparse update: ')
+  return descriptions
+
+
+def _profile_ops(run_round, num_steps: int, hlo_text: str, top: int):
+  """The costliest ops of a traced round: (name, ms per step, what)."""
+  descriptions = _op_descriptions(hlo_text)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      run_round()
+    path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'),
+                     recursive=True)[0]
+    profile = jax.profiler.ProfileData.from_file(path)
+  seconds = collections.Counter()
+  for plane in profile.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if not event.name.startswith(_NOT_OPS):
+          seconds[event.name] += event.duration_ns / 1e9
+  total = sum(seconds.values())
+  return total / num_steps, [
+      (name, 1e3 * value / num_steps, descriptions.get(name, ''))
+      for name, value in seconds.most_common(top)]
+
+
+def profile(model: str, batch_size: int, sentences) -> dict:
+  config = train.Config(model=model, optimizer=_OPTIMIZER.value,
+                        learning_rate=_LEARNING_RATE.value,
+                        update=_UPDATE.value, batch_size=batch_size, epochs=2)
+  data = train.prepare_data(config, sentences)
+  num_batches = train.steps_per_epoch(data, config)
+  epoch = train.make_epoch(data, config, 0, num_batches)
+  graphdef, params = model_lib.split(model_lib.Word2Vec(
+      len(data.vocab), config.dim, model=model, rngs=nnx.Rngs(0)))
+  frequencies = (train.table_frequencies(data, config, epoch)
+                 if config.optimizer == 'fa_sgd' else None)
+  step_fn, opt_state = steps_lib.make_step(
+      config, graphdef, params, num_steps=2 * num_batches,
+      frequencies=frequencies)
+  state = {'params': params, 'opt_state': opt_state}
+  args = (jnp.asarray(epoch.inputs), jnp.asarray(epoch.targets))
+  noise = (jax.random.key(0), jnp.asarray(data.noise.accept),
+           jnp.asarray(data.noise.alias))
+  lowered = steps_lib.make_train_round(step_fn, config.negatives).lower(
+      state, *args, np.int32(0), np.int32(0), *noise)
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_seconds = time.perf_counter() - start
+  num_steps = min(_STEPS.value, num_batches - 1)
+  holder = {'state': state}
+
+  def run_round():
+    holder['state'], losses = compiled(
+        holder['state'], *args, np.int32(0), np.int32(num_steps), *noise)
+    losses.block_until_ready()
+
+  run_round()  # Warm-up.
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    run_round()
+    times.append((time.perf_counter() - start) / num_steps)
+  step_seconds = min(times)
+  result = {
+      'model': model, 'batch_size': batch_size, 'optimizer': config.optimizer,
+      'update': config.update, 'compile_seconds': compile_seconds,
+      'step_ms': 1e3 * step_seconds, 'step_ms_all': [1e3 * t for t in times],
+      'ms_per_1024_examples': 1e3 * step_seconds * 1024 / batch_size,
+      'steady_raw_words_per_second': data.train.num_raw_words / (
+          step_seconds * num_batches),
+      'load_average_before': os.getloadavg()[0]}
+  if _OPS.value:
+    op_seconds, ops = _profile_ops(run_round, num_steps,
+                                   compiled.as_text(), _TOP.value)
+    result.update(traced_ops_ms=1e3 * op_seconds, ops=ops)
+  return result
+
+
+def main(argv):
+  del argv
+  sentences = input_pipeline.read_brown()
+  results = {'machine': machine_lib.describe_machine(), 'runs': []}
+  for model in _MODELS.value:
+    for batch_size in map(int, _BATCH_SIZES.value):
+      run = profile(model, batch_size, sentences)
+      results['runs'].append(run)
+      print(f'{model} batch {batch_size}: {run["step_ms"]:.3f} ms/step '
+            f'({run["ms_per_1024_examples"]:.3f} ms per 1024 examples, '
+            f'{run["steady_raw_words_per_second"]:,.0f} words/s without '
+            f'the input pipeline), compile {run["compile_seconds"]:.2f} s, '
+            f'load {run["load_average_before"]:.2f}', flush=True)
+      for name, milliseconds, what in run.get('ops', []):
+        print(f'  {milliseconds:7.3f} ms  {name:32s} {what[:70]}')
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
