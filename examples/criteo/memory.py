@@ -42,6 +42,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from examples.common import machine  # pylint: disable=g-import-not-at-top
+from examples.common import optimizers  # pylint: disable=g-import-not-at-top
 from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
 from examples.criteo import placement  # pylint: disable=g-import-not-at-top
 from examples.criteo import train  # pylint: disable=g-import-not-at-top
@@ -79,11 +80,11 @@ def measure(config: config_lib.Config, devices) -> dict:
           (config.batch_size, config_lib.NUM_CATEGORICAL), jnp.int32),
   }
   stats = trainer.train_step.lower(state, batch).compile().memory_analysis()
-  parameters = train.tree_bytes(state[0])
+  parameters = optimizers.state_bytes(state[0])
   return {
       'num_rows': trainer.layout.num_rows,
       'parameter_bytes': parameters,
-      'optimizer_state_bytes': train.tree_bytes(state) - parameters,
+      'optimizer_state_bytes': optimizers.state_bytes(state) - parameters,
       'argument_bytes': stats.argument_size_in_bytes,
       'output_bytes': stats.output_size_in_bytes,
       'alias_bytes': stats.alias_size_in_bytes,

@@ -70,12 +70,13 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from examples.common import machine  # pylint: disable=g-import-not-at-top
+  from examples.common import optimizers  # pylint: disable=g-import-not-at-top
   from examples.common import plotting  # pylint: disable=g-import-not-at-top
   from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
   from examples.criteo import criteo_format  # pylint: disable=g-import-not-at-top
   from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top
-  from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
   from examples.criteo import placement  # pylint: disable=g-import-not-at-top
+  from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
   from examples.criteo import train  # pylint: disable=g-import-not-at-top
 
   device = jax.devices(_PLATFORM.value)[0]
@@ -125,7 +126,7 @@ def main(argv):
     result = {'steps': steps, 'seconds': seconds,
               'examples_per_second': steps * batch_size / seconds,
               'loss_finite': bool(np.isfinite(float(loss))),
-              'state_bytes': train.tree_bytes(state),
+              'state_bytes': optimizers.state_bytes(state),
               'peak_device_bytes': peak_memory()}
     del state, batches
     return result

@@ -20,7 +20,6 @@ runs this code on its part of each global batch.
 """
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Optional
@@ -409,8 +408,9 @@ def train_and_evaluate(
       'train_loss': train_loss,
       'validation_history': history,
       'timing': timing,
-      'parameter_bytes': tree_bytes(state[0]),
-      'optimizer_state_bytes': tree_bytes(state) - tree_bytes(state[0]),
+      'parameter_bytes': optimizers.state_bytes(state[0]),
+      'optimizer_state_bytes': (optimizers.state_bytes(state)
+                                - optimizers.state_bytes(state[0])),
       'state': state,
   }
   for split in ('validation', 'test'):
@@ -420,10 +420,3 @@ def train_and_evaluate(
   results['bad_lines'] = {'counts': dict(log.counts), 'first': list(log.first),
                           'summary': log.summary()}
   return results
-
-
-
-def tree_bytes(tree: Any) -> int:
-  """Bytes of a pytree's arrays (or `jax.ShapeDtypeStruct`s)."""
-  return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-             for leaf in jax.tree.leaves(tree))
