@@ -144,6 +144,19 @@ class RowwiseAdagradTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, 'learning_rate'):
       fasgd_optax.rowwise_adagrad(-0.1)
 
+  def test_built_inside_a_trace(self):
+    """As Flax does when it builds a model's optimizers under `eval_shape`."""
+    table = jax.ShapeDtypeStruct((5, 3), jnp.float32)
+    for make in (fasgd_optax.rowwise_adagrad,
+                 fasgd_optax.sparse_rowwise_adagrad):
+      state = jax.eval_shape(
+          lambda t, make=make: make(
+              0.1, initial_accumulator_value=0.2).init(t), table)
+      self.assertEqual(state[0].accumulators.shape, (5,))
+    with self.assertRaisesRegex(ValueError, 'initial_accumulator_value'):
+      jax.eval_shape(lambda t: fasgd_optax.rowwise_adagrad(
+          0.1, initial_accumulator_value=-1.0).init(t), table)
+
 
 class SparseRowwiseAdagradTest(absltest.TestCase):
 

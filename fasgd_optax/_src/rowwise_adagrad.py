@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fasgd_optax._src import checks
@@ -27,8 +28,10 @@ def check_hyperparameters(epsilon, initial_accumulator_value) -> None:
   checks.check_positive('epsilon', epsilon)
   if checks.is_traced(initial_accumulator_value):
     return
-  value = jnp.asarray(initial_accumulator_value)
-  if value.ndim != 0 or not bool(jnp.isfinite(value)) or value < 0:
+  # NumPy, not jnp: inside a trace (`jit`, `eval_shape`) a jnp value of a
+  # Python float would be traced and could not be tested.
+  value = np.asarray(initial_accumulator_value)
+  if value.ndim != 0 or not np.isfinite(value) or value < 0:
     raise ValueError(
         '`initial_accumulator_value` must be a finite scalar >= 0; got '
         f'{initial_accumulator_value!r}.')
