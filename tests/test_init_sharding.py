@@ -1,8 +1,11 @@
-"""`init` shards per-row state like the rows, eagerly and under `jit` (§4).
+"""`init` shards per-row state like the rows (DESIGN.md §4).
 
-On a mesh whose axes are Explicit the sharding is part of an array's type; on
-an Auto mesh it is not, and a jitted `init` only learns it from the compiler.
-Either way `jax.jit(tx.init)(params)` must give what `tx.init(params)` gives.
+Eagerly a table's sharding says where its rows are. Under `jit` on a mesh
+with Explicit axes the sharding is part of the traced table's type, and
+`jax.jit(tx.init)(params)` must give what `tx.init(params)` gives. On an Auto
+mesh it is not, and the compiler lays out a jitted `init`'s outputs (as it
+does Optax's own states); Flax partition metadata is the way to ask for the
+rows' layout there (tested in test_optax_integration.py).
 """
 
 import contextlib
@@ -55,10 +58,12 @@ class InitShardingTest(parameterized.TestCase):
     super().setUp()
     cpu_devices.use(self, NUM_DEVICES)
 
-  @parameterized.product(name=tuple(TRANSFORMATIONS), explicit=(False, True),
-                         use_jit=(False, True))
-  def test_per_row_state_is_sharded_like_the_rows(self, name, explicit,
-                                                  use_jit):
+  @parameterized.product(name=tuple(TRANSFORMATIONS),
+                         explicit_and_jit=((False, False), (True, False),
+                                           (True, True)))
+  def test_per_row_state_is_sharded_like_the_rows(self, name,
+                                                  explicit_and_jit):
+    explicit, use_jit = explicit_and_jit
     mesh = _cpu_mesh(explicit)
     tx = TRANSFORMATIONS[name]()
     rng = np.random.default_rng(0)
@@ -81,6 +86,15 @@ class InitShardingTest(parameterized.TestCase):
       self.assertEqual(leaf.dtype, eager_leaf.dtype)
       if not leaf.ndim:
         self.assertIn(_spec(leaf), ((), None))
+
+  @parameterized.parameters(*TRANSFORMATIONS)
+  def test_jitted_init_on_an_auto_mesh_has_the_eager_values(self, name):
+    mesh = _cpu_mesh(explicit=False)
+    tx = TRANSFORMATIONS[name]()
+    table = jax.device_put(jnp.ones((ROWS, DIM)),
+                           NamedSharding(mesh, P('rows', None)))
+    jax.tree.map(np.testing.assert_array_equal, jax.jit(tx.init)(table),
+                 tx.init(table))
 
   def test_explicit_types_match_issue_example(self):
     """The report of issue 11 §3: int32[64@x] with and without `jit`."""

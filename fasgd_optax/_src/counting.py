@@ -211,18 +211,38 @@ def step_counter(params: Any) -> jax.Array:
 def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
   """Per-row zeros for `leaf`, sharded like its rows when it is sharded.
 
-  Under `jit` the leaf is a tracer whose sharding is not known here (and on an
-  Auto mesh axis not even in its type), so the zeros are computed from the
-  leaf's rows instead: the compiler then places them like those rows, as it
-  does eagerly, and as `jax.jit(tx.init)(params)` should.
+  Eagerly, the leaf's sharding says where its rows are. Under `jit` the leaf
+  is a tracer: on a mesh with Explicit axes its type still carries the
+  sharding, and the zeros are resharded to the rows' axis; on an Auto mesh it
+  does not, and the compiler places the zeros (as it places Optax's own
+  states). Making the zeros depend on the leaf's values would let the
+  compiler follow the rows, but where the table is created in the same
+  program that dependency cost 5× the table in temporaries (the Criteo
+  example's initialisation), so it is not done: use `init` outside `jit`,
+  Flax partition metadata (see `per_row_state`), Explicit axes, or
+  `out_shardings`.
   """
-  if checks.is_traced(leaf):
-    return _zeros_from_rows(leaf, dtype)
   zeros = jnp.zeros(row_shape(leaf), dtype)
+  if checks.is_traced(leaf):
+    spec = _explicit_row_spec(leaf)
+    if spec is not None:
+      zeros = jax.sharding.reshard(zeros, spec)
+    return zeros
   sharding = row_sharding(leaf)
   if sharding is not None:
     zeros = jax.device_put(zeros, sharding)
   return zeros
+
+
+def _explicit_row_spec(leaf: jax.Array) -> Optional[jax.sharding.PartitionSpec]:
+  """The rows' mesh axes from a traced leaf's type (Explicit axes only)."""
+  typeof = getattr(jax, 'typeof', None)
+  if typeof is None or leaf.ndim == 0:
+    return None
+  spec = getattr(getattr(typeof(leaf), 'sharding', None), 'spec', None)
+  if spec is None or not tuple(spec) or tuple(spec)[0] is None:
+    return None
+  return jax.sharding.PartitionSpec(tuple(spec)[0])
 
 
 # Metadata under which wrappers of parameters (Flax's `nnx.Variable`) name a
@@ -271,20 +291,6 @@ def per_row_state(params: Any, dtype: Any, fill: Any = 0) -> Any:
     return x.replace(value=state_of(x.get_value()), **row_metadata)
 
   return jax.tree.map(per_leaf, params, is_leaf=_is_wrapped)
-
-
-def _zeros_from_rows(leaf: jax.Array, dtype: Any) -> jax.Array:
-  """Zeros of shape ``row_shape(leaf)`` that depend on the leaf's first column.
-
-  ``x * 0`` is not folded away before sharding propagation (it is NaN for a
-  NaN or infinite x, which the select maps back to 0); bitwise tricks such as
-  ``x & 0`` are folded first, and the zeros would lose the rows' placement.
-  """
-  if leaf.size == 0:
-    return jnp.zeros(row_shape(leaf), dtype)
-  column = leaf[(slice(None),) + (0,) * (leaf.ndim - 1)] if leaf.ndim else leaf
-  zeros = column * jnp.zeros((), column.dtype)
-  return jnp.where(zeros == 0, zeros, 0).astype(dtype)
 
 
 def keep_sharding(new: jax.Array, old: jax.Array) -> jax.Array:
