@@ -148,11 +148,9 @@ class Trainer:
     self.abstract_state = abstract_state
     batch_shardings = {'labels': self.layout.batch,
                        'dense': self.layout.batch, 'ids': self.layout.batch}
-    # Initialisation in two steps, each within the state's own memory: the
-    # model, then the optimizers from it. In one program, the optimizers'
-    # jitted init (which reads a table column to place the counts like its
-    # rows) kept XLA from computing the table in place: 5× its size in
-    # temporaries.
+    # Initialisation in two programs, the model, then the optimizers from it
+    # (the model's buffers donated), each within the state's own memory and
+    # each output laid out by the shardings given here.
     model_graphdef, abstract_model = nnx.split(
         nnx.eval_shape(lambda: make_model(config, num_rows)))
     model_shardings = jax.tree.map(self.layout.of_leaf, abstract_model)
