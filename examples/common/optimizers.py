@@ -24,7 +24,7 @@ OPTIMIZERS = ('sgd', 'adagrad', 'adam', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
 FREQUENCY_AWARE = ('fa_sgd', 'cf_sgd')
 # Optimizers with a sparse path (fasgd_optax.sparse_*): the table's update
 # reads and writes only the rows of the batch.
-SPARSE = ('rowwise_adagrad', 'fa_sgd', 'cf_sgd')
+SPARSE = ('sgd', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
 
 EMBEDDING = 'embedding'
 DENSE = 'dense'
@@ -123,6 +123,8 @@ def make_sparse_optimizer(
         f'learning_rate for optimizer {name!r} must be > 0, got '
         f'{learning_rate!r}.'
     )
+  if name == 'sgd':
+    return fasgd_optax.sparse_sgd(learning_rate)
   if name == 'rowwise_adagrad':
     return fasgd_optax.sparse_rowwise_adagrad(learning_rate)
   if name == 'fa_sgd':

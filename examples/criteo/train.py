@@ -31,7 +31,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
-import fasgd_optax
 from fasgd_optax import nnx_sparse
 
 from examples.common import metrics
@@ -44,9 +43,6 @@ from examples.criteo import model as model_lib
 from examples.criteo import placement
 
 def _sparse_transformation(name: str, learning_rate: float, num_steps: int):
-  if name == 'sgd':
-    # examples.common.optimizers has no sparse SGD yet.
-    return fasgd_optax.sparse_sgd(learning_rate)
   return optimizers.make_sparse_optimizer(name, learning_rate,
                                           num_steps=num_steps)
 
@@ -69,12 +65,7 @@ class Transformations(NamedTuple):
 
 
 def make_transformations(config: config_lib.Config) -> Transformations:
-  """The config's optimizers.
-
-  Built outside any `jit` or `eval_shape` trace: `fasgd_optax.rowwise_adagrad`
-  checks its hyperparameters with `bool()` of a jnp value, which fails on a
-  tracer.
-  """
+  """The config's optimizers (built once, outside the jitted programs)."""
   if config.update == 'sparse':
     return Transformations(
         _sparse_transformation(config.optimizer, config.learning_rate,
