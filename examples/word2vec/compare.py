@@ -43,6 +43,9 @@ _CBOW_GRADIENTS = flags.DEFINE_list(
     'cbow_gradients', list(train.model_lib.CBOW_GRADIENTS),
     'CBOW\'s gradient conventions to sweep (word2vec: each context row gets '
     'the hidden vector\'s gradient; autodiff: the mean\'s).')
+_REFINE = flags.DEFINE_bool(
+    'refine', False, 'After each grid (and its extensions), also try the '
+    'best learning rate times 10^(±1/4).')
 _REPORT = flags.DEFINE_bool('report', False,
                             'Only draw plots and write RESULTS.md.')
 
@@ -62,6 +65,8 @@ GRID_FACTORS = (10**-0.5, 1.0, 10**0.5, 10.0)
 # A grid whose best value is at an end is extended by one step that way (up
 # to this many times), so no optimizer is judged at the edge of its grid.
 MAX_EXTENSIONS = 2
+# --refine: then the best value's neighbours half a grid step away.
+REFINE_FACTORS = (10**-0.25, 10**0.25)
 
 
 def grid(optimizer: str) -> list[float]:
@@ -119,6 +124,34 @@ def machine() -> str:
           'other jobs while measured)')
 
 
+def next_learning_rate(runs: list[dict], optimizer: str,
+                       refine: bool) -> Optional[float]:
+  """The next learning rate to try, given the runs so far; None when done.
+
+  The grid first, then extensions past an end that won (`extension`), then
+  with `refine` the two points a factor 10^(1/4) either side of the best.
+  """
+  def done(learning_rate):
+    # Within rounding: 0.00316 / 10^0.5 is 0.000999 and 0.00178 / 10^0.25
+    # is 0.001.
+    return any(abs(r['learning_rate'] / learning_rate - 1) < 0.01
+               for r in runs)
+
+  for learning_rate in grid(optimizer):
+    if not done(learning_rate):
+      return learning_rate
+  next_rate = extension(runs)
+  if next_rate is not None and not done(next_rate):
+    return next_rate
+  if refine:
+    best = min(runs, key=lambda r: r['final_validation_loss'])
+    for factor in REFINE_FACTORS:
+      learning_rate = _rounded(best['learning_rate'] * factor)
+      if not done(learning_rate):
+        return learning_rate
+  return None
+
+
 def run_sweep(path: str) -> None:
   sweep = {'machine': machine(), 'settings': {}, 'runs': []}
   if os.path.exists(path):
@@ -141,16 +174,14 @@ def run_sweep(path: str) -> None:
       cap = None
       if cap_from is not None:
         cap = best_runs(sweep, model, gradient)[cap_from]['learning_rate']
-      todo = grid(optimizer)
-      while todo:
-        learning_rate = todo.pop(0)
-        runs = [r for r in sweep['runs']
+
+      def runs_so_far(optimizer=optimizer, cap=cap, gradient=gradient):
+        return [r for r in sweep['runs']
                 if (r['model'], r['optimizer'], r.get('max_learning_rate'),
                     gradient_of(r)) == (model, optimizer, cap, gradient)]
-        if any(r['learning_rate'] == learning_rate for r in runs):
-          if not todo and extension(runs) is not None:
-            todo.append(extension(runs))
-          continue
+
+      while (learning_rate := next_learning_rate(
+          runs_so_far(), optimizer, _REFINE.value)) is not None:
         config = train.Config(**dict(
             base, optimizer=optimizer, learning_rate=learning_rate,
             max_learning_rate=cap, update=update_for(optimizer),
@@ -179,10 +210,6 @@ def run_sweep(path: str) -> None:
         sweep['runs'].append(run)
         with open(path, 'w') as f:
           json.dump(sweep, f, indent=1)
-        if not todo:
-          next_rate = extension(runs + [run])
-          if next_rate is not None:
-            todo.append(next_rate)
 
 
 def label(run: dict) -> str:
@@ -257,12 +284,14 @@ def variant_report(out: str, sweep: dict, model: str,
         title=f'{name}, Brown, {base["epochs"]} epochs, batch '
               f'{base["batch_size"]}, best lr per optimizer')
   # Final validation loss against the learning rate, relative to each
-  # optimizer's grid centre so that all fit one axis.
+  # optimizer's grid centre so that all fit one axis. Runs that ended above
+  # the untrained loss are left out (they would squash the rest).
   series = {}
   for optimizer in best:
     same = sorted((r for r in sweep['runs'] if r['model'] == model and
                    gradient_of(r) == gradient and label(r) == optimizer and
-                   'diverged' not in r),
+                   r['final_validation_loss'] < r.get(
+                       'initial_validation_loss', 0.0)),
                   key=lambda r: r['learning_rate'])
     series[optimizer] = (
         [r['learning_rate'] / GRID_CENTRE[r['optimizer']] for r in same],
@@ -270,7 +299,7 @@ def variant_report(out: str, sweep: dict, model: str,
   plotting.line_plot(
       os.path.join(out, f'{stem}_learning_rates.png'), series,
       xlabel='learning rate / grid centre', ylabel='final validation loss',
-      title=f'{name}: learning-rate grids (diverged runs left out)',
+      title=f'{name}: learning-rate grids (runs that diverged left out)',
       log_x=True)
   adaptive = min(best[o]['final_test_loss'] for o in ('adagrad', 'adam')
                  if o in best)

@@ -291,9 +291,11 @@ def train_and_evaluate(
   checkpointer = None
   try:
     frequencies = None
+    current_pass = {}  # The pass being trained on, on the device.
     if config.optimizer == 'fa_sgd':
       # FA-SGD's frequencies are counted on the first pass: wait for it.
-      frequencies = table_frequencies(data, config, prefetcher.get(0)[0])
+      first_pass, current_pass[0] = prefetcher.get(0)
+      frequencies = table_frequencies(data, config, first_pass)
     else:
       for epoch in range(input_pipeline.prefetch_depth()):
         prefetcher.start(epoch)
@@ -318,7 +320,6 @@ def train_and_evaluate(
     compile_seconds = time.perf_counter() - compile_start
 
     timing = {'pending': time.perf_counter() - clock_start}
-    current_pass = {}
 
     def train_round(train_state, round_number):
       epoch, part = divmod(round_number - 1, rounds_per_epoch)
