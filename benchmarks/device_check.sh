@@ -45,9 +45,11 @@
 #       (numpy, scipy and wrapt, which they need, are on that machine). Carry
 #       data_cache and pass BROWN_CACHE_DIR=data_cache/brown
 #       GENSIM_WHEELS=data_cache/wheels.
-#   WORD2VEC_FLAGS  flags for examples.word2vec.gensim_peer (default
-#       --batch_size=16384: on a GPU a batch of 1024 is all launch overhead;
-#       the tuned learning rates of sgd, fa_sgd and cf_sgd scale with it).
+#   WORD2VEC_SWEEP  (word2vec) the sweep whose settings and tuned learning
+#       rates the run takes; default examples/word2vec/results/batch16384/
+#       sweep.json (CF-SGD tuned at batch 16384: on a GPU a batch of 1024 is
+#       mostly kernel-launch overhead).
+#   WORD2VEC_FLAGS  more flags for examples.word2vec.gensim_peer.
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
 #       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=150
 #       by default).
@@ -147,7 +149,7 @@ part_movielens() {
 
 # Word2Vec against gensim on this machine (examples.word2vec.gensim_peer):
 # Skip-gram, then CBOW (word2vec.c's gradient), 2 passes over Brown each, ours
-# on the accelerator with the recorded sweep's tuned CF-SGD learning rates,
+# on the accelerator with a recorded sweep's settings and tuned CF-SGD rates,
 # gensim 4.4.0 with one worker thread per CPU core, back to back in one
 # process; words/s, held-out loss and WordSim-353 of both. Reports land in
 # the log (the table, then the JSON of every run).
@@ -181,10 +183,9 @@ print(datapath("wordsim353.tsv"))') || return 1
   mkdir -p "$WORKDIR/word2vec"
   # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
   "$PYTHON" -m examples.word2vec.gensim_peer \
-    --sweep=examples/word2vec/results/sweep.json \
+    --sweep="${WORD2VEC_SWEEP:-examples/word2vec/results/batch16384/sweep.json}" \
     --out="$WORKDIR/word2vec/peer.json" --workers="$(nproc)" --repeats=1 \
-    --brown_cache_dir="$brown" --wordsim="$wordsim" \
-    ${WORD2VEC_FLAGS:---batch_size=16384}
+    --brown_cache_dir="$brown" --wordsim="$wordsim" ${WORD2VEC_FLAGS:-}
   local status=$?
   if [[ -f $WORKDIR/word2vec/peer.json ]]; then
     cat "$WORKDIR/word2vec/peer.json"

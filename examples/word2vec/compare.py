@@ -32,6 +32,9 @@ from examples.word2vec import train
 
 _OUT = flags.DEFINE_string('out', None, 'Results folder.')
 _EPOCHS = flags.DEFINE_integer('epochs', 2, 'Passes over the corpus.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'One batch size for every model (default '
+    'BATCH_SIZE: 1024); e.g. a larger one for an accelerator.')
 _MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
 _OPTIMIZERS = flags.DEFINE_list(
     'optimizers', list(train.optimizers.OPTIMIZERS), 'Optimizers.')
@@ -93,8 +96,8 @@ def extension(runs: list[dict]) -> Optional[float]:
 
 def settings(model: str) -> dict:
   return dataclasses.asdict(train.Config(
-      model=model, epochs=_EPOCHS.value, batch_size=BATCH_SIZE[model],
-      evals_per_epoch=4))
+      model=model, epochs=_EPOCHS.value,
+      batch_size=_BATCH_SIZE.value or BATCH_SIZE[model], evals_per_epoch=4))
 
 
 def update_for(optimizer: str) -> str:
@@ -263,6 +266,10 @@ def report(out: str) -> None:
     f.write('\n'.join(lines))
 
 
+def _relative(loss: float, reference: Optional[float]) -> str:
+  return '–' if reference is None else f'{100 * (loss / reference - 1):+.2f}%'
+
+
 def variant_report(out: str, sweep: dict, model: str,
                    gradient: Optional[str], best: dict) -> list[str]:
   """One model's (and CBOW gradient's) plots and table."""
@@ -281,8 +288,8 @@ def variant_report(out: str, sweep: dict, model: str,
     plotting.line_plot(
         os.path.join(out, f'{stem}_{curve}.png'), series, xlabel='step',
         ylabel=curve.replace('_', ' '),
-        title=f'{name}, Brown, {base["epochs"]} epochs, batch '
-              f'{base["batch_size"]}, best lr per optimizer')
+        title=f'{name}: Brown, {base["epochs"]} epochs, batch '
+              f'{base["batch_size"]}, best lr each')
   # Final validation loss against the learning rate, relative to each
   # optimizer's grid centre so that all fit one axis. Runs that ended above
   # the untrained loss are left out (they would squash the rest).
@@ -301,8 +308,8 @@ def variant_report(out: str, sweep: dict, model: str,
       xlabel='learning rate / grid centre', ylabel='final validation loss',
       title=f'{name}: learning-rate grids (runs that diverged left out)',
       log_x=True)
-  adaptive = min(best[o]['final_test_loss'] for o in ('adagrad', 'adam')
-                 if o in best)
+  adaptive = min((best[o]['final_test_loss'] for o in ('adagrad', 'adam')
+                  if o in best), default=None)
   lines = [
       f'## {name}', '',
       f'dim {base["dim"]}, window {base["window"]}, {base["negatives"]} '
@@ -324,7 +331,7 @@ def variant_report(out: str, sweep: dict, model: str,
         f'{", ".join(f"{lr:g}" for lr in lrs)}'
         f'{f" ({diverged} diverged)" if diverged else ""} | '
         f'{run["learning_rate"]:g} | {run["final_test_loss"]:.4f} | '
-        f'{100 * (run["final_test_loss"] / adaptive - 1):+.2f}% | '
+        f'{_relative(run["final_test_loss"], adaptive)} | '
         f'{run["final_train_loss"]:.4f} | '
         f'{run["wordsim353"]["spearman"]:.3f} | '
         f'{run["words_per_second"]:,.0f} | '

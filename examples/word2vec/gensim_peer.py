@@ -97,20 +97,6 @@ def best_learning_rate(sweep: dict, model: str, optimizer: str,
   return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
 
 
-# Optimizers whose step is the learning rate times the (batch-mean) gradient:
-# with a batch k times larger, each example's gradient is k times smaller,
-# and the learning rate is scaled by k to keep each example's step.
-LINEAR_SCALING = ('sgd', 'fa_sgd', 'cf_sgd')
-
-
-def scaled_learning_rate(learning_rate: float, optimizer: str,
-                         tuned_batch_size: int, batch_size: int) -> float:
-  """The learning rate tuned at one batch size, moved to another."""
-  if optimizer in LINEAR_SCALING:
-    return learning_rate * batch_size / tuned_batch_size
-  return learning_rate
-
-
 def run_gensim(config, data, train_sentences, wordsim_rows, repeat,
                workers):
   """One gensim run, summarised."""
@@ -217,14 +203,8 @@ def main(argv):
                     cbow_gradient=_CBOW_GRADIENT.value)
     if _EPOCHS.value:
       settings['epochs'] = _EPOCHS.value
-    learning_rate = best_learning_rate(sweep, model, _OPTIMIZER.value,
-                                       _CBOW_GRADIENT.value)
-    if _BATCH_SIZE.value:
-      learning_rate = scaled_learning_rate(
-          learning_rate, _OPTIMIZER.value, settings['batch_size'],
-          _BATCH_SIZE.value)
-      settings['batch_size'] = _BATCH_SIZE.value
-    config = train.Config(**dict(settings, learning_rate=learning_rate))
+    config = train.Config(**dict(settings, learning_rate=best_learning_rate(
+        sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value)))
     data = train.prepare_data(config, sentences)
     train_sentences, _ = input_pipeline.split_sentences(
         sentences, test_fraction=config.test_fraction)
@@ -258,9 +238,6 @@ if __name__ == '__main__':
       'learning rate from).')
   _EPOCHS = flags.DEFINE_integer(
       'epochs', None, 'Passes for both systems; default the sweep\'s.')
-  _BATCH_SIZE = flags.DEFINE_integer(
-      'batch_size', None, 'Our batch; default the sweep\'s. The tuned '
-      'learning rate of sgd, fa_sgd and cf_sgd is scaled with it (linearly).')
   _OUT = flags.DEFINE_string(
       'out', None, 'JSON file to write; the table goes beside it (.md).')
   _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')
