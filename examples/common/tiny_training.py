@@ -120,7 +120,9 @@ def main(argv):
       'w': jax.device_put(jnp.ones(_DIM) / _DIM, replicated),
   }
   tx = fasgd_optax.cf_sgd(1.0, num_steps=_NUM_STEPS.value)
-  state = {'params': params, 'opt_state': jax.jit(tx.init)(params)}
+  # Eager init places the counts like the table's rows; a jitted one on an
+  # Auto mesh would leave them where XLA puts constants (one device).
+  state = {'params': params, 'opt_state': tx.init(params)}
 
   # Explicit shardings: the state keeps its own, inputs and loss replicated
   # (so every process can read the loss).
