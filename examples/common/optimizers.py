@@ -97,6 +97,8 @@ def make_sparse_optimizer(
     *,
     num_steps: Optional[int] = None,
     frequencies: Optional[np.ndarray] = None,
+    max_learning_rate: Optional[float] = None,
+    duplicates: str = 'auto',
 ) -> 'fasgd_optax.SparseTransformation':
   """Returns the sparse-path optimizer called `name` for one embedding table.
 
@@ -105,6 +107,9 @@ def make_sparse_optimizer(
     learning_rate: the learning rate (α for fa_sgd / cf_sgd).
     num_steps: the horizon T (see `make_optimizer`).
     frequencies: fa_sgd's per-row frequencies of this table, shape (N,).
+    max_learning_rate: fa_sgd's and cf_sgd's cap η_max (None: no cap).
+    duplicates: how repeated ids are combined ('auto', 'scatter', 'reduce';
+      see `fasgd_optax.sparse_cf_sgd`).
 
   Returns:
     A `fasgd_optax.SparseTransformation`: ``init(table)`` and
@@ -123,19 +128,28 @@ def make_sparse_optimizer(
         f'learning_rate for optimizer {name!r} must be > 0, got '
         f'{learning_rate!r}.'
     )
+  if max_learning_rate is not None and name not in FREQUENCY_AWARE:
+    raise ValueError(
+        f'max_learning_rate is for {", ".join(FREQUENCY_AWARE)}; got it with '
+        f'optimizer {name!r}.'
+    )
   if name == 'sgd':
-    return fasgd_optax.sparse_sgd(learning_rate)
+    return fasgd_optax.sparse_sgd(learning_rate, duplicates=duplicates)
   if name == 'rowwise_adagrad':
-    return fasgd_optax.sparse_rowwise_adagrad(learning_rate)
+    return fasgd_optax.sparse_rowwise_adagrad(learning_rate,
+                                              duplicates=duplicates)
   if name == 'fa_sgd':
     if frequencies is None or num_steps is None:
       raise ValueError(
           "optimizer 'fa_sgd' needs `frequencies` and `num_steps`."
       )
     return fasgd_optax.sparse_fa_sgd(
-        learning_rate, frequencies, num_steps=num_steps
+        learning_rate, frequencies, num_steps=num_steps,
+        max_learning_rate=max_learning_rate, duplicates=duplicates
     )
-  return fasgd_optax.sparse_cf_sgd(learning_rate, num_steps=num_steps)
+  return fasgd_optax.sparse_cf_sgd(learning_rate, num_steps=num_steps,
+                                   max_learning_rate=max_learning_rate,
+                                   duplicates=duplicates)
 
 
 def label_embeddings(

@@ -32,7 +32,7 @@ from examples.word2vec import negatives as negatives_lib
 INPUT_TABLE = model_lib.INPUT_TABLE
 OUTPUT_TABLE = model_lib.OUTPUT_TABLE
 UPDATES = ('dense', 'sparse', 'scatter')
-SPARSE_OPTIMIZERS = ('sgd', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
+SPARSE_OPTIMIZERS = optimizers.SPARSE
 DUPLICATES = ('auto', 'scatter', 'reduce')
 # The held-out loss is computed in fixed-size chunks so it compiles once.
 EVAL_CHUNK = 8192
@@ -72,24 +72,10 @@ def sparse_optimizers(optimizer: str, learning_rate: float, *,
                       duplicates: str = 'auto'
                       ) -> dict[str, fasgd_optax.SparseTransformation]:
   """One `fasgd_optax.sparse_*` transformation per table."""
-  if optimizer not in SPARSE_OPTIMIZERS:
-    raise ValueError(f'optimizer {optimizer!r} has no sparse path; use one '
-                     f'of {", ".join(SPARSE_OPTIMIZERS)}.')
-  if not learning_rate > 0:
-    raise ValueError(f'learning_rate must be > 0; got {learning_rate!r}.')
-
   def for_table(path):
-    if optimizer == 'sgd':
-      return fasgd_optax.sparse_sgd(learning_rate, duplicates=duplicates)
-    if optimizer == 'rowwise_adagrad':
-      return fasgd_optax.sparse_rowwise_adagrad(learning_rate,
-                                                duplicates=duplicates)
-    if optimizer == 'fa_sgd':
-      return fasgd_optax.sparse_fa_sgd(
-          learning_rate, frequencies[path], num_steps=num_steps,
-          max_learning_rate=max_learning_rate, duplicates=duplicates)
-    return fasgd_optax.sparse_cf_sgd(
-        learning_rate, num_steps=num_steps,
+    return optimizers.make_sparse_optimizer(
+        optimizer, learning_rate, num_steps=num_steps,
+        frequencies=None if frequencies is None else frequencies[path],
         max_learning_rate=max_learning_rate, duplicates=duplicates)
 
   return {path: for_table(path) for path in (INPUT_TABLE, OUTPUT_TABLE)}
