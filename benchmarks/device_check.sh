@@ -76,7 +76,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1" || exit 2
 OUTDIR=$(cd "$1" && pwd)
 shift
-WORKDIR=${DEVICE_CHECK_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")}
+WORKDIR=${DEVICE_CHECK_WORKDIR:-$(mktemp -d)}  # a fresh folder under ${TMPDIR:-/tmp}
 mkdir -p "$WORKDIR" || exit 2
 PYTHON=${PYTHON:-python3}
 DEVICE_CHECK=$REPO/benchmarks/device_check.sh
