@@ -21,7 +21,6 @@ rerun with the same flags picks up where it stopped.
   python -m examples.criteo.auc_study --output_dir=examples/criteo/results
 """
 
-import dataclasses
 import json
 import math
 import os

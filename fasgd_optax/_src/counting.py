@@ -217,8 +217,9 @@ def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
   does not, and the compiler places the zeros (as it places Optax's own
   states). Making the zeros depend on the leaf's values would let the
   compiler follow the rows, but where the table is created in the same
-  program that dependency cost 5× the table in temporaries (the Criteo
-  example's initialisation), so it is not done: use `init` outside `jit`,
+  program that dependency cost several tables' worth of temporaries (the
+  Criteo example's initialisation; its `InitialisationMemoryTest` guards
+  this), so it is not done: use `init` outside `jit`,
   Flax partition metadata (see `per_row_state`), Explicit axes, or
   `out_shardings`.
   """
@@ -234,15 +235,29 @@ def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
   return zeros
 
 
+def explicit_sharding(values: Any) -> Optional[jax.sharding.NamedSharding]:
+  """`values`' sharding when its type carries one (an Explicit mesh axis).
+
+  On a mesh with Explicit axes the sharding is part of an array's type, also
+  under `jit`, and ops on sharded arrays must spell out their results'; on
+  Auto meshes, under `pmap` and without a mesh, this returns None.
+  """
+  typeof = getattr(jax, 'typeof', None)
+  if typeof is None:
+    return None
+  sharding = getattr(typeof(values), 'sharding', None)
+  spec = getattr(sharding, 'spec', None)
+  if spec is None or all(axis is None for axis in spec):
+    return None
+  return sharding
+
+
 def _explicit_row_spec(leaf: jax.Array) -> Optional[jax.sharding.PartitionSpec]:
   """The rows' mesh axes from a traced leaf's type (Explicit axes only)."""
-  typeof = getattr(jax, 'typeof', None)
-  if typeof is None or leaf.ndim == 0:
+  sharding = explicit_sharding(leaf) if leaf.ndim else None
+  if sharding is None or tuple(sharding.spec)[0] is None:
     return None
-  spec = getattr(getattr(typeof(leaf), 'sharding', None), 'spec', None)
-  if spec is None or not tuple(spec) or tuple(spec)[0] is None:
-    return None
-  return jax.sharding.PartitionSpec(tuple(spec)[0])
+  return jax.sharding.PartitionSpec(tuple(sharding.spec)[0])
 
 
 # Metadata under which wrappers of parameters (Flax's `nnx.Variable`) name a

@@ -199,30 +199,13 @@ def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
 # Gathers and scatters of rows, on any mesh.
 
 
-def _explicit_sharding(values: jax.Array):
-  """`values`' sharding when its type carries one (an Explicit mesh axis).
-
-  On a mesh with Explicit axes, a gather from or a scatter into a sharded
-  array needs its result's sharding spelled out; on Auto meshes, under `pmap`
-  and without a mesh the compiler chooses and this returns None.
-  """
-  typeof = getattr(jax, 'typeof', None)
-  if typeof is None:
-    return None
-  sharding = getattr(typeof(values), 'sharding', None)
-  spec = getattr(sharding, 'spec', None)
-  if spec is None or all(axis is None for axis in spec):
-    return None
-  return sharding
-
-
 def replicated(values: jax.Array) -> jax.Array:
   """`values` replicated when its type says it is sharded (Explicit axes).
 
   A batch sharded over a data axis is gathered whole: every shard of a
   row-sharded table needs each occurrence of its rows.
   """
-  sharding = _explicit_sharding(values)
+  sharding = counting.explicit_sharding(values)
   if sharding is None:
     return values
   return jax.sharding.reshard(values, jax.sharding.PartitionSpec())
@@ -231,7 +214,7 @@ def replicated(values: jax.Array) -> jax.Array:
 def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
   """``values[rows]``, with 0 for out-of-range rows, replicated on a mesh."""
   kwargs = {}
-  sharding = _explicit_sharding(values)
+  sharding = counting.explicit_sharding(values)
   if sharding is not None:
     kwargs['out_sharding'] = jax.sharding.NamedSharding(
         sharding.mesh, jax.sharding.PartitionSpec())
@@ -239,7 +222,7 @@ def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
 
 
 def _scatter_kwargs(values: jax.Array) -> dict[str, Any]:
-  sharding = _explicit_sharding(values)
+  sharding = counting.explicit_sharding(values)
   return {} if sharding is None else {'out_sharding': sharding}
 
 
