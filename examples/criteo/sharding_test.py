@@ -16,6 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from examples.criteo import config as config_lib
 from examples.criteo import synthetic
@@ -141,6 +142,30 @@ class MeshTest(parameterized.TestCase):
     # The largest is a batch's rows (64 × 26 × (d + 1)), 1/1024 of the table.
     self.assertLessEqual(max(sizes), 64 * 26 * 5)
     self.assertGreaterEqual(trainer.layout.num_rows * 5, 1024 * max(sizes))
+
+
+
+class InitialisationMemoryTest(absltest.TestCase):
+
+  def test_one_program_initialisation_needs_no_table_sized_temporaries(self):
+    """Model and optimizers created in one jitted program, built in place.
+
+    A jitted `init` that read the table (to place its counts like its rows)
+    once made XLA keep several tables' worth of temporaries here.
+    """
+    mesh = placement.make_mesh((1,), jax.devices('cpu')[:1])
+    config = tiny_config(table_rows=(1 << 12,) * 26, embedding_dim=16)
+    num_rows = placement.padded_rows(config.table_rows, mesh.size)
+    transformations = train.make_transformations(config)
+    trainer = train.Trainer(config, mesh)
+    create = jax.jit(
+        lambda: nnx.state(train.build(
+            config, train.make_model(config, num_rows), transformations)),
+        out_shardings=trainer.state_shardings)
+    memory = create.lower().compile().memory_analysis()
+    table_bytes = num_rows * (config.embedding_dim + 1) * 4
+    self.assertGreater(memory.output_size_in_bytes, table_bytes)
+    self.assertLess(memory.temp_size_in_bytes, table_bytes // 4)
 
 
 if __name__ == '__main__':
