@@ -14,7 +14,6 @@ optimizer relative to the first one listed).
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
