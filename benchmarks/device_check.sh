@@ -184,7 +184,7 @@ print(datapath("wordsim353.tsv"))') || return 1
   # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
   "$PYTHON" -m examples.word2vec.gensim_peer \
     --sweep="${WORD2VEC_SWEEP:-examples/word2vec/results/batch16384/sweep.json}" \
-    --out="$WORKDIR/word2vec/peer.json" --workers="$(nproc)" --repeats=1 \
+    --out="$WORKDIR/word2vec/peer.json" --workers="$(nproc)" --repeats=2 \
     --brown_cache_dir="$brown" --wordsim="$wordsim" ${WORD2VEC_FLAGS:-}
   local status=$?
   if [[ -f $WORKDIR/word2vec/peer.json ]]; then

@@ -273,7 +273,7 @@ def run_tiny_training(workdir, *flags_, kill_after=None, env=None):
   """
   process = subprocess.Popen(
       [sys.executable, '-m', 'examples.common.tiny_training',
-       f'--workdir={workdir}', *flags_],
+       f'--workdir={workdir}', '--compilation_cache_dir=', *flags_],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})))
   lines, kill_line = [], None
@@ -376,7 +376,8 @@ class MultiProcessTest(absltest.TestCase):
         subprocess.Popen(
             [sys.executable, '-m', 'examples.common.tiny_training',
              f'--workdir={workdir}', '--num_processes=2',
-             f'--process_id={i}', f'--coordinator=localhost:{port}', *flags_],
+             f'--process_id={i}', f'--coordinator=localhost:{port}',
+             '--compilation_cache_dir=', *flags_],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env)
         for i in range(2)

@@ -1,12 +1,13 @@
-"""Flags that every example's main.py shares: checkpoints and logs.
+"""Flags that every example's main.py shares: checkpoints, logs, compiles.
 
-Importing this module defines them; a main.py then calls `configure_logs()`
-first thing and passes `checkpoint_options()` to its training::
+Importing this module defines them; a main.py then calls `configure()` first
+thing (logs, and JAX's persistent compilation cache) and passes
+`checkpoint_options()` to its training::
 
   from examples.common import cli
 
   def main(argv):
-    cli.configure_logs()
+    cli.configure()
     train.train_and_evaluate(..., checkpoint_options=cli.checkpoint_options())
 
 A step-based example also defines `--save_interval_steps` with
@@ -18,6 +19,7 @@ from typing import Optional
 from absl import flags
 
 from examples.common import checkpointing
+from examples.common import compilation_cache
 from examples.common import logs
 
 CHECKPOINT_FALLBACK = flags.DEFINE_bool(
@@ -35,6 +37,13 @@ VERBOSE_LIBRARIES = flags.DEFINE_bool(
     'by default only their warnings and errors, and the example\'s own '
     'messages.')
 
+COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir', compilation_cache.DEFAULT_DIR,
+    'JAX\'s persistent compilation cache: compiled steps are kept here and '
+    'loaded, not compiled again, by the next run of the same program '
+    '(a rerun, a resumed run, the next run of a sweep). "" compiles without '
+    'a cache.')
+
 _save_interval_steps: Optional[flags.FlagHolder[int]] = None
 
 
@@ -51,6 +60,17 @@ def define_save_interval_steps(default: int) -> flags.FlagHolder[int]:
 def configure_logs() -> None:
   """Quiet library logs unless --verbose_libraries (see `logs.configure`)."""
   logs.configure(verbose_libraries=VERBOSE_LIBRARIES.value)
+
+
+def configure_compilation_cache() -> None:
+  """Turns on JAX's persistent compilation cache (see `compilation_cache`)."""
+  compilation_cache.enable(COMPILATION_CACHE_DIR.value)
+
+
+def configure() -> None:
+  """What a main() calls first: logs, then the compilation cache."""
+  configure_logs()
+  configure_compilation_cache()
 
 
 def checkpoint_options() -> checkpointing.Options:

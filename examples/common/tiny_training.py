@@ -105,7 +105,7 @@ class _OrbaxCallCounter:
 
 def main(argv):
   del argv
-  cli.configure_logs()
+  cli.configure()
   if _NUM_PROCESSES.value > 1:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)

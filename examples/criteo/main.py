@@ -173,7 +173,7 @@ def _config(process_count: int, num_steps: int) -> config_lib.Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.configure_logs()
+  cli.configure()
   import jax  # pylint: disable=g-import-not-at-top
   multi_process = [_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                    _PROCESS_ID.value]

@@ -21,7 +21,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 
 TINY = dict(table_rows=['64'], embedding_dim=4, mlp_features=['8'],
             batch_size=64, log_every=10, learning_rate=1.0,
-            dense_optimizer='adam', dense_learning_rate=0.01)
+            dense_optimizer='adam', dense_learning_rate=0.01,
+            # Tests leave the user's compilation cache alone.
+            compilation_cache_dir='')
 
 
 def _argv(flag_values):

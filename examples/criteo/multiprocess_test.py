@@ -54,7 +54,8 @@ def run_processes(args, workdir):
       subprocess.Popen(
           [sys.executable, '-m', 'examples.criteo.main', *args,
            f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-           f'--num_processes={NUM_PROCESSES}', f'--process_id={index}'],
+           f'--num_processes={NUM_PROCESSES}', f'--process_id={index}',
+           '--compilation_cache_dir='],
           cwd=_REPOSITORY, env=env, stdout=subprocess.PIPE,
           stderr=subprocess.STDOUT, text=True)
       for index in range(NUM_PROCESSES)

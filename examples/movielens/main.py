@@ -84,7 +84,7 @@ _CACHE_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.configure_logs()
+  cli.configure()
   try:
     # One run at a time per workdir: its results, caches and checkpoints.
     with locking.DirectoryLock(_WORKDIR.value, what='Workdir'):

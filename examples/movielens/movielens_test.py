@@ -317,7 +317,8 @@ class MainTest(MovieLensTestCase):
   def test_busy_workdir_is_refused(self):
     workdir = os.path.join(self.tmp, 'work')
     with locking.DirectoryLock(workdir):
-      with flagsaver.flagsaver(workdir=workdir, data_dir=self.write('ml-1m')):
+      with flagsaver.flagsaver(workdir=workdir, data_dir=self.write('ml-1m'),
+                                compilation_cache_dir=''):
         flags.FLAGS.mark_as_parsed()
         with self.assertRaisesRegex(
             SystemExit, f'Workdir {workdir} is in use by process {os.getpid()}'):
@@ -330,7 +331,8 @@ class MainTest(MovieLensTestCase):
     with flagsaver.flagsaver(
         model=['fm'], optimizer=['sgd', 'cf_sgd'], sweep=True, num_seeds=2,
         data_dir=data_dir, workdir=workdir, batch_size=32, num_epochs=2,
-        embedding_dim=4, learning_rate_grid=[str(lr) for lr in grid]):
+        embedding_dim=4, learning_rate_grid=[str(lr) for lr in grid],
+        compilation_cache_dir=''):
       flags.FLAGS.mark_as_parsed()
       main.main(['main'])
     with open(os.path.join(workdir, 'results.json')) as f:

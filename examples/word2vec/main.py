@@ -80,7 +80,7 @@ flags.mark_flag_as_required('workdir')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.configure_logs()
+  cli.configure()
   config = train.Config(
       model=_MODEL.value, optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,

@@ -640,5 +640,49 @@ class GensimPeerTest(absltest.TestCase):
     self.assertLess(losses['test'], 0.9 * 4 * np.log(2))
 
 
+class PeerTableTest(absltest.TestCase):
+  """gensim_peer's bookkeeping (no gensim needed)."""
+
+  def test_cache_events_count_hits_and_misses(self):
+    from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
+    events = gensim_peer.CacheEvents()
+    before = events.snapshot()
+    jax.monitoring.record_event('/jax/compilation_cache/cache_hits')
+    jax.monitoring.record_event('/jax/compilation_cache/cache_misses')
+    jax.monitoring.record_event('/jax/compilation_cache/cache_hits')
+    jax.monitoring.record_event('/jax/something_else')
+    after = events.snapshot()
+    self.assertEqual(after['hits'] - before['hits'], 2)
+    self.assertEqual(after['misses'] - before['misses'], 1)
+
+  def test_compiled_and_cached_runs_get_their_own_rows(self):
+    from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
+    self.assertEqual(gensim_peer.compile_label(hits=1, misses=1), ', compiled')
+    self.assertEqual(gensim_peer.compile_label(hits=2, misses=0),
+                     ', compile cached')
+    self.assertEqual(gensim_peer.compile_label(hits=0, misses=0), '')
+
+    def row(system, words_per_second, **extra):
+      return dict(system=system, model='cbow', load_average_before=0.5,
+                  words_per_second=words_per_second,
+                  effective_words_per_second=words_per_second / 2,
+                  wordsim353={'spearman': 0.1}, test_loss=2.5, **extra)
+
+    ours = dict(steady_words_per_second=1.0, compile_seconds=0.5)
+    peer = {'machine': 'test machine', 'workers': 2, 'runs': [
+        row('gensim', 2000.0), row('ours, compiled', 500.0, **ours),
+        row('gensim', 1000.0), row('ours, compile cached', 900.0, **ours),
+        row('gensim', 3000.0), row('ours, compile cached', 1100.0, **ours)]}
+    lines = {line.split(' | ')[1]: line.split(' | ')
+             for line in gensim_peer.peer_table(peer)
+             if line.startswith('| cbow')}
+    self.assertEqual(sorted(lines), ['gensim', 'ours, compile cached',
+                                     'ours, compiled'])
+    # Ratios against gensim's median (2000 words/s).
+    self.assertEqual(lines['ours, compiled'][6], '0.25')
+    self.assertEqual(lines['ours, compile cached'][6], '0.50')
+    self.assertTrue(lines['ours, compile cached'][2].startswith('1,000 '))
+
+
 if __name__ == '__main__':
   absltest.main()
