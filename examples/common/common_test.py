@@ -86,6 +86,50 @@ class OptimizersTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'learning_rate.*> 0'):
       optimizers.make_optimizer('sgd', 0.0)
 
+  def test_linear_schedule_is_word2vecs_decay(self):
+    schedule = optimizers.learning_rate_schedule('linear', 2.0, 100)
+    np.testing.assert_allclose(
+        [schedule(0), schedule(50), schedule(100), schedule(1000)],
+        [2.0, 1.0001, 2e-4, 2e-4], rtol=1e-5)
+    self.assertEqual(optimizers.learning_rate_schedule('constant', 2.0, None),
+                     2.0)
+    with self.assertRaisesRegex(ValueError, 'needs num_steps >= 1; got None'):
+      optimizers.learning_rate_schedule('linear', 2.0, None)
+    with self.assertRaisesRegex(ValueError, "one of constant, linear; got 'cos"):
+      optimizers.learning_rate_schedule('cosine', 2.0, 10)
+
+  @parameterized.parameters('sgd', 'rowwise_adagrad', 'cf_sgd')
+  def test_sparse_and_dense_factories_apply_the_schedule(self, name):
+    # Two steps of the same gradient on one row: the linear schedule over a
+    # 1-step horizon is at its floor (10^-4) by the second step.
+    table = jnp.ones((4, 2))
+    ids = jnp.array([1])
+    grads = jnp.ones((1, 2))
+
+    def second_step(schedule):
+      sparse = optimizers.make_sparse_optimizer(name, 0.5, num_steps=1,
+                                                schedule=schedule)
+      state = sparse.init(table)
+      # `apply` donates the table: keep copies of what is read later.
+      first, state = sparse.apply(jnp.array(table), state, ids, grads)
+      first_row = np.asarray(first[1, 0])
+      second, _ = sparse.apply(first, state, ids, grads)
+      dense = optimizers.make_optimizer(name, 0.5, num_steps=1,
+                                        schedule=schedule)
+      dense_state = dense.init(table)
+      dense_grads = jnp.zeros_like(table).at[1].set(1.0)
+      updates, dense_state = dense.update(dense_grads, dense_state, table,
+                                          ids={'': ids})
+      dense_first = table + updates
+      updates, _ = dense.update(dense_grads, dense_state, dense_first,
+                                ids={'': ids})
+      np.testing.assert_allclose(second, dense_first + updates, rtol=1e-6)
+      return float(second[1, 0] - first_row)
+
+    constant, linear = second_step('constant'), second_step('linear')
+    self.assertLess(constant, 0.0)
+    self.assertLess(abs(linear), 2e-3 * abs(constant))
+
   def test_split_optimizer_counts_only_embedding_rows(self):
     params = {'embedding': {'embedding': jnp.ones((4, 2))}, 'bias': jnp.ones(())}
     labels = optimizers.label_embeddings(params, lambda p: 'embedding' in p)

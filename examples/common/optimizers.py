@@ -9,6 +9,10 @@ Learning-rate conventions (see DESIGN.md §2): with a horizon T, CF-SGD and
 FA-SGD give a row seen every step the rate α/sqrt(T), so their α sits on the
 scale of SGD's lr × sqrt(T). The examples put all optimizers on one wide log
 grid of α and let validation pick.
+
+Learning-rate schedules (`SCHEDULES`): 'constant', or 'linear', word2vec.c's
+decay from the learning rate at the first step to 10^-4 of it at the last
+(`learning_rate_schedule`).
 """
 
 from collections.abc import Callable, Mapping
@@ -29,6 +33,38 @@ SPARSE = ('sgd', 'rowwise_adagrad', 'fa_sgd', 'cf_sgd')
 EMBEDDING = 'embedding'
 DENSE = 'dense'
 
+SCHEDULES = ('constant', 'linear')
+# word2vec.c's floor: its rate never falls below 10^-4 of the starting one.
+LINEAR_DECAY_FLOOR = 1e-4
+
+
+def learning_rate_schedule(schedule: str, learning_rate: float,
+                           num_steps: Optional[int]) -> optax.ScalarOrSchedule:
+  """`learning_rate` as `schedule` says: a float, or an Optax schedule.
+
+  Args:
+    schedule: 'constant' (returns `learning_rate` itself) or 'linear'
+      (word2vec.c's: from `learning_rate` at step 0 down to
+      `LINEAR_DECAY_FLOOR` × `learning_rate` at step `num_steps`, then flat).
+    learning_rate: the rate at the first step.
+    num_steps: the run's steps; required for 'linear'.
+
+  Raises:
+    ValueError: an unknown schedule, or 'linear' without a positive
+      `num_steps`.
+  """
+  if schedule == 'constant':
+    return learning_rate
+  if schedule == 'linear':
+    if num_steps is None or num_steps < 1:
+      raise ValueError('The linear learning-rate schedule needs num_steps '
+                       f'>= 1; got {num_steps!r}.')
+    return optax.linear_schedule(learning_rate,
+                                 LINEAR_DECAY_FLOOR * learning_rate,
+                                 num_steps)
+  raise ValueError(f'learning-rate schedule must be one of '
+                   f'{", ".join(SCHEDULES)}; got {schedule!r}.')
+
 
 def make_optimizer(
     name: str,
@@ -36,6 +72,7 @@ def make_optimizer(
     *,
     num_steps: Optional[int] = None,
     frequencies: Any = None,
+    schedule: str = 'constant',
 ) -> optax.GradientTransformationExtraArgs:
   """Returns the optimizer called `name`.
 
@@ -46,6 +83,8 @@ def make_optimizer(
       CF-SGD's no-horizon variant); ignored by the others.
     frequencies: fa_sgd's per-row frequencies (expected occurrences per step)
       in any form `fasgd_optax.fa_sgd` accepts; required for fa_sgd.
+    schedule: the learning rate's schedule (`learning_rate_schedule`;
+      'linear' needs `num_steps`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` that accepts (and, unless
@@ -60,6 +99,7 @@ def make_optimizer(
         f'learning_rate for optimizer {name!r} must be > 0, got '
         f'{learning_rate!r}.'
     )
+  learning_rate = learning_rate_schedule(schedule, learning_rate, num_steps)
   if name == 'sgd':
     tx = optax.sgd(learning_rate)
   elif name == 'adagrad':
@@ -99,6 +139,7 @@ def make_sparse_optimizer(
     frequencies: Optional[np.ndarray] = None,
     max_learning_rate: Optional[float] = None,
     duplicates: str = 'auto',
+    schedule: str = 'constant',
 ) -> 'fasgd_optax.SparseTransformation':
   """Returns the sparse-path optimizer called `name` for one embedding table.
 
@@ -110,6 +151,7 @@ def make_sparse_optimizer(
     max_learning_rate: fa_sgd's and cf_sgd's cap η_max (None: no cap).
     duplicates: how repeated ids are combined ('auto', 'scatter', 'reduce';
       see `fasgd_optax.sparse_cf_sgd`).
+    schedule: the learning rate's schedule (see `make_optimizer`).
 
   Returns:
     A `fasgd_optax.SparseTransformation`: ``init(table)`` and
@@ -133,6 +175,7 @@ def make_sparse_optimizer(
         f'max_learning_rate is for {", ".join(FREQUENCY_AWARE)}; got it with '
         f'optimizer {name!r}.'
     )
+  learning_rate = learning_rate_schedule(schedule, learning_rate, num_steps)
   if name == 'sgd':
     return fasgd_optax.sparse_sgd(learning_rate, duplicates=duplicates)
   if name == 'rowwise_adagrad':

@@ -46,6 +46,10 @@ _CBOW_GRADIENTS = flags.DEFINE_list(
     'cbow_gradients', list(train.model_lib.CBOW_GRADIENTS),
     'CBOW\'s gradient conventions to sweep (word2vec: each context row gets '
     'the hidden vector\'s gradient; autodiff: the mean\'s).')
+_SCHEDULE = flags.DEFINE_enum(
+    'learning_rate_schedule', 'constant', train.optimizers.SCHEDULES,
+    'Every run\'s learning-rate schedule (linear: word2vec.c\'s decay). '
+    'A sweep keeps one schedule: give each its own --out.')
 _REFINE = flags.DEFINE_bool(
     'refine', False, 'After each grid (and its extensions), also try the '
     'best learning rate times 10^(±1/4).')
@@ -97,7 +101,8 @@ def extension(runs: list[dict]) -> Optional[float]:
 def settings(model: str) -> dict:
   return dataclasses.asdict(train.Config(
       model=model, epochs=_EPOCHS.value,
-      batch_size=_BATCH_SIZE.value or BATCH_SIZE[model], evals_per_epoch=4))
+      batch_size=_BATCH_SIZE.value or BATCH_SIZE[model], evals_per_epoch=4,
+      learning_rate_schedule=_SCHEDULE.value))
 
 
 def update_for(optimizer: str) -> str:
@@ -165,6 +170,13 @@ def run_sweep(path: str) -> None:
       input_pipeline.fetch_wordsim353())
   for model in _MODELS.value:
     base = settings(model)
+    recorded = sweep['settings'].get(model, {}).get(
+        'learning_rate_schedule', 'constant')
+    if sweep['runs'] and recorded != base['learning_rate_schedule']:
+      raise app.UsageError(
+          f'{path} holds {model} runs with the {recorded} learning-rate '
+          f'schedule; give the {base["learning_rate_schedule"]} schedule its '
+          'own --out.')
     sweep['settings'][model] = base
     data = None
     plan = [(optimizer, None) for optimizer in _OPTIMIZERS.value]
@@ -314,7 +326,9 @@ def variant_report(out: str, sweep: dict, model: str,
       f'## {name}', '',
       f'dim {base["dim"]}, window {base["window"]}, {base["negatives"]} '
       f'negatives, min count {base["min_count"]}, sample {base["sample"]}, '
-      f'{base["epochs"]} epochs, batch {base["batch_size"]}; learning rate '
+      f'{base["epochs"]} epochs, batch {base["batch_size"]}, '
+      f'{base.get("learning_rate_schedule", "constant")} learning-rate '
+      'schedule; learning rate '
       'picked by the final validation loss among the grid. Grid centres: ' +
       ', '.join(f'{o} {c:g}' for o, c in GRID_CENTRE.items()) + '.', '',
       '| optimizer | lr grid | best lr | test loss | vs best of '

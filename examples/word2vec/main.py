@@ -27,6 +27,10 @@ _OPTIMIZER = flags.DEFINE_enum('optimizer', 'cf_sgd', optimizers.OPTIMIZERS,
 _LEARNING_RATE = flags.DEFINE_float(
     'learning_rate', 10000.0,
     'Learning rate (α for fa_sgd/cf_sgd; see README for tuned values).')
+_LEARNING_RATE_SCHEDULE = flags.DEFINE_enum(
+    'learning_rate_schedule', 'constant', optimizers.SCHEDULES,
+    'constant, or linear: word2vec.c\'s (and gensim\'s) decay of the '
+    'learning rate to 10^-4 of it over the run.')
 _MAX_LEARNING_RATE = flags.DEFINE_float(
     'max_learning_rate', None,
     'η_max for fa_sgd/cf_sgd (the paper\'s 1/(4L)); unset: no cap.')
@@ -84,6 +88,7 @@ def main(argv):
   config = train.Config(
       model=_MODEL.value, optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,
+      learning_rate_schedule=_LEARNING_RATE_SCHEDULE.value,
       max_learning_rate=_MAX_LEARNING_RATE.value, dim=_DIM.value,
       window=_WINDOW.value, negatives=_NEGATIVES.value,
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,

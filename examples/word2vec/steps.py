@@ -69,28 +69,33 @@ def check_cap(optimizer: str, max_learning_rate: Optional[float]) -> None:
 def sparse_optimizers(optimizer: str, learning_rate: float, *,
                       num_steps: int, frequencies: Optional[dict] = None,
                       max_learning_rate: Optional[float] = None,
-                      duplicates: str = 'auto'
+                      duplicates: str = 'auto', schedule: str = 'constant'
                       ) -> dict[str, fasgd_optax.SparseTransformation]:
   """One `fasgd_optax.sparse_*` transformation per table."""
   def for_table(path):
     return optimizers.make_sparse_optimizer(
         optimizer, learning_rate, num_steps=num_steps,
         frequencies=None if frequencies is None else frequencies[path],
-        max_learning_rate=max_learning_rate, duplicates=duplicates)
+        max_learning_rate=max_learning_rate, duplicates=duplicates,
+        schedule=schedule)
 
   return {path: for_table(path) for path in (INPUT_TABLE, OUTPUT_TABLE)}
 
 
 def dense_optimizer(optimizer: str, learning_rate: float, *, num_steps: int,
                     frequencies: Optional[dict] = None,
-                    max_learning_rate: Optional[float] = None
+                    max_learning_rate: Optional[float] = None,
+                    schedule: str = 'constant'
                     ) -> optax.GradientTransformationExtraArgs:
   """The Optax transformation of both whole tables."""
   if max_learning_rate is None:
     return optimizers.make_optimizer(optimizer, learning_rate,
                                      num_steps=num_steps,
-                                     frequencies=frequencies)
+                                     frequencies=frequencies,
+                                     schedule=schedule)
   # The shared factory has no η_max; the same optimizers, capped.
+  learning_rate = optimizers.learning_rate_schedule(schedule, learning_rate,
+                                                    num_steps)
   if optimizer == 'fa_sgd':
     tx = fasgd_optax.fa_sgd(learning_rate, frequencies, num_steps=num_steps,
                             max_learning_rate=max_learning_rate)
@@ -153,7 +158,8 @@ def make_step(config, graphdef, params, *, num_steps: int,
 
   Args:
     config: a `train.Config` (model, optimizer, learning_rate,
-      max_learning_rate, update, duplicates, cbow_gradient).
+      learning_rate_schedule, max_learning_rate, update, duplicates,
+      cbow_gradient).
     graphdef: `model.split`'s graphdef.
     params: `model.split`'s params.
     num_steps: the horizon T of fa_sgd and cf_sgd.
@@ -164,13 +170,15 @@ def make_step(config, graphdef, params, *, num_steps: int,
   if config.update == 'dense':
     tx = dense_optimizer(config.optimizer, config.learning_rate,
                          num_steps=num_steps, frequencies=frequencies,
-                         max_learning_rate=config.max_learning_rate)
+                         max_learning_rate=config.max_learning_rate,
+                         schedule=config.learning_rate_schedule)
     return dense_step(graphdef, tx), tx.init(params)
   duplicates = 'scatter' if config.update == 'scatter' else config.duplicates
   txs = sparse_optimizers(config.optimizer, config.learning_rate,
                           num_steps=num_steps, frequencies=frequencies,
                           max_learning_rate=config.max_learning_rate,
-                          duplicates=duplicates)
+                          duplicates=duplicates,
+                          schedule=config.learning_rate_schedule)
   opt_state = {path: txs[path].init(table) for path, table in
                zip((INPUT_TABLE, OUTPUT_TABLE), model_lib.tables(params))}
   return (sparse_step(config.model, txs, cbow_gradient=config.cbow_gradient),

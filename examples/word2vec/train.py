@@ -48,6 +48,9 @@ class Config:
   model: str = 'skipgram'
   optimizer: str = 'sgd'
   learning_rate: float = 1.0
+  # 'constant', or 'linear': word2vec.c's (and gensim's) decay to 10^-4 of
+  # the learning rate over the run (`optimizers.learning_rate_schedule`).
+  learning_rate_schedule: str = 'constant'
   dim: int = 100
   window: int = 5
   negatives: int = 5
@@ -76,6 +79,11 @@ def check_config(config: Config) -> None:
   steps_lib.check_cap(config.optimizer, config.max_learning_rate)
   if not config.learning_rate > 0:
     raise ValueError(f'learning_rate must be > 0; got {config.learning_rate}.')
+  if config.learning_rate_schedule not in optimizers.SCHEDULES:
+    raise ValueError(
+        'learning_rate_schedule must be one of '
+        f'{", ".join(optimizers.SCHEDULES)}; got '
+        f'{config.learning_rate_schedule!r}.')
   for name in ('dim', 'window', 'negatives', 'min_count', 'epochs',
                'batch_size', 'evals_per_epoch'):
     if getattr(config, name) < 1:

@@ -301,7 +301,9 @@ class TrainTest(parameterized.TestCase):
       ('skipgram', 'rowwise_adagrad', 'scatter', {}),
       ('cbow', 'sgd', 'scatter',
        {'learning_rate': CBOW_WORD2VEC_SGD_LEARNING_RATE}),
-      ('cbow', 'sgd', 'sparse', {'cbow_gradient': 'autodiff'}))
+      ('cbow', 'sgd', 'sparse', {'cbow_gradient': 'autodiff'}),
+      ('cbow', 'cf_sgd', 'sparse', {'learning_rate_schedule': 'linear'}),
+      ('skipgram', 'sgd', 'scatter', {'learning_rate_schedule': 'linear'}))
   def test_sparse_updates_equal_the_dense_update(self, model, optimizer,
                                                  update, overrides):
     config = tiny_config(**{'model': model, 'optimizer': optimizer,
@@ -330,6 +332,27 @@ class TrainTest(parameterized.TestCase):
         np.abs(np.asarray(capped['train_state']['params']['input_embed'][
             'embedding']) - np.asarray(uncapped['train_state']['params'][
                 'input_embed']['embedding'])).max(), 1e-3)
+
+  @parameterized.parameters('dense', 'sparse')
+  def test_linear_schedule_reaches_the_update(self, update):
+    def final_table(schedule):
+      config = tiny_config(optimizer='cf_sgd', learning_rate=100.0,
+                           evals_per_epoch=1, update=update,
+                           learning_rate_schedule=schedule)
+      results = train.train_and_evaluate(config, generated_corpus(200),
+                                         show_progress=False)
+      return np.asarray(
+          results['train_state']['params']['input_embed']['embedding'])
+
+    initial = np.asarray(model_lib.split(model_lib.Word2Vec(
+        final_table('constant').shape[0], tiny_config().dim, model='skipgram',
+        rngs=nnx.Rngs(tiny_config().seed)))[1]['input_embed']['embedding'])
+    constant, linear = final_table('constant'), final_table('linear')
+    # Decayed steps: the tables move, but less far than at a constant rate.
+    moved_constant = np.abs(constant - initial).sum()
+    moved_linear = np.abs(linear - initial).sum()
+    self.assertGreater(moved_linear, 0.0)
+    self.assertLess(moved_linear, 0.9 * moved_constant)
 
   def test_cap_for_another_optimizer_is_refused(self):
     with self.assertRaisesRegex(ValueError, "for fa_sgd and cf_sgd.*'adam'"):
@@ -609,7 +632,9 @@ class ConfigTest(parameterized.TestCase):
        'duplicates=scatter'),
       ({'batch_size': 0}, 'batch_size must be >= 1'),
       ({'learning_rate': -1.0}, 'learning_rate must be > 0'),
-      ({'model': 'glove'}, "model must be skipgram or cbow; got 'glove'"))
+      ({'model': 'glove'}, "model must be skipgram or cbow; got 'glove'"),
+      ({'learning_rate_schedule': 'cosine'},
+       "learning_rate_schedule must be one of constant, linear; got 'cosine'"))
   def test_bad_settings_are_named(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):
       train.check_config(tiny_config(**overrides))
