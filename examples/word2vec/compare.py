@@ -30,12 +30,12 @@ from examples.word2vec import gensim_peer
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
 
-_OUT = flags.DEFINE_string('out', None, 'Results folder.')
+OUT = flags.DEFINE_string('out', None, 'Results folder.')
 _EPOCHS = flags.DEFINE_integer('epochs', 2, 'Passes over the corpus.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'One batch size for every model (default '
     'BATCH_SIZE: 1024); e.g. a larger one for an accelerator.')
-_MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
+MODELS = flags.DEFINE_list('models', ['skipgram', 'cbow'], 'Models.')
 _OPTIMIZERS = flags.DEFINE_list(
     'optimizers', list(train.optimizers.OPTIMIZERS), 'Optimizers.')
 _CAPPED = flags.DEFINE_list(
@@ -168,7 +168,7 @@ def run_sweep(path: str) -> None:
   sentences = input_pipeline.read_brown()
   wordsim_rows = input_pipeline.read_wordsim(
       input_pipeline.fetch_wordsim353())
-  for model in _MODELS.value:
+  for model in MODELS.value:
     base = settings(model)
     recorded = sweep['settings'].get(model, {}).get(
         'learning_rate_schedule', 'constant')
@@ -267,7 +267,7 @@ def report(out: str) -> None:
            f'{np.median(loads):.1f}).', '',
            'Written by `python -m examples.word2vec.compare --out=<this folder> '
            '--report` from `sweep.json` (and `peer.json`).', '']
-  for model in _MODELS.value:
+  for model in MODELS.value:
     for gradient in variants(model):
       best = best_runs(sweep, model, gradient)
       if best:
@@ -363,10 +363,10 @@ def variant_report(out: str, sweep: dict, model: str,
 
 def main(argv):
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
+  os.makedirs(OUT.value, exist_ok=True)
   if not _REPORT.value:
-    run_sweep(os.path.join(_OUT.value, 'sweep.json'))
-  report(_OUT.value)
+    run_sweep(os.path.join(OUT.value, 'sweep.json'))
+  report(OUT.value)
 
 
 if __name__ == '__main__':

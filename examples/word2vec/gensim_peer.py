@@ -91,19 +91,25 @@ def heldout_losses(config: train.Config, data: train.Data, input_table,
           for split, heldout in data.heldout.items()}
 
 
-def best_learning_rate(sweep: dict, model: str, optimizer: str,
-                       cbow_gradient: str = 'word2vec') -> float:
-  """The sweep's best uncapped learning rate (CBOW: of that convention)."""
+def best_run(sweep: dict, model: str, optimizer: str,
+             cbow_gradient: str = 'word2vec', capped: bool = False) -> dict:
+  """The sweep's best run (CBOW: of that convention), capped or not."""
   runs = [r for r in sweep['runs']
           if r['model'] == model and r['optimizer'] == optimizer and
-          r.get('max_learning_rate') is None and
+          (r.get('max_learning_rate') is not None) == capped and
           (model != 'cbow' or
            r.get('cbow_gradient', 'autodiff') == cbow_gradient)]
   if not runs:
     variant = f', {cbow_gradient} gradient' if model == 'cbow' else ''
     raise ValueError(f'The sweep has no {model}{variant} {optimizer} runs '
-                     'without max_learning_rate.')
-  return min(runs, key=lambda r: r['final_validation_loss'])['learning_rate']
+                     f'{"with" if capped else "without"} max_learning_rate.')
+  return min(runs, key=lambda r: r['final_validation_loss'])
+
+
+def best_learning_rate(sweep: dict, model: str, optimizer: str,
+                       cbow_gradient: str = 'word2vec') -> float:
+  """The sweep's best uncapped learning rate (CBOW: of that convention)."""
+  return best_run(sweep, model, optimizer, cbow_gradient)['learning_rate']
 
 
 def run_gensim(config, data, train_sentences, wordsim_rows, repeat,
@@ -251,8 +257,11 @@ def main(argv):
                     cbow_gradient=_CBOW_GRADIENT.value)
     if _EPOCHS.value:
       settings['epochs'] = _EPOCHS.value
-    config = train.Config(**dict(settings, learning_rate=best_learning_rate(
-        sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value)))
+    best = best_run(sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value,
+                    capped=_CAPPED.value)
+    config = train.Config(**dict(
+        settings, learning_rate=best['learning_rate'],
+        max_learning_rate=best.get('max_learning_rate')))
     data = train.prepare_data(config, sentences)
     train_sentences, _ = input_pipeline.split_sentences(
         sentences, test_fraction=config.test_fraction)
@@ -285,6 +294,10 @@ if __name__ == '__main__':
       'cbow_gradient', 'word2vec', model_lib.CBOW_GRADIENTS,
       'CBOW\'s gradient convention (and the sweep runs it takes the '
       'learning rate from).')
+  _CAPPED = flags.DEFINE_bool(
+      'capped', False, 'Take the sweep\'s best run of --optimizer with '
+      'η_max (compare.py --capped), with its η_max; default the best '
+      'uncapped one.')
   _EPOCHS = flags.DEFINE_integer(
       'epochs', None, 'Passes for both systems; default the sweep\'s.')
   _OUT = flags.DEFINE_string(

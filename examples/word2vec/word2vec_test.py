@@ -680,6 +680,25 @@ class PeerTableTest(absltest.TestCase):
     self.assertEqual(after['hits'] - before['hits'], 2)
     self.assertEqual(after['misses'] - before['misses'], 1)
 
+  def test_best_run_capped_or_not(self):
+    from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
+
+    def run(learning_rate, loss, cap=None, gradient='word2vec'):
+      return dict(model='cbow', optimizer='cf_sgd', cbow_gradient=gradient,
+                  learning_rate=learning_rate, max_learning_rate=cap,
+                  final_validation_loss=loss)
+
+    sweep = {'runs': [run(1.0, 2.5), run(3.0, 2.4), run(10.0, 2.3, cap=5.0),
+                      run(30.0, 2.2, cap=5.0), run(0.3, 2.0, gradient='autodiff')]}
+    self.assertEqual(gensim_peer.best_learning_rate(sweep, 'cbow', 'cf_sgd'),
+                     3.0)
+    best = gensim_peer.best_run(sweep, 'cbow', 'cf_sgd', capped=True)
+    self.assertEqual((best['learning_rate'], best['max_learning_rate']),
+                     (30.0, 5.0))
+    with self.assertRaisesRegex(ValueError, 'no cbow, word2vec gradient sgd '
+                                'runs without max_learning_rate'):
+      gensim_peer.best_run(sweep, 'cbow', 'sgd')
+
   def test_compiled_and_cached_runs_get_their_own_rows(self):
     from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
     self.assertEqual(gensim_peer.compile_label(hits=1, misses=1), ', compiled')
