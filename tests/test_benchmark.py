@@ -10,6 +10,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
+from benchmarks import ab_compare
 from benchmarks import isolation
 from benchmarks import timing
 from benchmarks import workload
@@ -206,6 +207,38 @@ class MemoryAndFailureTest(absltest.TestCase):
     self.assertEqual(results[0]['median_ms'], 1.0)
     self.assertEqual(results[1]['optimizer'], 'adam')
     self.assertIn('exited with status 137', results[1]['error'])
+
+
+class AbCompareTest(absltest.TestCase):
+
+  def _report(self, medians):
+    return {'results': [{'optimizer': name, 'num_rows': 100,
+                         'median_ms': ms} for name, ms in medians.items()]}
+
+  def test_pairs_runs_by_number_and_takes_median_ratios(self):
+    now = {1: self._report({'sparse_cf_sgd': 2.0, 'no_update': 1.0}),
+           2: self._report({'sparse_cf_sgd': 1.1, 'no_update': 1.1}),
+           3: self._report({'sparse_cf_sgd': 1.2, 'no_update': 1.0}),
+           9: self._report({'sparse_cf_sgd': 5.0, 'no_update': 1.0})}
+    before = {1: self._report({'sparse_cf_sgd': 1.0, 'no_update': 1.0}),
+              2: self._report({'sparse_cf_sgd': 1.0, 'no_update': 1.0}),
+              3: self._report({'sparse_cf_sgd': 1.0, 'no_update': 0.5})}
+    rows = {r['optimizer']: r for r in ab_compare.compare(now, before)}
+    cf = rows['sparse_cf_sgd']
+    self.assertEqual(cf['pairs'], 3)  # Run 9 has no partner.
+    self.assertAlmostEqual(cf['median_ratio'], 1.2)
+    self.assertAlmostEqual(cf['min_ratio'], 1.1)
+    self.assertAlmostEqual(cf['max_ratio'], 2.0)
+    # Divided by no_update's ratio in each pair: 2.0, 1.0, 0.6.
+    self.assertAlmostEqual(cf['median_relative_to_reference'], 1.0)
+    markdown = ab_compare.render(list(rows.values()), 'n', 'b', 'm', 0.10)
+    self.assertIn('| sparse_cf_sgd | 1e+02 | 1.200 [1.100, 2.000] | 1.000 | '
+                  'slower |', markdown)
+    self.assertIn('| no_update | 1e+02 |', markdown)
+
+  def test_no_common_pair_is_named(self):
+    with self.assertRaisesRegex(ValueError, r'No pair: runs \[1\] now, \[2\]'):
+      ab_compare.compare({1: self._report({})}, {2: self._report({})})
 
 
 if __name__ == '__main__':

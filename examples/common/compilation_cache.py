@@ -13,11 +13,25 @@ the examples' steps on a CPU; here it is 0.1 s.
 
 Call it before the first compile of the process: JAX sets its cache up once,
 on first use.
+
+Entries go to a subfolder named after the JAX and jaxlib versions and the
+machine's CPU (architecture and a hash of its instruction-set flags), so a
+cache folder shared by several machines or virtual environments never hands a
+program compiled for one CPU or runtime to another (XLA's CPU loader also
+refuses a mismatch, but only after reading it; a downgraded jaxlib has been
+seen to crash on newer entries).
+
+A run killed while JAX writes an entry leaves it truncated: later runs still
+start (JAX checks each entry's checksum, warns, and compiles the program
+instead), but keep warning until the folder is deleted.
 """
 
+import hashlib
 import os
+import platform
 
 import jax
+import jaxlib
 
 DEFAULT_DIR = os.path.join('~', '.cache', 'fasgd_optax',
                            'jax_compilation_cache')
@@ -25,13 +39,33 @@ DEFAULT_DIR = os.path.join('~', '.cache', 'fasgd_optax',
 MIN_COMPILE_SECONDS = 0.1
 
 
+def _cpu_flags() -> str:
+  """The CPU's instruction-set flags (Linux), else its model name."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith(('flags', 'Features')):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def runtime_fingerprint() -> str:
+  """A folder name for this JAX, jaxlib and CPU."""
+  flags_hash = hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]
+  return (f'jax-{jax.__version__}_jaxlib-{jaxlib.__version__}_'
+          f'{platform.machine()}-{flags_hash}')
+
+
 def enable(directory: str,
            min_compile_seconds: float = MIN_COMPILE_SECONDS) -> None:
   """Keeps compiled programs in `directory` ('' leaves the cache off).
 
   Args:
-    directory: where the cache lives (created if missing; '~' is expanded).
-      The empty string turns nothing on.
+    directory: where the cache lives (created if missing; '~' is expanded);
+      entries go to its subfolder `runtime_fingerprint()`. The empty string
+      turns nothing on.
     min_compile_seconds: only programs that took at least this long to
       compile are written.
 
@@ -44,7 +78,8 @@ def enable(directory: str,
                      f'{min_compile_seconds!r}.')
   if not directory:
     return
-  path = os.path.abspath(os.path.expanduser(directory))
+  path = os.path.join(os.path.abspath(os.path.expanduser(directory)),
+                      runtime_fingerprint())
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as error:

@@ -8,6 +8,7 @@ import tempfile
 import textwrap
 
 from absl.testing import absltest
+import jax
 
 from examples.common import compilation_cache
 
@@ -48,13 +49,18 @@ class CompilationCacheTest(absltest.TestCase):
   def test_a_second_process_loads_the_program_instead_of_compiling(self):
     cache_dir = os.path.join(tempfile.mkdtemp(), 'nested', 'cache')
     first = _run(cache_dir)
-    entries = sorted(os.listdir(cache_dir))
+    # One folder for this runtime and CPU, holding the entries.
+    (runtime,) = os.listdir(cache_dir)
+    self.assertEqual(runtime, compilation_cache.runtime_fingerprint())
+    self.assertIn(f'jax-{jax.__version__}_', runtime)
+    entries = sorted(os.listdir(os.path.join(cache_dir, runtime)))
     self.assertNotEmpty(entries)
     self.assertIn('/jax/compilation_cache/cache_misses', first['events'])
     self.assertNotIn('/jax/compilation_cache/cache_hits', first['events'])
     second = _run(cache_dir)
     self.assertIn('/jax/compilation_cache/cache_hits', second['events'])
-    self.assertEqual(sorted(os.listdir(cache_dir)), entries)
+    self.assertEqual(sorted(os.listdir(os.path.join(cache_dir, runtime))),
+                     entries)
     self.assertEqual(second['value'], first['value'])
 
   def test_empty_directory_leaves_the_cache_off(self):
