@@ -63,6 +63,21 @@ class CompilationCacheTest(absltest.TestCase):
                      entries)
     self.assertEqual(second['value'], first['value'])
 
+  def test_a_truncated_entry_is_compiled_again(self):
+    # What a kill in the middle of JAX's write leaves behind.
+    cache_dir = tempfile.mkdtemp()
+    first = _run(cache_dir)
+    folder = os.path.join(cache_dir, compilation_cache.runtime_fingerprint())
+    entries = [os.path.join(folder, name) for name in os.listdir(folder)]
+    for path in entries:
+      with open(path, 'rb') as f:
+        data = f.read()
+      with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    second = _run(cache_dir)
+    self.assertEqual(second['value'], first['value'])
+    self.assertNotIn('/jax/compilation_cache/cache_hits', second['events'])
+
   def test_empty_directory_leaves_the_cache_off(self):
     result = _run('')
     self.assertNotIn('/jax/compilation_cache/cache_hits', result['events'])
