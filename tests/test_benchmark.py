@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from benchmarks import ab_compare
+from benchmarks import ab_inprocess
 from benchmarks import isolation
 from benchmarks import timing
 from benchmarks import workload
@@ -239,6 +240,33 @@ class AbCompareTest(absltest.TestCase):
   def test_no_common_pair_is_named(self):
     with self.assertRaisesRegex(ValueError, r'No pair: runs \[1\] now, \[2\]'):
       ab_compare.compare({1: self._report({})}, {2: self._report({})})
+
+
+class AbInProcessTest(absltest.TestCase):
+
+  def test_ratios_are_taken_per_round(self):
+    summary = ab_inprocess.summarise({'now': [1.0, 2.0, 3.0, 4.0],
+                                      'before': [1.0, 1.0, 3.0, 8.0]})
+    self.assertAlmostEqual(summary['now_ms'], 2.5)
+    self.assertAlmostEqual(summary['before_ms'], 2.0)
+    # Per-round ratios 1, 2, 1, 0.5: not the ratio of the medians (1.25).
+    self.assertAlmostEqual(summary['median_ratio'], 1.0)
+    report = {'command': 'c', 'machine': 'm', 'load_average_before': 0.5,
+              'load_average_after': 0.6,
+              'config': {'before': 'abc', 'batch': 8, 'dim': 2,
+                         'zipf_exponent': 1.1, 'rounds': 4, 'block': 2,
+                         'tolerance': 0.1},
+              'results': [
+                  {'optimizer': 'sparse_cf_sgd', 'num_rows': 10,
+                   **ab_inprocess.summarise({'now': [1.2], 'before': [1.0]})},
+                  {'optimizer': 'no_update', 'num_rows': 10,
+                   **ab_inprocess.summarise({'now': [2.0], 'before': [1.0]})}]}
+    markdown = ab_inprocess.render(report)
+    self.assertIn('| sparse_cf_sgd | 1e+01 | 1.000 | 1.200 | 1.200 '
+                  '[1.200, 1.200] | slower |', markdown)
+    # The control is never flagged.
+    self.assertIn('| no_update | 1e+01 | 1.000 | 2.000 | 2.000 '
+                  '[2.000, 2.000] |  |', markdown)
 
 
 if __name__ == '__main__':
