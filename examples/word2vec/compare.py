@@ -170,9 +170,10 @@ def run_sweep(path: str) -> None:
       input_pipeline.fetch_wordsim353())
   for model in MODELS.value:
     base = settings(model)
+    has_runs = any(r['model'] == model for r in sweep['runs'])
     recorded = sweep['settings'].get(model, {}).get(
         'learning_rate_schedule', 'constant')
-    if sweep['runs'] and recorded != base['learning_rate_schedule']:
+    if has_runs and recorded != base['learning_rate_schedule']:
       raise app.UsageError(
           f'{path} holds {model} runs with the {recorded} learning-rate '
           f'schedule; give the {base["learning_rate_schedule"]} schedule its '
