@@ -63,30 +63,6 @@ def import_before(commit: str, repo: str, directory: str):
   return __import__(BEFORE_NAME)
 
 
-def sparse_of(package, name: str, frequencies: np.ndarray, num_steps: int):
-  """The sparse transformation `name` of `package` (its defaults)."""
-  rate = workload.LEARNING_RATE
-  if name == 'sparse_cf_sgd':
-    return package.sparse_cf_sgd(rate, num_steps=num_steps)
-  if name == 'sparse_fa_sgd':
-    return package.sparse_fa_sgd(rate, frequencies, num_steps=num_steps)
-  if name == 'sparse_rowwise_adagrad':
-    return package.sparse_rowwise_adagrad(rate)
-  if name == 'no_update':
-    return package.SparseTransformation(
-        lambda table: (), lambda table, state, ids, row_grads: (table, state))
-  raise ValueError(f'Unknown sparse optimizer {name!r}.')
-
-
-def jitted_step(sparse, weights):
-  def step(table, state, ids, targets):
-    loss, row_grads = jax.value_and_grad(workload.row_loss)(
-        table[ids], weights, targets)
-    table, state = sparse.apply(table, state, ids, row_grads)
-    return table, state, loss
-  return jax.jit(step, donate_argnums=(0, 1))
-
-
 def time_pair(steps: dict[str, Any], inputs, num_rows: int, dim: int,
               rounds: int, block: int, rng: np.random.Generator
               ) -> dict[str, list[float]]:
@@ -170,8 +146,10 @@ def main(argv):
     for name in _OPTIMIZERS.value:
       steps = {}
       for code, package in (('before', before), ('now', fasgd_optax)):
-        sparse = sparse_of(package, name, inputs.frequencies, num_steps)
-        steps[code] = (jitted_step(sparse, inputs.weights), sparse.init)
+        sparse = workload.sparse_optimizer(
+            workload.parse(name), inputs.frequencies, num_steps, package)
+        steps[code] = (workload.sparse_step(sparse, inputs.weights),
+                       sparse.init)
       times = time_pair(steps, inputs, num_rows, _DIM.value, _ROUNDS.value,
                         _BLOCK.value, rng)
       row = {'optimizer': name, 'num_rows': num_rows, **summarise(times),

@@ -191,26 +191,45 @@ def dense_optimizer(name: str, frequencies: np.ndarray, num_steps: int):
 
 
 def sparse_optimizer(optimizer: Optimizer, frequencies: np.ndarray,
-                     num_steps: int) -> fasgd_optax.SparseTransformation:
-  duplicates = optimizer.duplicates
+                     num_steps: int, package: Any = fasgd_optax
+                     ) -> fasgd_optax.SparseTransformation:
+  """`optimizer`'s sparse transformation from `package` (`fasgd_optax`, or an
+  earlier version of it imported under another name: `ab_inprocess.py`).
+
+  'auto' duplicates are left to the package's default, so a version that
+  predates the option builds too.
+  """
+  kwargs = ({} if optimizer.duplicates == 'auto'
+            else {'duplicates': optimizer.duplicates})
   if optimizer.base == 'sparse_sgd':
-    return fasgd_optax.sparse_sgd(LEARNING_RATE, duplicates=duplicates)
+    return package.sparse_sgd(LEARNING_RATE, **kwargs)
   if optimizer.base == 'sparse_cf_sgd':
-    return fasgd_optax.sparse_cf_sgd(LEARNING_RATE, num_steps=num_steps,
-                                     duplicates=duplicates)
+    return package.sparse_cf_sgd(LEARNING_RATE, num_steps=num_steps, **kwargs)
   if optimizer.base == 'sparse_fa_sgd':
-    return fasgd_optax.sparse_fa_sgd(LEARNING_RATE, frequencies,
-                                     num_steps=num_steps, duplicates=duplicates)
+    return package.sparse_fa_sgd(LEARNING_RATE, frequencies,
+                                 num_steps=num_steps, **kwargs)
   if optimizer.base == 'sparse_rowwise_adagrad':
-    return fasgd_optax.sparse_rowwise_adagrad(LEARNING_RATE,
-                                              duplicates=duplicates)
+    return package.sparse_rowwise_adagrad(LEARNING_RATE, **kwargs)
   if optimizer.base == 'no_update':
     # The sparse step's own part, the gather and the loss, with no update:
     # what any sparse optimizer's step costs at least.
-    return fasgd_optax.SparseTransformation(
+    return package.SparseTransformation(
         lambda table: optax.EmptyState(),
         lambda table, state, ids, row_grads: (table, state))
   raise ValueError(f'Unknown sparse optimizer {optimizer.name!r}.')
+
+
+def sparse_step(sparse, weights: jax.Array, *,
+                donate: bool = True) -> Callable[..., Any]:
+  """Jitted step(table, state, ids, targets) -> (table, state, loss)."""
+
+  def step(table, state, ids, targets):
+    loss, row_grads = jax.value_and_grad(row_loss)(table[ids], weights,
+                                                   targets)
+    table, state = sparse.apply(table, state, ids, row_grads)
+    return table, state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def make_step(optimizer: Optimizer, inputs: Inputs, *, num_steps: int,
@@ -227,14 +246,7 @@ def make_step(optimizer: Optimizer, inputs: Inputs, *, num_steps: int,
   weights = inputs.weights
   if optimizer.path == 'sparse':
     sparse = sparse_optimizer(optimizer, inputs.frequencies, num_steps)
-
-    def sparse_step(table, state, ids, targets):
-      loss, row_grads = jax.value_and_grad(row_loss)(table[ids], weights,
-                                                     targets)
-      table, state = sparse.apply(table, state, ids, row_grads)
-      return table, state, loss
-
-    return jax.jit(sparse_step, donate_argnums=donated), sparse.init
+    return sparse_step(sparse, weights, donate=donate), sparse.init
 
   tx = dense_optimizer(optimizer.base, inputs.frequencies, num_steps)
 

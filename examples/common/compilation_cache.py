@@ -1,7 +1,8 @@
 """JAX's persistent compilation cache, on by default for the examples.
 
-An example's training step takes 0.5-1 s to compile on a CPU (seconds on a
-GPU): on a 2-epoch Word2Vec run over Brown that is a third of the run. JAX can
+An example's training step takes most of a second to compile on a CPU: 0.7 to
+0.9 s for Word2Vec's, about a third of a 2-epoch run over Brown
+(examples/word2vec/results/peer.md). JAX can
 keep compiled programs on disk and load them the next time the same program
 is compiled (same code, shapes, flags, JAX version and device), so a rerun,
 a resumed run or the next run of a sweep skips the compile. JAX's own default
@@ -17,9 +18,9 @@ on first use.
 Entries go to a subfolder named after the JAX and jaxlib versions and the
 machine's CPU (architecture and a hash of its instruction-set flags), so a
 cache folder shared by several machines or virtual environments never hands a
-program compiled for one CPU or runtime to another (XLA's CPU loader also
-refuses a mismatch, but only after reading it; a downgraded jaxlib has been
-seen to crash on newer entries).
+program compiled for one CPU or runtime to another. (XLA's CPU loader checks
+an entry's target features when it loads it; keeping runtimes apart does not
+depend on that check.)
 
 A run killed while JAX writes an entry leaves it truncated: later runs still
 start (JAX checks each entry's checksum, warns, and compiles the program
@@ -33,27 +34,19 @@ import platform
 import jax
 import jaxlib
 
+from examples.common import machine
+
 DEFAULT_DIR = os.path.join('~', '.cache', 'fasgd_optax',
                            'jax_compilation_cache')
 # Programs that compile faster than this are not written to the cache.
 MIN_COMPILE_SECONDS = 0.1
 
 
-def _cpu_flags() -> str:
-  """The CPU's instruction-set flags (Linux), else its model name."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith(('flags', 'Features')):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
 def runtime_fingerprint() -> str:
   """A folder name for this JAX, jaxlib and CPU."""
-  flags_hash = hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]
+  # The instruction-set flags (x86 'flags', Arm 'Features'), else the model.
+  cpu = machine.cpuinfo_field('flags', 'Features') or machine.cpu_name()
+  flags_hash = hashlib.sha256(cpu.encode()).hexdigest()[:12]
   return (f'jax-{jax.__version__}_jaxlib-{jaxlib.__version__}_'
           f'{platform.machine()}-{flags_hash}')
 

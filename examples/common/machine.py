@@ -19,16 +19,22 @@ from typing import Any, Optional
 import jax
 
 
-def cpu_name() -> str:
-  """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+def cpuinfo_field(*names: str) -> Optional[str]:
+  """The first /proc/cpuinfo line's value for any of `names`; None if none."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
+        if line.startswith(names):
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return None
+
+
+def cpu_name() -> str:
+  """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+  return (cpuinfo_field('model name') or platform.processor() or
+          platform.machine())
 
 
 def machine_info() -> dict[str, Any]:

@@ -199,7 +199,9 @@ def peer_table(peer: dict) -> list[str]:
       '"effective" counts the words left after min count and subsampling '
       '(gensim\'s log line); "steady" leaves out our first round. Medians '
       'over the repeats, [min, max] in brackets; ratio = ours / gensim of the '
-      'medians.', '',
+      'medians. "compiled": our step compiled from scratch in that run; '
+      '"compile cached": loaded from JAX\'s persistent compilation cache, as '
+      'on a rerun.', '',
       '| model | system | words/s | effective words/s | steady words/s | '
       'compile s | ours/gensim | WordSim-353 ρ | test loss |',
       '|---|---|---|---|---|---|---|---|---|']
@@ -208,9 +210,6 @@ def peer_table(peer: dict) -> list[str]:
     groups.setdefault((row['model'], row['system']), []).append(row)
   medians = {key: float(np.median([r['words_per_second'] for r in rows]))
              for key, rows in groups.items()}
-  lines[2] += (' "compiled": our step compiled from scratch in that run; '
-               '"compile cached": loaded from JAX\'s persistent compilation '
-               'cache, as on a rerun.')
   for (model, system), rows in groups.items():
     speeds = [r['words_per_second'] for r in rows]
     effective = np.median([r['effective_words_per_second'] for r in rows])
