@@ -78,6 +78,30 @@ class BadIdsTest(parameterized.TestCase):
     np.testing.assert_array_equal(state[0].row_counts['embed'],
                                   [0, 0, 1, 0, 0, 0])
 
+  @parameterized.named_parameters(('int64', np.int64, 2**32 + 1),
+                                  ('uint64', np.uint64, 2**32 + 1),
+                                  ('int64_negative', np.int64, -2**32 + 1))
+  def test_host_ids_that_jax_would_wrap_are_refused(self, dtype, bad_id):
+    # Without 64-bit mode JAX stores int64 as int32: 2^32 + 1 would become 1.
+    self.assertFalse(jax.config.jax_enable_x64)
+    ids = np.array([0, bad_id], dtype)
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    state = tx.init(_params())
+    with self.assertRaisesRegex(ValueError, rf"'embed'.*got {bad_id} at flat "
+                                'position 1.*(u?int32)'):
+      tx.update(_grads(), state, _params(), ids={'embed': ids})
+    sparse = fasgd_optax.sparse_cf_sgd(0.1, num_steps=10)
+    table = jnp.zeros((6, 2))
+    sparse_state = sparse.init(table)
+    with self.assertRaisesRegex(ValueError, rf"'table'.*got {bad_id}"):
+      sparse.apply(table, sparse_state, ids, np.ones((2, 2), np.float32))
+    np.testing.assert_array_equal(sparse_state.row_counts, np.zeros(6))
+    # In range, the same dtypes are fine.
+    _, state = tx.update(_grads(), state, _params(),
+                         ids={'embed': np.array([0, 5], dtype)})
+    np.testing.assert_array_equal(state[0].row_counts['embed'],
+                                  [1, 0, 0, 0, 0, 1])
+
   def test_float_ids(self):
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
     with self.assertRaisesRegex(TypeError, "'embed'.*integer.*float32"):

@@ -68,7 +68,32 @@ def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
         f"ids for parameter '{leaf_path or '<root>'}' must be an integer array;"
         f' got dtype {dtype}.'
     )
+  _check_ids_fit(ids, dtype, leaf_path)
   return jnp.asarray(ids)
+
+
+def _check_ids_fit(ids: Any, dtype: Any, leaf_path: str) -> None:
+  """Rejects host ids that JAX's integer type would wrap into real rows.
+
+  Without 64-bit mode JAX stores int64 ids as int32 (and uint64 as uint32),
+  silently wrapping 2^32 + 1 to 1: a hashed feature id would be counted into
+  row 1. Such an id is out of range for any table, so it is refused here,
+  while its value is still known.
+  """
+  canonical = jax.dtypes.canonicalize_dtype(dtype)
+  if canonical == dtype or is_traced(ids) or isinstance(ids, jax.Array):
+    return
+  flat = np.ravel(np.asarray(ids))
+  info = np.iinfo(canonical)
+  bad = (flat < info.min) | (flat > info.max)
+  if bad.any():
+    position = int(np.argmax(bad))
+    raise ValueError(
+        f"ids for parameter '{leaf_path or '<root>'}' must be row numbers of "
+        f'the table; got {int(flat[position])} at flat position {position}, '
+        f'which JAX would store as {canonical} (64-bit mode is off) and wrap '
+        'into another row.'
+    )
 
 
 def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str, *,
