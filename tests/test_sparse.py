@@ -380,6 +380,42 @@ class DuplicateModesTest(parameterized.TestCase):
     chex.assert_trees_all_close(results['reduce'], results['scatter'],
                                 rtol=2e-5, atol=1e-6)
 
+  @parameterized.product(name=ALL_OPTIMIZERS, dtype=(jnp.bfloat16, jnp.float16))
+  def test_low_precision_tables_move_hot_rows(self, name, dtype):
+    """A hot row's many small steps are summed before the table's rounding.
+
+    Added one occurrence at a time in bfloat16, a CF-SGD row of value 1 hit
+    256 times takes 256 steps of about 2e-4, each below half a unit in the
+    last place (2^-9), and never moves.
+    """
+    dense, _, sparse_part = cases.optimizers(name)
+    table = jnp.ones((cases.ROWS, cases.DIM), dtype)
+    # Row 7 is hot (FA-SGD's frequencies leave row 0 at p = 0, unmoved).
+    ids = jnp.concatenate([jnp.full((256,), 7, jnp.int32), jnp.arange(10, 18)])
+    row_grads = jnp.full(ids.shape + (cases.DIM,), 0.03, dtype)
+    # What a float32 dense step moves row 0 by.
+    table32 = table.astype(jnp.float32)
+    dense_grads = jnp.zeros_like(table32).at[ids].add(
+        row_grads.astype(jnp.float32))
+    updates, _ = dense.update(dense_grads, dense.init(table32), table32,
+                              ids=ids)
+    expected = optax.apply_updates(table32, updates)
+    self.assertLess(float(expected[7, 0]), 1 - 4 * float(jnp.finfo(dtype).eps))
+    results = {}
+    for duplicates in DUPLICATE_MODES:
+      _, sparse, _ = cases.optimizers(name, duplicates)
+      results[duplicates], _ = sparse.apply(jnp.array(table),  # Donated.
+                                            sparse.init(table), ids,
+                                            row_grads)
+      self.assertEqual(results[duplicates].dtype, dtype)
+      # The float32 result to within the table's rounding: the row's summed
+      # step is rounded to the table's dtype, then added (2 roundings).
+      np.testing.assert_allclose(
+          np.asarray(results[duplicates], np.float32),
+          np.asarray(expected.astype(dtype), np.float32),
+          rtol=2 * float(jnp.finfo(dtype).eps), err_msg=duplicates)
+    chex.assert_trees_all_equal(results['scatter'], results['reduce'])
+
   def _scatters(self, text, num_rows):
     """The StableHLO scatters into arrays of `num_rows` rows, op by op."""
     ops, current = [], None

@@ -8,11 +8,13 @@ and backends differ in how cheaply they combine repeats (DESIGN.md §6):
   goes straight into the table (or, where a rule needs each row's summed
   gradient first, into a batch-sized buffer). Fastest on CPU, where a scatter
   is a serial loop and finding the distinct rows costs more than it saves.
+  Tables narrower than float32 take the batch-sized buffer always: in
+  bfloat16 a hot row's many small per-occurrence adds would round away.
 - ``'reduce'``: repeats are summed without scatter-adds (a sort, then blocked
   segment sums as small matrix products), and each distinct row is written
   once, by a scatter with unique indices. On a GPU, the atomic adds of
-  hundreds of occurrences of one hot row serialize: measured on an H200
-  (B = 4096, d = 64, Zipf 1.1), that one scatter took 540-605 µs of a step
+  hundreds of occurrences of one hot row serialize: issue 10 measured, on an
+  H200 (B = 4096, d = 64, Zipf 1.1), that one scatter at 540-605 µs of a step
   whose other kernels took about 20 µs.
 - ``'auto'``: ``'scatter'`` when the step is compiled for a CPU,
   ``'reduce'`` for any other backend, chosen when the step is lowered

@@ -72,6 +72,18 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool):
   return ids, row_grads
 
 
+def _low_precision(dtype: Any) -> bool:
+  """Whether adding to a table of `dtype` once per occurrence loses steps.
+
+  In bfloat16 (8 significant bits) or float16, a hot row's hundreds of small
+  per-occurrence steps each round away against the row's value, and the row
+  never moves; summed in float32 first and added once, they move it as the
+  dense path and the ``'reduce'`` design do.
+  """
+  return (jnp.issubdtype(dtype, jnp.floating)
+          and jnp.finfo(dtype).bits < 32)
+
+
 def _make_apply(
     each_row: Callable[..., tuple[Any, Any]],
     *,
@@ -89,7 +101,8 @@ def _make_apply(
     each_occurrence: ``each_occurrence(table, state, ids, grads, *constants)``
       for the flattened batch of `rows.flat_batch`, repeats and all: the CPU
       design where the rule allows it; None to give `each_row` the batch's
-      rows summed by scatter-adds on CPU.
+      rows summed by scatter-adds on CPU. Tables narrower than float32 always
+      get the summed rows (see `_low_precision`).
     duplicates: one of `rows.DUPLICATE_MODES`.
     axis_name: passed to `rows.flat_batch`.
     constants: arrays the bodies need (e.g. per-row frequencies), passed as
@@ -104,7 +117,7 @@ def _make_apply(
   rows_lib.check_duplicates(duplicates)
 
   def scatter(table, state, ids, grads, *constants):
-    if each_occurrence is not None:
+    if each_occurrence is not None and not _low_precision(table.dtype):
       return each_occurrence(table, state, ids, grads, *constants)
     batch = rows_lib.sum_duplicates_by_scatter(ids, grads, table.shape[0])
     return each_row(table, state, batch, *constants)
@@ -241,7 +254,9 @@ def sparse_cf_sgd(
       table; ``'reduce'``, the accelerators', sums repeats without
       scatter-adds and writes each distinct row once, so a hot row's
       hundreds of occurrences do not serialize in atomic adds. Both give the
-      same result up to float rounding.
+      same result up to float rounding. A bfloat16 or float16 table has its
+      rows' gradients summed in float32 and each row written once in both
+      designs: added one occurrence at a time, small steps would round away.
 
   Returns:
     A `SparseTransformation`. ``apply`` donates the table and the state.
