@@ -280,6 +280,34 @@ class SparseBehaviourTest(parameterized.TestCase):
     params_bytes = 1000 * 64 * 4
     self.assertLessEqual(state_bytes, params_bytes / 64 + 1024)
 
+  @parameterized.parameters('cf_sgd_half_life_capped', 'rowwise_adagrad')
+  def test_state_made_for_another_table_is_refused(self, name):
+    # A vocabulary that grew: rows 4 and 5 have no counts or accumulators.
+    _, sparse, _ = cases.optimizers(name)
+    state = sparse.init(jnp.zeros((4, 2)))
+    before = jax.tree.map(np.array, state)
+    table = jnp.zeros((6, 2))
+    for apply in (sparse.apply, jax.jit(sparse.apply)):
+      with self.assertRaisesRegex(
+          ValueError, r'state.*has shape \(4,\), but a table of shape '
+          r'\(6, 2\) needs \(6,\).*another table'):
+        apply(table, state, jnp.array([1, 5]), jnp.ones((2, 2)))
+    # Nothing was donated or changed.
+    chex.assert_trees_all_equal(state, before)
+    np.testing.assert_array_equal(table, 0.0)
+
+  def test_dense_chain_state_is_refused_with_a_hint(self):
+    table = jnp.zeros((4, 2))
+    chain_state = fasgd_optax.cf_sgd(1.0, num_steps=10).init(table)
+    sparse = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10)
+    with self.assertRaisesRegex(
+        ValueError, r'structure of init\(table\).*first element'):
+      sparse.apply(table, chain_state, jnp.array([1]), jnp.ones((1, 2)))
+    # Its first element is the sparse state.
+    table, state = sparse.apply(table, chain_state[0], jnp.array([1]),
+                                jnp.ones((1, 2)))
+    np.testing.assert_array_equal(state.row_counts, [0, 1, 0, 0])
+
   def test_bad_hyperparameters(self):
     with self.assertRaisesRegex(ValueError, 'learning_rate'):
       fasgd_optax.sparse_cf_sgd(-1.0, num_steps=10)

@@ -13,6 +13,7 @@ Each rule comes in the two designs of `fasgd_optax._src.rows`: per occurrence
 accelerators'), picked by the ``duplicates`` argument.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -39,8 +40,11 @@ class SparseTransformation(NamedTuple):
       ``ids`` is an integer array of any shape and ``row_grads`` has shape
       ``ids.shape + table.shape[1:]`` (the gradient with respect to
       ``table[ids]``). Duplicate ids have their gradients summed and count with
-      multiplicity. Called outside `jit`, ``table`` and ``state`` are donated:
-      their buffers are reused for the results and must not be used again.
+      multiplicity. ``state`` must have the layout ``init(table)`` gives (a
+      ValueError names the leaf otherwise, e.g. for a state made for a table
+      of another size). Called outside `jit`, ``table`` and ``state`` are
+      donated: their buffers are reused for the results and must not be used
+      again.
   """
   init: Callable[[Any], Any]
   apply: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
@@ -72,6 +76,37 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool):
   return ids, row_grads
 
 
+def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
+  """Raises a ValueError unless `state` has the layout `init(table)` gives.
+
+  Catches a state made for another table (a grown vocabulary: its per-row
+  arrays would be read and written out of step with the table's rows) and a
+  dense chain's whole state passed where its first element belongs.
+  """
+  expected = _expected_state(init, tuple(table.shape), jnp.dtype(table.dtype))
+  structure = jax.tree.structure(state)
+  if structure != jax.tree.structure(expected):
+    raise ValueError(
+        'state does not match this sparse transformation: it must have the '
+        f'structure of init(table), {jax.tree.structure(expected)}; got '
+        f'{structure}. (The state of a dense chain such as cf_sgd(...) is a '
+        'tuple whose first element is the sparse state.)')
+  for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(state),
+                                jax.tree.leaves(expected)):
+    if tuple(jnp.shape(leaf)) != tuple(want.shape):
+      raise ValueError(
+          f'state{jax.tree_util.keystr(path)} has shape '
+          f'{tuple(jnp.shape(leaf))}, but a table of shape '
+          f'{tuple(table.shape)} needs {tuple(want.shape)}: was the state made '
+          'for another table? Make it with init(table).')
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_state(init: Callable[[Any], Any], shape: tuple[int, ...],
+                    dtype: Any) -> Any:
+  return jax.eval_shape(init, jax.ShapeDtypeStruct(shape, dtype))
+
+
 def _low_precision(dtype: Any) -> bool:
   """Whether adding to a table of `dtype` once per occurrence loses steps.
 
@@ -87,6 +122,7 @@ def _low_precision(dtype: Any) -> bool:
 def _make_apply(
     each_row: Callable[..., tuple[Any, Any]],
     *,
+    init: Callable[[Any], Any],
     each_occurrence: Optional[Callable[..., tuple[Any, Any]]] = None,
     duplicates: str = 'auto',
     axis_name: Optional[str] = None,
@@ -98,6 +134,8 @@ def _make_apply(
   Args:
     each_row: ``each_row(table, state, batch, *constants) -> (table, state)``
       for a `rows.DistinctRows` batch: each distinct row once.
+    init: the transformation's ``init``; `apply` checks that its state has
+      the layout ``init(table)`` gives.
     each_occurrence: ``each_occurrence(table, state, ids, grads, *constants)``
       for the flattened batch of `rows.flat_batch`, repeats and all: the CPU
       design where the rule allows it; None to give `each_row` the batch's
@@ -137,6 +175,7 @@ def _make_apply(
 
   def apply(table, state, ids, row_grads):
     ids, row_grads = _checked_arguments(table, ids, row_grads, checkify_ids)
+    _check_state(init, table, state)
     return jitted(table, state, ids, row_grads, *constants)
 
   return apply
@@ -202,8 +241,8 @@ def sparse_sgd(
     return table, state
 
   return SparseTransformation(init, _make_apply(
-      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
-      axis_name=axis_name, checkify_ids=checkify_ids))
+      each_row, init=init, each_occurrence=each_occurrence,
+      duplicates=duplicates, axis_name=axis_name, checkify_ids=checkify_ids))
 
 
 def sparse_cf_sgd(
@@ -347,8 +386,8 @@ def sparse_cf_sgd(
         count=step, row_counts=row_counts, row_last_step=row_last_step)
 
   return SparseTransformation(init, _make_apply(
-      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
-      axis_name=axis_name, checkify_ids=checkify_ids))
+      each_row, init=init, each_occurrence=each_occurrence,
+      duplicates=duplicates, axis_name=axis_name, checkify_ids=checkify_ids))
 
 
 def sparse_fa_sgd(
@@ -424,7 +463,8 @@ def sparse_fa_sgd(
     return rows_lib.subtract_scaled_rows(table, batch, eta), next_state(state)
 
   apply_checked = _make_apply(
-      each_row, each_occurrence=each_occurrence, duplicates=duplicates,
+      each_row, init=init, each_occurrence=each_occurrence,
+      duplicates=duplicates,
       axis_name=axis_name, constants=(frequencies,),
       checkify_ids=checkify_ids)
 
@@ -498,5 +538,5 @@ def sparse_rowwise_adagrad(
     return table, (new_adagrad_state, schedule_state)
 
   return SparseTransformation(init, _make_apply(
-      each_row, duplicates=duplicates, axis_name=axis_name,
+      each_row, init=init, duplicates=duplicates, axis_name=axis_name,
       checkify_ids=checkify_ids))
