@@ -326,16 +326,22 @@ class SparseOptimizer(nnx.Pytree):
         transformation's step count does not advance.
     """
     tables = tables_by_path(model)
-    for path, grad in table_grads.items():
-      if path not in self.transformations:
-        if path not in tables:
-          raise ValueError(
-              f'table_grads has {path!r}, which is not a SparseTable of the '
-              f'model; its tables are {sorted(tables)}.')
-        continue
-      tx = self.transformations[path]
-      state = nnx.as_pure(self.states[path])
-      table, state = tx.apply(tables[path].get_value(), state, grad.ids,
-                              grad.row_grads)
+    unknown = sorted(set(table_grads) - set(tables))
+    if unknown:
+      raise ValueError(
+          f'table_grads has {unknown}, which are not SparseTables of the '
+          f'model; its tables are {sorted(tables)}.')
+    paths = [path for path in table_grads if path in self.transformations]
+    states = {path: nnx.as_pure(self.states[path]) for path in paths}
+    # Every table's batch is checked before any table changes: a bad id for
+    # one table must not leave the others a step ahead.
+    for path in paths:
+      sparse_lib.check_apply_arguments(
+          self.transformations[path], tables[path].get_value(), states[path],
+          table_grads[path].ids, table_grads[path].row_grads, name=path)
+    for path in paths:
+      grad = table_grads[path]
+      table, state = self.transformations[path].apply(
+          tables[path].get_value(), states[path], grad.ids, grad.row_grads)
       tables[path].set_value(table)
       nnx.update(self.states[path], nnx.state(_to_variables(state)))

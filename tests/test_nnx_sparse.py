@@ -192,6 +192,22 @@ class NnxSparseTest(parameterized.TestCase):
     with self.assertRaisesRegex(TypeError, 'SparseTable'):
       nnx_sparse.lookup(model.dense.kernel, ids)
 
+  def test_a_bad_batch_for_one_table_updates_no_table(self):
+    model = TwoTower(nnx.Rngs(0))
+    optimizer = nnx_sparse.SparseOptimizer(
+        model, fasgd_optax.sparse_cf_sgd(0.5, num_steps=10))
+    bad = {'users': jnp.array([0, 1]), 'items': jnp.array([3, ITEMS + 2]),
+           'targets': jnp.ones((2,))}
+    _, _, table_grads = nnx_sparse.value_and_grad(loss_fn)(model, bad)
+    before = jax.tree.map(np.array, (nnx.state(model), nnx.state(optimizer)))
+    with self.assertRaisesRegex(
+        ValueError, rf"'item_embed/embedding' must be in \[0, {ITEMS}\).*"
+        rf'got {ITEMS + 2}'):
+      optimizer.update(model, table_grads)
+    # The user table, looked up first, did not move, nor did its counts.
+    chex.assert_trees_all_equal(
+        before, (nnx.state(model), nnx.state(optimizer)))
+
   def test_bad_arguments(self):
     model = TwoTower(nnx.Rngs(0))
     with self.assertRaisesRegex(ValueError, r"\['nope'\] are not SparseTable"):

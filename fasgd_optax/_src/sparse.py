@@ -57,10 +57,11 @@ def _check_table(table: Any) -> None:
         f'(rows first); got shape {getattr(table, "shape", None)}.')
 
 
-def _checked_arguments(table, ids, row_grads, checkify_ids: bool):
+def _checked_arguments(table, ids, row_grads, checkify_ids: bool,
+                       name: str = _TABLE):
   """Validates `apply`'s arguments; returns `ids` as an integer array."""
   _check_table(table)
-  ids = checks.check_ids_dtype(ids, _TABLE)
+  ids = checks.check_ids_dtype(ids, name)
   row_grads = jnp.asarray(row_grads)
   expected = tuple(ids.shape) + tuple(table.shape[1:])
   if tuple(row_grads.shape) != expected:
@@ -71,9 +72,21 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool):
   # Concrete ids raise a ValueError naming the bad value; traced ones get a
   # checkify check if asked for. Either way `flat_batch` sends them out of
   # bounds.
-  checks.check_ids_in_range(ids, table.shape[0], _TABLE,
+  checks.check_ids_in_range(ids, table.shape[0], name,
                             checkify_traced=checkify_ids)
   return ids, row_grads
+
+
+def check_apply_arguments(tx: SparseTransformation, table: Any, state: Any,
+                          ids: Any, row_grads: Any, name: str) -> None:
+  """Raises what ``tx.apply(table, state, ids, row_grads)`` would reject.
+
+  For callers that update several tables in one step (`nnx_sparse`): checking
+  every table before applying any keeps a bad batch for one table from
+  leaving the others updated. Errors name the table by `name`.
+  """
+  _checked_arguments(table, ids, row_grads, checkify_ids=False, name=name)
+  _check_state(tx.init, table, state)
 
 
 def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
