@@ -254,6 +254,33 @@ class NnxOptimizerTest(absltest.TestCase):
                                   [0, 4, 6, 0, 0, 0, 0, 2, 0, 0])
     np.testing.assert_array_equal(counts['head']['kernel'], [2, 2, 2])
 
+  def test_nnx_optimizer_with_partition_by_path(self):
+    # The usual NNX recipe: labels from each leaf's path. Masked leaves reach
+    # `init` as Variables around `optax.MaskedNode`, and keep no state.
+    model = Model(nnx.Rngs(0))
+
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: 'cf' if 'embed' in jax.tree_util.keystr(path)
+          else 'adam', params)
+
+    tx = optax.partition({'cf': fasgd_optax.cf_sgd(0.5, num_steps=20),
+                          'adam': optax.adam(1e-2)}, labels)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    before = nnx.as_pure(nnx.state(model, nnx.Param))
+    batch = jnp.array([[1, 2], [2, 2]])
+    grads = nnx.grad(lambda m: jnp.mean((m(batch) - 1.0) ** 2))(model)
+    optimizer.update(model, grads, ids={'embed/embedding': batch})
+    counts = jax.tree.leaves(
+        optax.tree.get(nnx.as_pure(optimizer.opt_state), 'row_counts'))
+    self.assertLen(counts, 1)  # The table's only: the head is Adam's.
+    np.testing.assert_array_equal(counts[0], [0, 1, 3, 0, 0, 0, 0, 0, 0, 0])
+    after = nnx.as_pure(nnx.state(model, nnx.Param))
+    self.assertFalse(np.array_equal(after['head']['kernel'],
+                                    before['head']['kernel']))
+    np.testing.assert_array_equal(after['embed']['embedding'][3:],
+                                  before['embed']['embedding'][3:])
+
   def test_raw_nnx_state_with_path_ids(self):
     # nnx.split/nnx.state trees hold Variables, whose arrays sit under a
     # `.value` attribute; ids still name leaves by module path.

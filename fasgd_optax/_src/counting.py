@@ -300,6 +300,10 @@ def per_row_state(params: Any, dtype: Any, fill: Any = 0) -> Any:
   def per_leaf(x):
     if not _is_wrapped(x):
       return state_of(x)
+    if not jax.tree.leaves(x.get_value()):
+      # A wrapper around no array: a leaf that `optax.masked` or
+      # `optax.partition` masked out (`optax.MaskedNode`) keeps no state.
+      return x
     row_metadata = {name: _row_axes(axes)
                     for name, axes in x.get_metadata().items()
                     if name in _AXES_METADATA and axes is not None}
