@@ -102,6 +102,22 @@ class BadIdsTest(parameterized.TestCase):
     np.testing.assert_array_equal(state[0].row_counts['embed'],
                                   [1, 0, 0, 0, 0, 1])
 
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
+      ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
+          0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
+      ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.1),
+       'accumulators'))
+  def test_state_made_for_other_shapes_is_refused(self, make, name):
+    # The vocabulary grew from 6 to 9 rows after `init`.
+    tx = make()
+    state = tx.init(_params())
+    grown = {'embed': jnp.zeros((9, 2)), 'dense': jnp.zeros((2, 2))}
+    with self.assertRaisesRegex(
+        ValueError, rf"{name} for parameter 'embed' has shape \(6,\), but the "
+        r'parameter \(shape \(9, 2\)\) needs \(9,\)'):
+      tx.update(jax.tree.map(jnp.ones_like, grown), state, grown)
+
   def test_float_ids(self):
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
     with self.assertRaisesRegex(TypeError, "'embed'.*integer.*float32"):

@@ -25,6 +25,21 @@ def row_shape(leaf: Any) -> tuple[int, ...]:
   return tuple(leaf.shape[:1])
 
 
+def check_row_state(path: str, grad: Any, row_state: Any, name: str) -> None:
+  """Raises a ValueError unless `row_state` has one entry per row of `grad`.
+
+  A state made by `init` for parameters of another shape (a grown vocabulary)
+  would otherwise fail deep inside the update, naming no parameter.
+  """
+  have = tuple(jnp.shape(row_state))
+  if have != row_shape(grad):
+    raise ValueError(
+        f"The optimizer state's {name} for parameter '{path or '<root>'}' "
+        f'has shape {have}, but the parameter (shape {tuple(grad.shape)}) '
+        f'needs {row_shape(grad)}: was the state made by `init` for '
+        'parameters of another shape?')
+
+
 def saturating_add(counts: jax.Array, increments: jax.Array) -> jax.Array:
   """int32 ``counts + increments`` (increments ≥ 0) that stops at 2^31 - 1."""
   overflow = counts > INT32_MAX - increments

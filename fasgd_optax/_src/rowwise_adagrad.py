@@ -14,6 +14,7 @@ import optax
 
 from fasgd_optax._src import checks
 from fasgd_optax._src import counting
+from fasgd_optax._src import tree_args
 
 ScalarOrSchedule = optax.ScalarOrSchedule
 
@@ -80,7 +81,10 @@ def scale_by_rowwise_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
-
+    jax.tree_util.tree_map_with_path(
+        lambda path, grad, acc: counting.check_row_state(
+            tree_args.path_to_str(path), grad, acc, 'accumulators'),
+        updates, state.accumulators)
     accumulators = jax.tree.map(
         lambda grad, acc: counting.keep_sharding(
             acc + row_mean_squares(grad), acc),

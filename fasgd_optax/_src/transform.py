@@ -113,6 +113,7 @@ def scale_by_counted_frequency(
         new_counts.append(row_counts)
         new_last.append(row_last)
         continue
+      counting.check_row_state(path, grad, row_counts, 'row_counts')
       increments = counting.leaf_increments(grad, leaf_ids, path, axis_name,
                                             checkify_ids)
       counts, last, counts_now = counting.updated_counts(
