@@ -137,6 +137,23 @@ class BadIdsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, f'`ids` does not match.*{named}'):
       tx.update(_grads(), tx.init(_params()), _params(), ids=ids)
 
+  @parameterized.named_parameters(('list', [1, 1, 4]), ('tuple', (1, 1, 4)),
+                                  ('nested', [[1, 1], [4, 4]]))
+  def test_python_ids_for_a_leaf(self, ids):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    _, state = tx.update(_grads(), tx.init(_params()), _params(),
+                         ids={'embed': ids})
+    expected = np.bincount(np.ravel(ids), minlength=6)
+    np.testing.assert_array_equal(state[0].row_counts['embed'], expected)
+
+  def test_several_id_arrays_for_one_leaf_get_a_hint(self):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    with self.assertRaisesRegex(
+        ValueError, r"\['embed/0', 'embed/1'\] match no parameter leaf.*"
+        r"under the leaves \['embed'\].*one array"):
+      tx.update(_grads(), tx.init(_params()), _params(),
+                ids={'embed': [jnp.array([1]), jnp.array([2, 3])]})
+
   def test_single_array_ids_for_a_pytree(self):
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
     with self.assertRaisesRegex(ValueError, 'single array.*dense.*embed'):

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 _ROOT = ''
@@ -62,6 +63,15 @@ def _is_array_like(x: Any) -> bool:
   return hasattr(x, 'shape') and hasattr(x, 'dtype')
 
 
+def _is_id_list(x: Any) -> bool:
+  """A (nested) list or tuple of integers: one leaf's ids, like an array."""
+  if not isinstance(x, (list, tuple)) or not x:
+    return False
+  return all(_is_id_list(item) or
+             (isinstance(item, (int, np.integer)) and not isinstance(item, bool))
+             for item in x)
+
+
 def per_leaf(
     arg: Any,
     tree: Any,
@@ -71,7 +81,8 @@ def per_leaf(
 
   Args:
     arg: None, a single array, a pytree mirroring `tree` (None for leaves
-      without an entry), or a dict keyed by leaf path strings.
+      without an entry), or a dict keyed by leaf path strings. A list or
+      tuple of integers is one leaf's entry, like an array of them.
     tree: the updates or parameters; may contain `optax.MaskedNode`s.
     arg_name: the argument's name, for error messages.
 
@@ -98,7 +109,7 @@ def per_leaf(
     )
 
   flat_arg, _ = jax.tree_util.tree_flatten_with_path(
-      arg, is_leaf=lambda x: x is None or _is_array_like(x)
+      arg, is_leaf=lambda x: x is None or _is_array_like(x) or _is_id_list(x)
   )
   leaf_paths = {path for path, _ in leaves}
   by_path = {}
@@ -112,11 +123,18 @@ def per_leaf(
   unknown = sorted(set(by_path) - leaf_paths)
   if unknown:
     known = [path for path, leaf in leaves if not _is_masked(leaf)]
+    under_a_leaf = sorted({path for path in known for key in unknown
+                           if path != _ROOT and key.startswith(path + '/')})
+    hint = ''
+    if under_a_leaf:
+      hint = (f' Entries under the leaves {under_a_leaf} split one leaf\'s '
+              'entry in parts: for several lookups of one table, pass their '
+              'ids as one array (e.g. jnp.concatenate of the raveled arrays).')
     raise ValueError(
         f'`{arg_name}` does not match the parameters: entries {unknown} match '
         f'no parameter leaf. Parameter leaves are {known}. Pass a pytree '
         'mirroring the parameters (None for leaves without an entry) or a dict '
-        'keyed by these paths.'
+        f'keyed by these paths.{hint}'
     )
   return [
       None if _is_masked(leaf) else by_path.get(path)
