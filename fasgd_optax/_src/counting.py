@@ -175,7 +175,10 @@ def scale_rows(grad: jax.Array, row_scale: jax.Array) -> jax.Array:
   row_scale = row_scale.reshape(row_scale.shape + (1,) * (grad.ndim - row_scale.ndim))
   if grad.dtype == jnp.float32:
     return grad * row_scale
-  return (grad.astype(jnp.float32) * row_scale).astype(grad.dtype)
+  # At least float32: bfloat16 gradients are scaled in float32, float64 ones
+  # (64-bit mode) keep their precision.
+  compute = jnp.promote_types(grad.dtype, jnp.float32)
+  return (grad.astype(compute) * row_scale.astype(compute)).astype(grad.dtype)
 
 
 def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
