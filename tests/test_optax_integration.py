@@ -177,6 +177,15 @@ class OptaxIntegrationTest(parameterized.TestCase):
       new_params = optax.apply_updates(params, updates)
       chex.assert_trees_all_equal_dtypes(new_params, params)
 
+  def test_float64_updates_keep_their_precision(self):
+    with jax.enable_x64(True):
+      table = jnp.zeros((4, 2), jnp.float64)
+      grad = jnp.full((4, 2), 1.0 + 1e-12, jnp.float64)
+      tx = fasgd_optax.cf_sgd(1.0, num_steps=None)  # First step: η = α = 1.
+      updates, _ = tx.update(grad, tx.init(table), table, ids=jnp.arange(4))
+      self.assertEqual(updates.dtype, jnp.float64)
+      np.testing.assert_array_equal(updates, -grad)  # Not rounded to 1.0.
+
   @parameterized.named_parameters(('counts', None), ('half_life', 5.0))
   def test_state_stable_under_cond(self, half_life):
     tx = fasgd_optax.cf_sgd(0.5, num_steps=10, count_half_life=half_life)
