@@ -29,6 +29,13 @@ Outside `value_and_grad`, `lookup` is a plain gather, so the same model also
 trains on the dense path, e.g. with ``nnx.Optimizer(model, cf_sgd(...),
 wrt=(nnx.Param, SparseTable))`` and ``update(model, grads, ids=...)``.
 
+Several lookups of one table in a step form one batch of ids, and CF-SGD
+counts every occurrence: a table looked up twice per example (say by an FM's
+and a deep part's branches) counts each of its rows twice, as the dense path
+does when given both lookups' ids. That doubles all of its rows' counts
+alike, so their step sizes shrink by √2 (a larger α makes up for it); to
+count once, look the rows up once and use them in both branches.
+
 Lookups are matched to tables by the `SparseTable` objects of the model passed
 to `value_and_grad`; a lookup inside a lifted NNX transform over the model
 (``nnx.vmap``, ``nnx.scan``) sees copies of them and is rejected with an error.
@@ -39,6 +46,7 @@ This module imports Flax; the core package `fasgd_optax` does not.
 from collections.abc import Mapping
 import contextlib
 import threading
+import types
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from flax import nnx
@@ -48,6 +56,11 @@ import jax.numpy as jnp
 from fasgd_optax._src import rows as rows_lib
 from fasgd_optax._src import sparse as sparse_lib
 from fasgd_optax._src import tree_args
+
+
+# `nnx.Embed`'s default initializer (flax's `default_embed_init`).
+_DEFAULT_EMBED_INIT = nnx.initializers.variance_scaling(
+    1.0, 'fan_in', 'normal', out_axis=0)
 
 
 class SparseTable(nnx.Variable):
@@ -67,6 +80,10 @@ class TableGrad(NamedTuple):
 class SparseEmbed(nnx.Module):
   """Like `nnx.Embed`, with its table a `SparseTable` and lookups via `lookup`.
 
+  Its arguments and defaults are `nnx.Embed`'s (its initializer, std
+  1/sqrt(features); `param_dtype` stores the table, `dtype` is the rows'
+  dtype after lookup), without `attend`.
+
   Attributes:
     embedding: the `SparseTable` of shape (num_embeddings, features).
   """
@@ -76,28 +93,39 @@ class SparseEmbed(nnx.Module):
       num_embeddings: int,
       features: int,
       *,
-      dtype: Any = jnp.float32,
-      embedding_init: Callable[..., jax.Array] = nnx.initializers.normal(
-          stddev=1.0),
+      dtype: Optional[Any] = None,
+      param_dtype: Any = jnp.float32,
+      embedding_init: Callable[..., jax.Array] = _DEFAULT_EMBED_INIT,
       rngs: nnx.Rngs,
+      embedding_metadata: Mapping[str, Any] = types.MappingProxyType({}),
   ):
     """Makes the table.
 
     Args:
       num_embeddings: rows N.
       features: embedding dimension d.
-      dtype: the table's dtype.
-      embedding_init: ``init(key, shape, dtype)`` for the table.
+      dtype: the dtype of looked-up rows; None for the table's.
+      param_dtype: the table's dtype. bfloat16 halves its memory; the sparse
+        transformations sum each row's gradients in float32 before rounding
+        them into it.
+      embedding_init: ``init(key, shape, dtype)`` for the table; default
+        `nnx.Embed`'s, a normal with variance 1/features.
       rngs: the `nnx.Rngs` whose ``params`` stream initialises the table.
+      embedding_metadata: metadata for the `SparseTable` variable (e.g.
+        ``sharding_names``), as `nnx.Embed`'s.
     """
     self.num_embeddings = num_embeddings
     self.features = features
     self.embedding = SparseTable(
-        embedding_init(rngs.params(), (num_embeddings, features), dtype))
+        embedding_init(rngs.params(), (num_embeddings, features), param_dtype),
+        **embedding_metadata)
+    self.dtype = dtype or self.embedding.get_value().dtype
+    self.param_dtype = param_dtype
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """The rows ``embedding[ids]``, shape ``ids.shape + (features,)``."""
-    return lookup(self.embedding, ids)
+    rows = lookup(self.embedding, ids)
+    return rows if rows.dtype == self.dtype else rows.astype(self.dtype)
 
 
 # The lookups of the `value_and_grad` being traced on this thread, if any.

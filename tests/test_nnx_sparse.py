@@ -208,6 +208,26 @@ class NnxSparseTest(parameterized.TestCase):
     chex.assert_trees_all_equal(
         before, (nnx.state(model), nnx.state(optimizer)))
 
+  def test_sparse_embed_is_initialised_like_nnx_embed(self):
+    sparse = nnx_sparse.SparseEmbed(50, 8, rngs=nnx.Rngs(3))
+    dense = nnx.Embed(50, 8, rngs=nnx.Rngs(3))
+    np.testing.assert_array_equal(sparse.embedding.get_value(),
+                                  dense.embedding.get_value())
+    ids = jnp.array([[1, 7], [7, 49]])
+    np.testing.assert_array_equal(sparse(ids), dense(ids))
+
+  def test_sparse_embed_dtypes(self):
+    # param_dtype stores the table; dtype is the looked-up rows', as in
+    # nnx.Embed.
+    stored = nnx_sparse.SparseEmbed(10, 4, param_dtype=jnp.bfloat16,
+                                    rngs=nnx.Rngs(0))
+    self.assertEqual(stored.embedding.get_value().dtype, jnp.bfloat16)
+    self.assertEqual(stored(jnp.array([1])).dtype, jnp.bfloat16)
+    computed = nnx_sparse.SparseEmbed(10, 4, dtype=jnp.bfloat16,
+                                      rngs=nnx.Rngs(0))
+    self.assertEqual(computed.embedding.get_value().dtype, jnp.float32)
+    self.assertEqual(computed(jnp.array([1])).dtype, jnp.bfloat16)
+
   def test_bad_arguments(self):
     model = TwoTower(nnx.Rngs(0))
     with self.assertRaisesRegex(ValueError, r"\['nope'\] are not SparseTable"):
