@@ -11,7 +11,7 @@ from fasgd_optax._src.sparse import sparse_cf_sgd
 from fasgd_optax._src.sparse import sparse_fa_sgd
 from fasgd_optax._src.sparse import sparse_rowwise_adagrad
 from fasgd_optax._src.sparse import sparse_sgd
-from fasgd_optax._src.sparse import SparseTransformation
+from fasgd_optax._src.sparse_apply import SparseTransformation
 from fasgd_optax._src.transform import scale_by_counted_frequency
 from fasgd_optax._src.transform import scale_by_known_frequency
 from fasgd_optax._src.transform import ScaleByCountedFrequencyState

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 
 from fasgd_optax._src import rows as rows_lib
-from fasgd_optax._src import sparse as sparse_lib
+from fasgd_optax._src import sparse_apply
 from fasgd_optax._src import tree_args
 
 
@@ -314,8 +314,8 @@ class SparseOptimizer(nnx.Pytree):
   def __init__(
       self,
       model: Any,
-      tx: Union[sparse_lib.SparseTransformation,
-                Mapping[str, sparse_lib.SparseTransformation]],
+      tx: Union[sparse_apply.SparseTransformation,
+                Mapping[str, sparse_apply.SparseTransformation]],
   ):
     """Initialises a state for each table.
 
@@ -328,7 +328,7 @@ class SparseOptimizer(nnx.Pytree):
     tables = tables_by_path(model)
     if not tables:
       raise ValueError('The model has no SparseTable variables to optimize.')
-    if isinstance(tx, sparse_lib.SparseTransformation):
+    if isinstance(tx, sparse_apply.SparseTransformation):
       transformations = {path: tx for path in tables}
     else:
       unknown = sorted(set(tx) - set(tables))
@@ -364,7 +364,7 @@ class SparseOptimizer(nnx.Pytree):
     # Every table's batch is checked before any table changes: a bad id for
     # one table must not leave the others a step ahead.
     for path in paths:
-      sparse_lib.check_apply_arguments(
+      sparse_apply.check_apply_arguments(
           self.transformations[path], tables[path].get_value(), states[path],
           table_grads[path].ids, table_grads[path].row_grads, name=path)
     for path in paths:
