@@ -19,6 +19,7 @@ from fasgd_optax._src import rows as rows_lib
 # Names the table in error messages (a sparse transformation has one table).
 _TABLE = 'table'
 
+
 class SparseTransformation(NamedTuple):
   """An optimizer for one embedding table that updates only touched rows.
 
