@@ -218,6 +218,25 @@ class ShardedTableTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(new_state[0].row_counts)[:3],
                                [0.0, 1.0, 2.0])
 
+  @parameterized.named_parameters(('jit', True), ('eager', False))
+  def test_ids_sharded_over_an_explicit_mesh(self, use_jit):
+    # The data-parallel layout: the batch's ids on the mesh axis too.
+    if not hasattr(jax.sharding, 'AxisType'):
+      self.skipTest('No Explicit mesh axes in this JAX.')
+    mesh = jax.make_mesh((NUM_DEVICES,), ('x',),
+                         axis_types=(jax.sharding.AxisType.Explicit,),
+                         devices=self.devices)
+    table = jax.device_put(jnp.ones((ROWS, DIM)),
+                           NamedSharding(mesh, P('x', None)))
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    ids = jnp.arange(2 * NUM_DEVICES) % 5
+    update = jax.jit(tx.update) if use_jit else tx.update
+    _, state = update(jnp.ones_like(table), tx.init(table), table,
+                      ids=jax.device_put(ids, NamedSharding(mesh, P('x'))))
+    np.testing.assert_array_equal(state[0].row_counts,
+                                  np.bincount(ids, minlength=ROWS))
+    self.assertEqual(state[0].row_counts.sharding.spec, P('x'))
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -68,6 +68,35 @@ class ShardedTableTest(parameterized.TestCase):
     chex.assert_trees_all_close(state, unsharded_state, rtol=1e-6)
 
 
+  @parameterized.product(
+      name=('cf_sgd_half_life_capped', 'sgd', 'rowwise_adagrad'),
+      use_jit=(False, True))
+  def test_batch_sharded_over_an_explicit_mesh(self, name, use_jit):
+    """Data-parallel layout on an Explicit mesh, no `jax.set_mesh` needed."""
+    if not hasattr(jax.sharding, 'AxisType'):
+      self.skipTest('No Explicit mesh axes in this JAX.')
+    mesh = jax.make_mesh((NUM_DEVICES,), ('x',),
+                         axis_types=(jax.sharding.AxisType.Explicit,),
+                         devices=self.devices)
+    _, sparse, _ = cases.optimizers(name)
+    table = jax.device_put(jnp.asarray(cases.initial_table()),
+                           NamedSharding(mesh, P('x', None)))
+    state = sparse.init(table)
+    apply = jax.jit(sparse.apply) if use_jit else sparse.apply
+    unsharded_table = jnp.asarray(cases.initial_table())
+    unsharded_state = sparse.init(unsharded_table)
+    for ids, targets in cases.batches(3, shape=(16,)):
+      row_grads = jax.grad(cases.loss)(unsharded_table[ids], targets)
+      table, state = apply(
+          table, state, jax.device_put(ids, NamedSharding(mesh, P('x'))),
+          jax.device_put(row_grads, NamedSharding(mesh, P('x', None))))
+      unsharded_table, unsharded_state = sparse.apply(
+          unsharded_table, unsharded_state, ids, row_grads)
+    self.assertEqual(table.sharding.spec, P('x', None))
+    chex.assert_trees_all_close(table, unsharded_table, rtol=1e-6)
+    chex.assert_trees_all_close(state, unsharded_state, rtol=1e-6)
+
+
 class DataParallelTest(parameterized.TestCase):
   """Each replica's batch; the result of one device over all of them."""
 

@@ -50,9 +50,10 @@ def id_increments(ids: jax.Array, rows: int) -> jax.Array:
   """Occurrences of each row in `ids`, with multiplicity, shape (rows,).
 
   Ids outside [0, rows) are dropped: JAX would otherwise wrap negative indices
-  and clamp large ones into other rows.
+  and clamp large ones into other rows. Ids sharded over a data axis of an
+  Explicit mesh are gathered whole first: every row's count needs all of them.
   """
-  flat = jnp.ravel(ids)
+  flat = jnp.ravel(replicated(ids))
   valid = (flat >= 0) & (flat < rows)
   # `rows` is out of bounds, so mode='drop' discards it; a negative id would
   # instead be wrapped by JAX's index normalisation before the scatter.
@@ -268,6 +269,20 @@ def explicit_sharding(values: Any) -> Optional[jax.sharding.NamedSharding]:
   if spec is None or all(axis is None for axis in spec):
     return None
   return sharding
+
+
+def replicated(values: jax.Array) -> jax.Array:
+  """`values` replicated when its type says it is sharded (Explicit axes).
+
+  The target is a `NamedSharding` on `values`' own mesh, so this works with
+  or without a `jax.set_mesh` context.
+  """
+  sharding = explicit_sharding(values)
+  if sharding is None:
+    return values
+  return jax.sharding.reshard(
+      values, jax.sharding.NamedSharding(sharding.mesh,
+                                         jax.sharding.PartitionSpec()))
 
 
 def _explicit_row_spec(leaf: jax.Array) -> Optional[jax.sharding.PartitionSpec]:

@@ -207,10 +207,7 @@ def replicated(values: jax.Array) -> jax.Array:
   A batch sharded over a data axis is gathered whole: every shard of a
   row-sharded table needs each occurrence of its rows.
   """
-  sharding = counting.explicit_sharding(values)
-  if sharding is None:
-    return values
-  return jax.sharding.reshard(values, jax.sharding.PartitionSpec())
+  return counting.replicated(values)
 
 
 def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
