@@ -218,21 +218,25 @@ class ShardedTableTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(new_state[0].row_counts)[:3],
                                [0.0, 1.0, 2.0])
 
-  @parameterized.named_parameters(('jit', True), ('eager', False))
-  def test_ids_sharded_over_an_explicit_mesh(self, use_jit):
-    # The data-parallel layout: the batch's ids on the mesh axis too.
+  @parameterized.product(use_jit=(True, False), half_life=(None, 3.0),
+                         two_axes=(False, True))
+  def test_ids_sharded_over_an_explicit_mesh(self, use_jit, half_life,
+                                             two_axes):
+    # The data-parallel layout: the batch's ids on the table's rows' axis,
+    # or on a data axis of a 2 × 4 mesh whose other axis holds the rows.
     if not hasattr(jax.sharding, 'AxisType'):
       self.skipTest('No Explicit mesh axes in this JAX.')
-    mesh = jax.make_mesh((NUM_DEVICES,), ('x',),
-                         axis_types=(jax.sharding.AxisType.Explicit,),
+    shape, names = ((2, 4), ('data', 'x')) if two_axes else ((8,), ('x',))
+    explicit = (jax.sharding.AxisType.Explicit,) * len(shape)
+    mesh = jax.make_mesh(shape, names, axis_types=explicit,
                          devices=self.devices)
     table = jax.device_put(jnp.ones((ROWS, DIM)),
                            NamedSharding(mesh, P('x', None)))
-    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10, count_half_life=half_life)
     ids = jnp.arange(2 * NUM_DEVICES) % 5
     update = jax.jit(tx.update) if use_jit else tx.update
     _, state = update(jnp.ones_like(table), tx.init(table), table,
-                      ids=jax.device_put(ids, NamedSharding(mesh, P('x'))))
+                      ids=jax.device_put(ids, NamedSharding(mesh, P(names[0]))))
     np.testing.assert_array_equal(state[0].row_counts,
                                   np.bincount(ids, minlength=ROWS))
     self.assertEqual(state[0].row_counts.sharding.spec, P('x'))

@@ -93,7 +93,21 @@ def leaf_increments(
   increments = id_increments(ids, rows)
   if axis_name is not None:
     increments = lax.psum(increments, axis_name)
-  return increments.reshape(row_shape(grad))
+  return _sharded_like_rows(increments.reshape(row_shape(grad)), grad)
+
+
+def _sharded_like_rows(values: jax.Array, leaf: jax.Array) -> jax.Array:
+  """Per-row `values` on `leaf`'s rows' axis when its type has one (Explicit).
+
+  Counted from the whole batch, the increments come out replicated; on an
+  Explicit mesh, ops that mix them with the row-sharded counts (a `where`)
+  need both sharded alike.
+  """
+  spec = _explicit_row_spec(leaf)
+  if spec is None:
+    return values
+  return jax.sharding.reshard(
+      values, jax.sharding.NamedSharding(explicit_sharding(leaf).mesh, spec))
 
 
 def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
