@@ -106,8 +106,23 @@ def _sharded_like_rows(values: jax.Array, leaf: jax.Array) -> jax.Array:
   spec = _explicit_row_spec(leaf)
   if spec is None:
     return values
-  return jax.sharding.reshard(
-      values, jax.sharding.NamedSharding(explicit_sharding(leaf).mesh, spec))
+  return _placed(values, leaf, spec)
+
+
+def _placed(values: jax.Array, like: jax.Array,
+            spec: jax.sharding.PartitionSpec) -> jax.Array:
+  """`values` with `spec` on the mesh of `like` (whose type has one).
+
+  Traced, by `reshard` to the type's (abstract) mesh. Eagerly, by
+  `device_put` to `like`'s concrete mesh: `values` may sit on one device
+  outside the mesh (made from unsharded inputs), which `reshard` refuses
+  without `jax.set_mesh`.
+  """
+  if checks.is_traced(values) or checks.is_traced(like):
+    return jax.sharding.reshard(
+        values, jax.sharding.NamedSharding(explicit_sharding(like).mesh, spec))
+  return jax.device_put(
+      values, jax.sharding.NamedSharding(like.sharding.mesh, spec))
 
 
 def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
@@ -291,12 +306,9 @@ def replicated(values: jax.Array) -> jax.Array:
   The target is a `NamedSharding` on `values`' own mesh, so this works with
   or without a `jax.set_mesh` context.
   """
-  sharding = explicit_sharding(values)
-  if sharding is None:
+  if explicit_sharding(values) is None:
     return values
-  return jax.sharding.reshard(
-      values, jax.sharding.NamedSharding(sharding.mesh,
-                                         jax.sharding.PartitionSpec()))
+  return _placed(values, values, jax.sharding.PartitionSpec())
 
 
 def _explicit_row_spec(leaf: jax.Array) -> Optional[jax.sharding.PartitionSpec]:
