@@ -296,6 +296,30 @@ class SparseBehaviourTest(parameterized.TestCase):
     chex.assert_trees_all_equal(state, before)
     np.testing.assert_array_equal(table, 0.0)
 
+  def test_learning_rate_changed_between_steps_without_recompiling(self):
+    # The sparse path's `inject_hyperparams`: build the transformation inside
+    # the jitted step from a traced learning rate.
+    traces = []
+
+    @jax.jit
+    def step(table, state, ids, row_grads, learning_rate):
+      traces.append(learning_rate)
+      sparse = fasgd_optax.sparse_cf_sgd(learning_rate, num_steps=10)
+      return sparse.apply(table, state, ids, row_grads)
+
+    ids, row_grads = jnp.array([1, 1, 3]), jnp.ones((3, 2))
+    table = jnp.zeros((5, 2))
+    state = fasgd_optax.sparse_cf_sgd(1.0, num_steps=10).init(table)
+    expected, expected_state = jnp.zeros((5, 2)), state
+    for learning_rate in (1.0, 0.5):
+      table, state = step(table, state, ids, row_grads,
+                          jnp.float32(learning_rate))
+      fixed = fasgd_optax.sparse_cf_sgd(learning_rate, num_steps=10)
+      expected, expected_state = fixed.apply(expected, expected_state, ids,
+                                             row_grads)
+    self.assertLen(traces, 1)
+    chex.assert_trees_all_close(table, expected, rtol=1e-6)
+
   def test_dense_chain_state_is_refused_with_a_hint(self):
     table = jnp.zeros((4, 2))
     chain_state = fasgd_optax.cf_sgd(1.0, num_steps=10).init(table)
