@@ -83,17 +83,25 @@ def _check_ids_fit(ids: Any, dtype: Any, leaf_path: str) -> None:
   canonical = jax.dtypes.canonicalize_dtype(dtype)
   if canonical == dtype or is_traced(ids) or isinstance(ids, jax.Array):
     return
-  flat = np.ravel(np.asarray(ids))
   info = np.iinfo(canonical)
-  bad = (flat < info.min) | (flat > info.max)
-  if bad.any():
-    position = int(np.argmax(bad))
+  bad = _first_outside(ids, info.min, info.max)
+  if bad is not None:
+    value, position = bad
     raise ValueError(
         f"ids for parameter '{leaf_path or '<root>'}' must be row numbers of "
-        f'the table; got {int(flat[position])} at flat position {position}, '
-        f'which JAX would store as {canonical} (64-bit mode is off) and wrap '
-        'into another row.'
+        f'the table; got {value} at flat position {position}, which JAX would '
+        f'store as {canonical} (64-bit mode is off) and wrap into another row.'
     )
+
+
+def _first_outside(ids: Any, low: int, high: int) -> Any:
+  """(value, flat position) of the first host id outside [low, high], or None."""
+  flat = np.ravel(np.asarray(ids))
+  bad = (flat < low) | (flat > high)
+  if not bad.any():
+    return None
+  position = int(np.argmax(bad))
+  return int(flat[position]), position
 
 
 def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str, *,
@@ -124,12 +132,10 @@ def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str, *,
         first_bad,
     )
     return
-  flat = np.ravel(np.asarray(ids))
-  bad = (flat < 0) | (flat >= num_rows)
-  if bad.any():
-    position = int(np.argmax(bad))
+  bad = _first_outside(ids, 0, num_rows - 1)
+  if bad is not None:
+    value, position = bad
     raise ValueError(
         f"ids for parameter '{name}' must be in [0, {num_rows}) (the leaf's "
-        f'number of rows); got {int(flat[position])} at flat position '
-        f'{position}.'
+        f'number of rows); got {value} at flat position {position}.'
     )
