@@ -170,6 +170,29 @@ def _config(process_count: int, num_steps: int) -> config_lib.Config:
     raise app.UsageError(str(error)) from None
 
 
+def _write_synthetic_data(paths: list[str]) -> None:
+  """Writes the missing synthetic train, validation and test files.
+
+  Validation and test files have a tenth of the training lines. A write
+  killed midway leaves only its temporary file, removed here.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    model = synthetic.PlantedModel(0, synthetic.default_vocabulary_sizes(
+        _SYNTHETIC_VOCABULARY.value))
+    sizes = (_SYNTHETIC_LINES.value, _SYNTHETIC_LINES.value // 10,
+             _SYNTHETIC_LINES.value // 10)
+    for seed, (path, size) in enumerate(zip(paths, sizes)):
+      for leftover in glob.glob(glob.escape(path) + '.tmp*'):
+        os.remove(leftover)
+      if not os.path.exists(path):
+        synthetic.write(path, size, seed=seed + 1, model=model)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('criteo: synthetic data written')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -191,7 +214,6 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top
-  from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
   from examples.criteo import placement  # pylint: disable=g-import-not-at-top
   from examples.criteo import train  # pylint: disable=g-import-not-at-top
 
@@ -204,22 +226,13 @@ def main(argv):
     validation = _files(_VALIDATION_DATA.value)
     test = _files(_TEST_DATA.value)
   else:
-    directory = os.path.join(workdir, 'synthetic')
+    # One folder per setting: data made for other flags is never reused.
+    directory = os.path.join(
+        workdir, 'synthetic', f'{_SYNTHETIC_LINES.value}_lines_'
+        f'{_SYNTHETIC_VOCABULARY.value}_vocabulary')
     data_files = [os.path.join(directory, 'train.txt')]
     validation = [os.path.join(directory, 'validation.txt')]
     test = [os.path.join(directory, 'test.txt')]
-    sizes = (_SYNTHETIC_LINES.value, _SYNTHETIC_LINES.value // 10,
-             _SYNTHETIC_LINES.value // 10)
-    if jax.process_index() == 0:
-      model = synthetic.PlantedModel(0, synthetic.default_vocabulary_sizes(
-          _SYNTHETIC_VOCABULARY.value))
-      for seed, (path, size) in enumerate(zip(data_files + validation + test,
-                                              sizes)):
-        if not os.path.exists(path):
-          synthetic.write(path, size, seed=seed + 1, model=model)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices('criteo: synthetic data written')
     if num_steps is None:
       num_steps = max(_SYNTHETIC_LINES.value // _BATCH_SIZE.value, 1)
   config = _config(jax.process_count(), num_steps)
@@ -244,19 +257,29 @@ def main(argv):
   if jax.process_index() == 0:
     logging.info('%s on %s, mesh %s', config, machine.describe_machine(),
                  dict(mesh.shape))
+  record = config.record()
+  if not _DATA.value:
+    record['synthetic_data'] = {'lines': _SYNTHETIC_LINES.value,
+                                'vocabulary': _SYNTHETIC_VOCABULARY.value}
   try:
+    # The checkpointer holds the workdir's lock, so a second command on it
+    # is refused before it touches the data.
     with checkpointing.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), config.record(),
+        os.path.join(workdir, 'checkpoints'), record,
         cli.checkpoint_options()) as checkpointer:
+      if not _DATA.value:
+        _write_synthetic_data(data_files + validation + test)
       results = train.train_and_evaluate(
           config, data, mesh, checkpointer=checkpointer,
           eval_every=_EVAL_EVERY.value, log_every=_LOG_EVERY.value,
           stop_after_step=_STOP_AFTER_STEP.value)
   except input_pipeline.DataError as error:
     raise SystemExit(f'Data error: {error}') from None
-  except checkpointing.CheckpointError as error:
+  except (checkpointing.CheckpointError, FloatingPointError) as error:
     raise SystemExit(str(error)) from None
   results.pop('state')
+  if not _DATA.value:
+    results['synthetic_data'] = record['synthetic_data']
   results['machine'] = machine.describe_machine()
   results['mesh_shape'] = mesh_shape
   results['processes'] = jax.process_count()

@@ -63,8 +63,10 @@ class MainTest(absltest.TestCase):
     results = self.run_main(workdir=workdir, synthetic_lines=8000,
                             synthetic_vocabulary=300)
     for name in ('train.txt', 'validation.txt', 'test.txt'):
-      self.assertTrue(os.path.exists(os.path.join(workdir, 'synthetic',
-                                                  name)))
+      self.assertTrue(os.path.exists(os.path.join(
+          workdir, 'synthetic', '8000_lines_300_vocabulary', name)))
+    self.assertEqual(results['synthetic_data'],
+                     {'lines': 8000, 'vocabulary': 300})
     self.assertEqual(results['test']['examples'], 800)
     self.assertEqual(results['validation']['examples'], 800)
     self.assertGreater(results['test']['auc'], 0.65)
@@ -79,6 +81,18 @@ class MainTest(absltest.TestCase):
                           synthetic_vocabulary=300)
     self.assertEqual(again['test'], results['test'])
     self.assertEqual(again['train_loss'], results['train_loss'])
+    # Other synthetic data in the same workdir: refused, naming the setting,
+    # never trained or reported on the data of the other flags.
+    with self.assertRaisesRegex(MainFailed, 'synthetic_data'):
+      self.run_main(workdir=workdir, synthetic_lines=4000,
+                    synthetic_vocabulary=300)
+
+  def test_divergence_is_an_error(self):
+    with self.assertRaisesRegex(MainFailed, 'diverged.*smaller '
+                                '--learning_rate'):
+      self.run_main(workdir=os.path.join(self.tmp, 'run'),
+                    synthetic_lines=2000, synthetic_vocabulary=300,
+                    learning_rate=1e9, update='dense', optimizer='sgd')
 
   def test_malformed_lines_are_reported_or_fail(self):
     path = os.path.join(self.tmp, 'data.txt')

@@ -356,6 +356,14 @@ def train_and_evaluate(
         bar.set_postfix(train_loss=f'{mean_loss:.4f}')
         if jax.process_index() == 0:
           logging.info('step %d: train loss %.5f', step, mean_loss)
+        # Log loss above 100 means logits off by e^100: the run diverged.
+        if not np.isfinite(mean_loss) or mean_loss > 100:
+          raise FloatingPointError(
+              f'{config.optimizer} with learning_rate={config.learning_rate} '
+              f'diverged (mean train loss {mean_loss:.4g} at step {step}); '
+              'use a smaller --learning_rate. The tuned rates assume one '
+              'pass of 976 steps of 1024, and CF-SGD\'s best α grows like '
+              'sqrt(--num_steps).')
       if eval_every and data.validation and step % eval_every == 0:
         eval_start = time.perf_counter()
         history.append({'step': step, **evaluate_on(data.validation)})
