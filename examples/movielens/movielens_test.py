@@ -11,6 +11,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 from absl.testing import parameterized
 import chex
+import jax
 import numpy as np
 import optax
 
@@ -245,6 +246,25 @@ class TrainTest(MovieLensTestCase):
     counts = optax.tree.get(result['state']['opt_state'], 'row_counts')
     self.assertIsInstance(counts['bias'], optax.MaskedNode)
     self.assertGreater(int(counts['embedding']['embedding'].sum()), 0)
+
+  def test_dense_learning_rate_alone_on_both_paths(self):
+    # Without --dense_optimizer, --dense_learning_rate still sets the dense
+    # parameters' rate (the embedding optimizer's kind), on either path.
+    dataset = input_pipeline.load(self.write('ml-100k'))
+    config = tiny_config(model='deepfm', optimizer='sgd', learning_rate=0.3,
+                         dense_learning_rate=0.01, num_epochs=1)
+    dense = train.train_and_evaluate(config, dataset, show_progress=False)
+    sparse = train.train_and_evaluate(dataclasses.replace(config, sparse=True),
+                                      dataset, show_progress=False)
+    chex.assert_trees_all_close(sparse['state']['params'],
+                                dense['state']['params'], atol=1e-5)
+    one_rate = train.train_and_evaluate(
+        dataclasses.replace(config, dense_learning_rate=None), dataset,
+        show_progress=False)
+    self.assertFalse(all(
+        np.allclose(a, b) for a, b in zip(
+            jax.tree.leaves(dense['state']['params']),
+            jax.tree.leaves(one_rate['state']['params']))))
 
   @parameterized.parameters(*optimizers.SPARSE)
   def test_sparse_path_matches_dense_path(self, optimizer):

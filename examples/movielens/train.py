@@ -149,14 +149,20 @@ def make_optimizer(
     )
 
   embedding_tx = build(config.optimizer, config.learning_rate)
-  if config.dense_optimizer is None:
+  if config.dense_optimizer is None and config.dense_learning_rate is None:
     return embedding_tx
-  dense_tx = build(
-      config.dense_optimizer,
-      config.dense_learning_rate or config.learning_rate,
-  )
+  # As on the sparse path: the dense parameters get `dense_optimizer` (or
+  # `optimizer`) at `dense_learning_rate` (or `learning_rate`).
+  dense_tx = build(config.dense_optimizer or config.optimizer,
+                   _dense_learning_rate(config))
   labels = optimizers.label_embeddings(params, lambda p: p in EMBEDDING_PATHS)
   return optimizers.make_split_optimizer(embedding_tx, dense_tx, labels)
+
+
+def _dense_learning_rate(config: config_lib.Config) -> float:
+  if config.dense_learning_rate is None:
+    return config.learning_rate
+  return config.dense_learning_rate
 
 
 def split_tables(params: Any) -> tuple[dict[str, jax.Array], Any]:
@@ -199,7 +205,7 @@ def make_sparse_optimizers(
   }
   dense_name = config.dense_optimizer or config.optimizer
   dense_tx = optimizers.make_optimizer(
-      dense_name, config.dense_learning_rate or config.learning_rate,
+      dense_name, _dense_learning_rate(config),
       num_steps=num_steps,
       # The dense parameters are not embedding rows: p = 1 (every step).
       frequencies={} if dense_name == 'fa_sgd' else None,
