@@ -10,12 +10,18 @@ thing (logs, and JAX's persistent compilation cache) and passes
     cli.configure()
     train.train_and_evaluate(..., checkpoint_options=cli.checkpoint_options())
 
+  if __name__ == '__main__':
+    cli.run(main)
+
 A step-based example also defines `--save_interval_steps` with
 `define_save_interval_steps(default)`.
 """
 
-from typing import Optional
+import os
+import sys
+from typing import Any, Callable, Optional
 
+from absl import app
 from absl import flags
 
 from examples.common import checkpointing
@@ -82,3 +88,43 @@ def checkpoint_options() -> checkpointing.Options:
       async_save=ASYNC_CHECKPOINTS.value,
       fallback=CHECKPOINT_FALLBACK.value,
       **kwargs)
+
+
+def require_positive(*flag_names: str) -> None:
+  """Makes absl refuse a value ≤ 0 of these float flags (None passes).
+
+  Checked when the flags are parsed, so a bad rate is a one-line error before
+  any data is loaded.
+  """
+  for name in flag_names:
+    flags.register_validator(
+        name, lambda value: value is None or value > 0,
+        message=f'--{name} must be positive.')
+
+
+def check_workdir(path: Optional[str]) -> None:
+  """Raises an `app.UsageError` when --workdir names something not a folder."""
+  if path and os.path.exists(path) and not os.path.isdir(path):
+    raise app.UsageError(
+        f'--workdir {path} is a file, not a directory; use another --workdir.')
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """`app.run(main)`, with a user's mistakes and Ctrl-C in one line each.
+
+  An `app.UsageError` (a bad flag value, found by `main`) prints
+  ``error: ...`` instead of the whole usage text, and Ctrl-C prints how to
+  go on instead of a traceback; both exit non-zero. Flag parsing errors are
+  absl's own, already one line.
+  """
+  def main_with_errors(argv):
+    try:
+      return main(argv)
+    except app.UsageError as error:
+      sys.exit(f'error: {error} (--helpfull lists the flags)')
+    except KeyboardInterrupt:
+      sys.stderr.write('Interrupted. Rerun the same command to resume from '
+                       'the last checkpoint.\n')
+      sys.exit(130)
+
+  app.run(main_with_errors)

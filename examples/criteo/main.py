@@ -35,11 +35,12 @@ _TEST_DATA = flags.DEFINE_list(
 _SYNTHETIC_LINES = flags.DEFINE_integer(
     'synthetic_lines', 1_000_000,
     'Without --data: lines of the synthetic training file (validation and '
-    'test get a tenth each).')
+    'test get a tenth each).', lower_bound=10)
 _SYNTHETIC_VOCABULARY = flags.DEFINE_integer(
     'synthetic_vocabulary', 100_000,
     'Without --data: distinct values of the largest categorical feature of '
-    'the synthetic data (the others have fewer, down to 3).')
+    'the synthetic data (the others have fewer, down to 3).',
+    lower_bound=3)
 _OPTIMIZER = flags.DEFINE_string(
     'optimizer', 'cf_sgd',
     'The tables\' optimizer: sgd, adagrad, adam, rowwise_adagrad, cf_sgd.')
@@ -61,11 +62,13 @@ _TABLE_ROWS = flags.DEFINE_list(
     'table_rows', ['32768'],
     'Rows of each categorical feature\'s table: one number for all 26, or 26 '
     'comma-separated; values are hashed into them.')
-_EMBEDDING_DIM = flags.DEFINE_integer('embedding_dim', 16, 'Embedding dim d.')
+_EMBEDDING_DIM = flags.DEFINE_integer('embedding_dim', 16, 'Embedding dim d.',
+                                      lower_bound=1)
 _MLP_FEATURES = flags.DEFINE_list('mlp_features', ['128', '64'],
                                   'DeepFM\'s hidden layer widths.')
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 1024, 'Global examples per step (all devices, processes).')
+    'batch_size', 1024, 'Global examples per step (all devices, processes).',
+    lower_bound=1)
 _NUM_STEPS = flags.DEFINE_integer(
     'num_steps', None,
     'Training steps (CF-SGD\'s horizon T); passes over the data repeat as '
@@ -96,12 +99,14 @@ _BAD_LINES = flags.DEFINE_enum(
     'Malformed lines: skip (count them; the report names the first few) or '
     'fail on the first.')
 _MAX_EVAL_EXAMPLES = flags.DEFINE_integer(
-    'max_eval_examples', None, 'Evaluate on at most this many examples.')
+    'max_eval_examples', None, 'Evaluate on at most this many examples.',
+    lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer(
     'eval_every', 0, 'Validation metrics every this many steps (0: at the '
-    'end only).')
+    'end only).', lower_bound=0)
 _LOG_EVERY = flags.DEFINE_integer('log_every', 100,
-                                  'Log the training loss every this many steps.')
+                                  'Log the training loss every this many steps.',
+                                  lower_bound=1)
 _STOP_AFTER_STEP = flags.DEFINE_integer(
     'stop_after_step', None,
     'Stop after this step, with a checkpoint there, e.g. to split a run over '
@@ -113,6 +118,8 @@ _WORKDIR = flags.DEFINE_string(
 from examples.common import cli  # pylint: disable=g-import-not-at-top
 from examples.common import checkpointing  # pylint: disable=g-import-not-at-top
 from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
+
+cli.require_positive('learning_rate', 'dense_learning_rate')
 
 _SAVE_INTERVAL_STEPS = cli.define_save_interval_steps(500)
 
@@ -197,6 +204,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.configure()
+  cli.check_workdir(_WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
   multi_process = [_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                    _PROCESS_ID.value]
@@ -301,4 +309,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

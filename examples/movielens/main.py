@@ -53,15 +53,18 @@ _SPARSE = flags.DEFINE_bool(
     'Update the embedding tables with the sparse path (only the batch\'s '
     'rows; optimizers ' + ', '.join(optimizers.SPARSE) + ').')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size,
-                                   'Examples per step.')
+                                   'Examples per step.', lower_bound=1)
 _NUM_EPOCHS = flags.DEFINE_integer(
     'num_epochs', _DEFAULTS.num_epochs,
-    'Epochs (FA/CF-SGD horizon T = epochs × batches per epoch).')
+    'Epochs (FA/CF-SGD horizon T = epochs × batches per epoch).',
+    lower_bound=1)
 _EMBEDDING_DIM = flags.DEFINE_integer('embedding_dim', _DEFAULTS.embedding_dim,
-                                      'Embedding (factor) dimension.')
+                                      'Embedding (factor) dimension.',
+                                      lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed, 'First seed.')
 _NUM_SEEDS = flags.DEFINE_integer('num_seeds', 1,
-                                  'Seeds seed, seed+1, ... per run.')
+                                  'Seeds seed, seed+1, ... per run.',
+                                  lower_bound=1)
 _SWEEP = flags.DEFINE_bool(
     'sweep', False,
     'Pick each learning rate by validation AUC from the shared log grid '
@@ -80,16 +83,20 @@ _CACHE_DIR = flags.DEFINE_string(
     'cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
     'Where the default MovieLens-100K files are cached.')
 
+cli.require_positive('learning_rate', 'dense_learning_rate')
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.configure()
+  cli.check_workdir(_WORKDIR.value)
   try:
     # One run at a time per workdir: its results, caches and checkpoints.
     with locking.DirectoryLock(_WORKDIR.value, what='Workdir'):
       _compare()
-  except (checkpointing.CheckpointError, locking.DirectoryLockedError) as error:
+  except (checkpointing.CheckpointError, locking.DirectoryLockedError,
+          input_pipeline.DataError) as error:
     sys.exit(f'error: {error}')
 
 
@@ -97,6 +104,10 @@ def _compare():
   """Trains and compares what the flags ask for; writes the report."""
   dataset = input_pipeline.load(_DATA_DIR.value, _CACHE_DIR.value)
   print(dataset.summary(), flush=True)
+  try:
+    input_pipeline.batches_per_epoch(dataset, _BATCH_SIZE.value)
+  except ValueError as error:
+    raise app.UsageError(f'--batch_size: {error}') from None
   for model in _MODEL.value:
     if model not in config_lib.MODELS:
       raise app.UsageError(
@@ -165,4 +176,4 @@ def _compare():
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

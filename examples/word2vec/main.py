@@ -41,7 +41,8 @@ _NEGATIVES = flags.DEFINE_integer('negatives', 5,
 _MIN_COUNT = flags.DEFINE_integer('min_count', 5,
                                   'Drop words seen fewer times.')
 _SAMPLE = flags.DEFINE_float('sample', 1e-3,
-                             'Frequent-word subsampling threshold (0: off).')
+                             'Frequent-word subsampling threshold (0: off).',
+                             lower_bound=0.0)
 _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Passes over the corpus.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096,
                                    'Examples (pairs or centers) per step.')
@@ -85,6 +86,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.configure()
+  cli.check_workdir(_WORKDIR.value)
   config = train.Config(
       model=_MODEL.value, optimizer=_OPTIMIZER.value,
       learning_rate=_LEARNING_RATE.value,
@@ -129,4 +131,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

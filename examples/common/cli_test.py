@@ -1,0 +1,88 @@
+"""The shared command-line behaviour: one-line errors, Ctrl-C, --workdir."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl import app
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from examples.common import cli
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+# A main.py whose main raises what the test asks for.
+_PROGRAM = '''
+import sys
+from absl import app
+from examples.common import cli
+
+def main(argv):
+  if sys.argv[-1] == "usage":
+    raise app.UsageError("--thing 3: expected 4")
+  raise KeyboardInterrupt
+
+cli.run(main)
+'''
+
+
+class RunTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('usage_error', 'usage', 1,
+       'error: --thing 3: expected 4 (--helpfull lists the flags)'),
+      ('ctrl_c', 'interrupt', 130,
+       'Interrupted. Rerun the same command to resume from the last '
+       'checkpoint.'))
+  def test_one_line_and_exit_status(self, what, status, message):
+    completed = subprocess.run(
+        [sys.executable, '-c', _PROGRAM, what], cwd=_ROOT,
+        env=dict(os.environ, PYTHONPATH=_ROOT), capture_output=True,
+        text=True, timeout=120, check=False)
+    self.assertEqual(completed.returncode, status)
+    self.assertEqual(completed.stderr.strip(), message)
+    self.assertEqual(completed.stdout, '')
+
+
+class FlagChecksTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ('movielens', '--learning_rate=-1', '--learning_rate must be positive'),
+      ('criteo', '--dense_learning_rate=0',
+       '--dense_learning_rate must be positive'),
+      ('movielens', '--batch_size=0', '0 is not a positive integer'))
+  def test_bad_values_are_refused_before_any_work(self, example, flag,
+                                                 message):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir)
+    completed = subprocess.run(
+        [sys.executable, '-m', f'examples.{example}.main', flag,
+         f'--workdir={workdir}/run'], cwd=_ROOT,
+        env=dict(os.environ, PYTHONPATH=_ROOT), capture_output=True,
+        text=True, timeout=120, check=False)
+    self.assertNotEqual(completed.returncode, 0)
+    self.assertIn(message, completed.stderr)
+    self.assertLess(len(completed.stderr.splitlines()), 4)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'run')))
+
+
+class CheckWorkdirTest(absltest.TestCase):
+
+  def test_a_file_is_refused_a_folder_or_nothing_passes(self):
+    directory = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, directory)
+    cli.check_workdir(directory)
+    cli.check_workdir(os.path.join(directory, 'new'))
+    cli.check_workdir(None)
+    with tempfile.NamedTemporaryFile(dir=directory) as f:
+      with self.assertRaisesRegex(app.UsageError,
+                                  f'--workdir {f.name} is a file'):
+        cli.check_workdir(f.name)
+
+
+if __name__ == '__main__':
+  absltest.main()
