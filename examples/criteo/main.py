@@ -46,13 +46,13 @@ _OPTIMIZER = flags.DEFINE_string(
     'The tables\' optimizer: sgd, adagrad, adam, rowwise_adagrad, cf_sgd.')
 _LEARNING_RATE = flags.DEFINE_float(
     'learning_rate', None,
-    'Its learning rate (α for cf_sgd); default: the rate tuned on synthetic '
-    'data (config.TUNED_LEARNING_RATES).')
+    'The tables\' learning rate (α for cf_sgd); default: the rate tuned on '
+    'synthetic data (config.TUNED_LEARNING_RATES).')
 _DENSE_OPTIMIZER = flags.DEFINE_string(
     'dense_optimizer', 'adam',
     'Optimizer of the other parameters (MLP, integer features, bias).')
 _DENSE_LEARNING_RATE = flags.DEFINE_float(
-    'dense_learning_rate', 1e-3, 'Its learning rate.')
+    'dense_learning_rate', 1e-3, 'Learning rate of --dense_optimizer.')
 _UPDATE = flags.DEFINE_enum(
     'update', None, ['sparse', 'dense'],
     'sparse: the tables by fasgd_optax.sparse_* (only the batch\'s rows); '

@@ -5,7 +5,7 @@ the learning rates the sweep picked (config.TUNED_LEARNING_RATES); prints a
 table and writes results.json, results.md and plots to --workdir.
 
   python -m examples.movielens.main
-  python -m examples.movielens.main --model=fm --optimizer=cf_sgd --learning_rate=30
+  python -m examples.movielens.main --model=fm --optimizer=cf_sgd --learning_rate=316
   python -m examples.movielens.main --sweep --num_seeds=3   # the full study
   python -m examples.movielens.main --data_dir=/data/ml-1m  # GroupLens files
 
@@ -151,7 +151,7 @@ def _compare():
     learning_rates = selection['selected']
     if selection['at_edge']:
       print('WARNING: learning rates at the grid edge for '
-            f'{selection["at_edge"]}; widen sweep.LEARNING_RATE_GRID.',
+            f'{selection["at_edge"]}; widen the grid (--learning_rate_grid).',
             flush=True)
   else:
     learning_rates = {}

@@ -15,6 +15,10 @@ from typing import Any
 import numpy as np
 
 
+class FitError(ValueError):
+  """Too few rows for a fit."""
+
+
 def log_ratio(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
   """ln(mean_seeds reference / mean_seeds other) per row; inputs (seeds, rows)."""
   return np.log(reference.mean(axis=0) / other.mean(axis=0))
@@ -84,7 +88,7 @@ def slope_fits(
   x = np.concatenate([log_frequency_depth(probs[t]) for t in tables])
   in_tail = np.concatenate([np.asarray(tail[t], bool) for t in tables])
   if in_tail.sum() < 3 or len(np.unique(x[in_tail])) < 2:
-    raise ValueError(
+    raise FitError(
         f'the tail has {int(in_tail.sum())} rows; the line fit needs at least 3 '
         'rows with two distinct frequencies.')
 

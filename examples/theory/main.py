@@ -2,7 +2,8 @@ r"""Theory check: per-row convergence of SGD, FA-SGD and CF-SGD (Corollary 3).
 
   python -m examples.theory.main --output_dir=examples/theory/results
 
-writes theory.json, ratio_vs_rank.png and grad_norms_by_rank.png.
+writes theory.json, summary.md, ratio_vs_rank.png and grad_norms_by_rank.png
+(the default --output_dir replaces the committed results).
 """
 
 import json
@@ -41,14 +42,17 @@ flags.DEFINE_integer('num_steps', _DEFAULTS.num_steps, 'Horizon T.')
 flags.DEFINE_integer('num_evals', _DEFAULTS.num_evals,
                      'K evenly spaced iterates at which ‖∇_k f‖² is evaluated; '
                      'must divide num_steps.')
-flags.DEFINE_integer('num_seeds', 10, 'Evaluation seeds (reported).')
-flags.DEFINE_integer('num_tuning_seeds', 5, 'Seeds used only to choose α.')
+flags.DEFINE_integer('num_seeds', 10, 'Evaluation seeds (reported).',
+                     lower_bound=1)
+flags.DEFINE_integer('num_tuning_seeds', 5, 'Seeds used only to choose α.',
+                     lower_bound=1)
 flags.DEFINE_float('alpha_log2_min', -8.0,
                    'Smallest α on the grid, as log2(α / (sqrt(T)/(4L))).')
 flags.DEFINE_float('alpha_log2_max', 0.0, 'Largest α on the grid, likewise.')
 flags.DEFINE_integer('alpha_points_per_octave', 2, 'Grid density in α.')
 flags.DEFINE_string('output_dir', 'examples/theory/results',
-                    'Where theory.json and the PNGs go.')
+                    'Where theory.json, summary.md and the PNGs go (the '
+                    'default replaces the committed results).')
 
 FLAGS = flags.FLAGS
 
@@ -65,8 +69,13 @@ def main(argv):
   alphas = train.alpha_grid(setup, FLAGS.alpha_log2_min, FLAGS.alpha_log2_max,
                             FLAGS.alpha_points_per_octave)
   started = time.perf_counter()
-  results = train.run_experiment(setup, alphas, num_seeds=FLAGS.num_seeds,
-                                 num_tuning_seeds=FLAGS.num_tuning_seeds)
+  try:
+    results = train.run_experiment(setup, alphas, num_seeds=FLAGS.num_seeds,
+                                   num_tuning_seeds=FLAGS.num_tuning_seeds)
+  except analysis.FitError as error:
+    sys.exit(f'error: {error} With --num_steps={setup.num_steps}, too few '
+             'rows get a larger step from FA-SGD than from SGD to fit the '
+             f'tail; use a longer horizon (default {_DEFAULTS.num_steps}).')
   results['seconds'] = time.perf_counter() - started
   results['command'] = 'python -m examples.theory.main ' + ' '.join(
       arg for arg in sys.argv[1:])

@@ -137,6 +137,15 @@ class TrainTest(absltest.TestCase):
 
 class AnalysisTest(absltest.TestCase):
 
+  def test_an_empty_tail_is_a_fit_error(self):
+    # A short horizon: no row's FA-SGD step exceeds SGD's, so no tail.
+    probs = {'users': problem_lib.rank_probabilities(8, 'exponential',
+                                                     tau=0.25)}
+    values = {'users': np.ones((2, 8))}
+    with self.assertRaisesRegex(analysis.FitError, 'the tail has 0 rows'):
+      analysis.slope_fits(values, values, probs,
+                          {'users': np.zeros(8, bool)})
+
   def test_fits_recover_a_planted_hinge(self):
     probs = problem_lib.rank_probabilities(20, 'exponential', tau=0.25)
     x = analysis.log_frequency_depth(probs)
