@@ -54,13 +54,15 @@ class FlagChecksTest(parameterized.TestCase):
       ('movielens', '--learning_rate=-1', '--learning_rate must be positive'),
       ('criteo', '--dense_learning_rate=0',
        '--dense_learning_rate must be positive'),
-      ('movielens', '--batch_size=0', '0 is not a positive integer'))
+      ('movielens', '--batch_size=0', '0 is not a positive integer'),
+      ('criteo', '--batch_size=4096 --synthetic_lines=1000',
+       '--batch_size 4096 exceeds the 1000 synthetic training lines'))
   def test_bad_values_are_refused_before_any_work(self, example, flag,
                                                  message):
     workdir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, workdir)
     completed = subprocess.run(
-        [sys.executable, '-m', f'examples.{example}.main', flag,
+        [sys.executable, '-m', f'examples.{example}.main', *flag.split(),
          f'--workdir={workdir}/run'], cwd=_ROOT,
         env=dict(os.environ, PYTHONPATH=_ROOT), capture_output=True,
         text=True, timeout=120, check=False)

@@ -241,8 +241,13 @@ def main(argv):
     data_files = [os.path.join(directory, 'train.txt')]
     validation = [os.path.join(directory, 'validation.txt')]
     test = [os.path.join(directory, 'test.txt')]
+    if _BATCH_SIZE.value > _SYNTHETIC_LINES.value:
+      raise app.UsageError(
+          f'--batch_size {_BATCH_SIZE.value} exceeds the '
+          f'{_SYNTHETIC_LINES.value} synthetic training lines '
+          '(--synthetic_lines).')
     if num_steps is None:
-      num_steps = max(_SYNTHETIC_LINES.value // _BATCH_SIZE.value, 1)
+      num_steps = _SYNTHETIC_LINES.value // _BATCH_SIZE.value
   config = _config(jax.process_count(), num_steps)
   mesh_shape = (_integers(_MESH_SHAPE) if _MESH_SHAPE.value
                 else [jax.device_count()])
