@@ -8,11 +8,11 @@ checkpoint, also after a kill at any moment. Results go to
 `<workdir>/results.json`.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from examples.common import checkpointing
 from examples.common import cli
@@ -119,15 +119,16 @@ def main(argv):
         checkpoint_options=cli.checkpoint_options())
   except checkpointing.CheckpointError as error:  # Corrupt, other run, busy.
     sys.exit(f'error: {error}')
-  logging.info('test loss %.4f, train loss %.4f, %.0f words/s',
-               results['final_test_loss'], results['final_train_loss'],
-               results['words_per_second'])
+  print(f'test loss {results["final_test_loss"]:.4f}, train loss '
+        f'{results["final_train_loss"]:.4f}, '
+        f'{results["words_per_second"]:.0f} words/s')
   if 'wordsim353' in results:
-    logging.info('WordSim-353 Spearman %.3f over %d pairs',
-                 results['wordsim353']['spearman'],
-                 results['wordsim353']['pairs'])
+    print(f'WordSim-353 Spearman {results["wordsim353"]["spearman"]:.3f} '
+          f'over {results["wordsim353"]["pairs"]} pairs')
   for word, neighbours in results['nearest_neighbours'].items():
-    logging.info('%s: %s', word, ', '.join(neighbours))
+    print(f'{word}: {", ".join(neighbours)}')
+  results_path = os.path.join(_WORKDIR.value, 'results.json')
+  print(f'Results in {os.path.abspath(results_path)}')
 
 
 if __name__ == '__main__':
