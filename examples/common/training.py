@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
+from absl import logging
 import numpy as np
 
 from examples.common import checkpointing
@@ -68,6 +69,10 @@ def run_epochs(
       last_epoch, state, record = restored
       history = list(record['history'])
       first_epoch = last_epoch + 1
+      if last_epoch >= num_epochs:
+        logging.info('%s: finished before (all %d %ss are checkpointed); '
+                     'reporting its saved results.', desc, num_epochs,
+                     getattr(checkpointer, 'unit', 'epoch'))
   bar = progress.progress_bar(
       range(first_epoch, num_epochs + 1),
       desc=desc,

@@ -307,6 +307,10 @@ def train_and_evaluate(
       first_step = restored.step + 1
       state = restored.state
       record = restored.record
+      if restored.step >= config.num_steps and jax.process_index() == 0:
+        logging.info('The run finished before (all %d steps are '
+                     'checkpointed); evaluating its saved state.',
+                     config.num_steps)
       starts = [input_pipeline.Position(*record['positions'][shard])
                 for shard in shards]
   batches = input_pipeline.Prefetcher(
