@@ -146,6 +146,18 @@ class BadIdsTest(parameterized.TestCase):
     expected = np.bincount(np.ravel(ids), minlength=6)
     np.testing.assert_array_equal(state[0].row_counts['embed'], expected)
 
+  @parameterized.named_parameters(('one_id_each', [1, 3], [[0, 1, 0, 0],
+                                                            [0, 0, 0, 1]]),
+                                  ('lists', [[1, 2], [3]], [[0, 1, 1, 0],
+                                                            [0, 0, 0, 1]]),
+                                  ('tuple', (1, 3), [[0, 1, 0, 0],
+                                                     [0, 0, 0, 1]]))
+  def test_ids_mirroring_list_parameters(self, ids, expected):
+    params = [jnp.zeros((4, 2)), jnp.zeros((4, 2))]
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    _, state = tx.update(params, tx.init(params), params, ids=ids)
+    np.testing.assert_array_equal(state[0].row_counts, expected)
+
   def test_several_id_arrays_for_one_leaf_get_a_hint(self):
     tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
     with self.assertRaisesRegex(

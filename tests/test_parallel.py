@@ -218,6 +218,23 @@ class ShardedTableTest(parameterized.TestCase):
     np.testing.assert_allclose(np.asarray(new_state[0].row_counts)[:3],
                                [0.0, 1.0, 2.0])
 
+  @parameterized.named_parameters(('counts', None), ('half_life', 3.0))
+  def test_eager_vmap_over_tables_on_an_explicit_mesh(self, half_life):
+    if not hasattr(jax.sharding, 'AxisType'):
+      self.skipTest('No Explicit mesh axes in this JAX.')
+    mesh = jax.make_mesh((NUM_DEVICES,), ('x',), devices=self.devices,
+                         axis_types=(jax.sharding.AxisType.Explicit,))
+    tx = fasgd_optax.cf_sgd(1.0, num_steps=10, count_half_life=half_life)
+    tables = jax.device_put(jnp.ones((2, ROWS, DIM)),
+                            NamedSharding(mesh, P(None, 'x')))
+    state = jax.tree.map(lambda x: jnp.stack([x, x]), tx.init(
+        jax.device_put(jnp.ones((ROWS, DIM)), NamedSharding(mesh, P('x')))))
+    ids = jnp.array([[1, 2], [3, 3]])
+    counts = jax.vmap(lambda g, s, i: tx.update(g, s, g, ids=i)[1][0]
+                      .row_counts)(tables, state, ids)
+    np.testing.assert_array_equal(np.asarray(counts)[:, :4],
+                                  [[0, 1, 1, 0], [0, 0, 0, 2]])
+
   @parameterized.product(use_jit=(True, False), half_life=(None, 3.0),
                          two_axes=(False, True))
   def test_ids_sharded_over_an_explicit_mesh(self, use_jit, half_life,

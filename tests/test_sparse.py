@@ -319,6 +319,9 @@ class SparseBehaviourTest(parameterized.TestCase):
                                              row_grads)
     self.assertLen(traces, 1)
     chex.assert_trees_all_close(table, expected, rtol=1e-6)
+    # Nothing the library keeps holds on to the traced rate.
+    with jax.checking_leaks():
+      jax.jit(step).lower(table, state, ids, row_grads, jnp.float32(0.1))
 
   def test_dense_chain_state_is_refused_with_a_hint(self):
     table = jnp.zeros((4, 2))

@@ -119,8 +119,14 @@ def _placed(values: jax.Array, like: jax.Array,
   without `jax.set_mesh`.
   """
   if checks.is_traced(values) or checks.is_traced(like):
-    return jax.sharding.reshard(
-        values, jax.sharding.NamedSharding(explicit_sharding(like).mesh, spec))
+    try:
+      return jax.sharding.reshard(values, jax.sharding.NamedSharding(
+          explicit_sharding(like).mesh, spec))
+    except ValueError:
+      # Traced outside `jit` (an eager `vmap`) and outside `jax.set_mesh`,
+      # where JAX cannot reshard; the eager ops that follow take the values
+      # where they are.
+      return values
   return jax.device_put(
       values, jax.sharding.NamedSharding(like.sharding.mesh, spec))
 

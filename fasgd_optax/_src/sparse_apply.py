@@ -7,8 +7,8 @@ outside `jit` with errors that name them, duplicate ids combined by the
 backend's design (`fasgd_optax._src.rows`), the table and state donated.
 """
 
-import functools
 from typing import Any, Callable, NamedTuple, Optional
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -103,10 +103,18 @@ def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
           'for another table? Make it with init(table).')
 
 
-@functools.lru_cache(maxsize=64)
+# init -> {(shape, dtype): the layout init gives}. Weak keys: a transformation
+# built inside `jit` (its init closing over traced values) is not kept alive.
+_EXPECTED_STATES = weakref.WeakKeyDictionary()
+
+
 def _expected_state(init: Callable[[Any], Any], shape: tuple[int, ...],
                     dtype: Any) -> Any:
-  return jax.eval_shape(init, jax.ShapeDtypeStruct(shape, dtype))
+  layouts = _EXPECTED_STATES.setdefault(init, {})
+  if (shape, dtype) not in layouts:
+    layouts[(shape, dtype)] = jax.eval_shape(
+        init, jax.ShapeDtypeStruct(shape, dtype))
+  return layouts[(shape, dtype)]
 
 
 def _low_precision(dtype: Any) -> bool:

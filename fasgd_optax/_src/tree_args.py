@@ -108,8 +108,11 @@ def per_leaf(
         'leaves without an entry) or a dict keyed by these paths.'
     )
 
+  # A list of ints is one leaf's ids, except at the root, where a list or
+  # tuple mirrors list or tuple parameters ([ids_0, ids_1] or [3, 5]).
   flat_arg, _ = jax.tree_util.tree_flatten_with_path(
-      arg, is_leaf=lambda x: x is None or _is_array_like(x) or _is_id_list(x)
+      arg, is_leaf=lambda x: (x is None or _is_array_like(x) or
+                              (x is not arg and _is_id_list(x)))
   )
   leaf_paths = {path for path, _ in leaves}
   by_path = {}
