@@ -201,15 +201,6 @@ def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
 # Gathers and scatters of rows, on any mesh.
 
 
-def replicated(values: jax.Array) -> jax.Array:
-  """`values` replicated when its type says it is sharded (Explicit axes).
-
-  A batch sharded over a data axis is gathered whole: every shard of a
-  row-sharded table needs each occurrence of its rows.
-  """
-  return counting.replicated(values)
-
-
 def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
   """``values[rows]``, with 0 for out-of-range rows, replicated on a mesh."""
   kwargs = {}
@@ -317,8 +308,10 @@ def flat_batch(
     ``(ids, grads)``, flattened, and replicated on an Explicit mesh.
   """
   row_shape = row_grads.shape[ids.ndim:]
-  flat_ids = jnp.ravel(replicated(ids))
-  flat_grads = replicated(row_grads).reshape(
+  # A batch sharded over a data axis is gathered whole: every shard of a
+  # row-sharded table needs each occurrence of its rows.
+  flat_ids = jnp.ravel(counting.replicated(ids))
+  flat_grads = counting.replicated(row_grads).reshape(
       (flat_ids.size,) + row_shape).astype(jnp.float32)
   if axis_name is not None:
     flat_ids = gather_replicas(flat_ids, axis_name)
