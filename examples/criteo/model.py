@@ -14,6 +14,7 @@ v_{c_1}, …, v_{c_26}):
 """
 
 from collections.abc import Sequence
+import math
 
 from flax import nnx
 import jax
@@ -42,7 +43,11 @@ def _table_init(init_scale: float):
   (a hash, then the inverse normal CDF): XLA fuses it into the table's own
   buffer, where `jax.random.normal` needed 3× the table in temporaries (a
   paper-scale table would not fit its own initialisation), and every shard
-  of a row-sharded table computes just its rows, the same on any mesh.
+  of a row-sharded table computes just its rows, the same on any mesh. The
+  inverse CDF is `lax.erf_inv`, one primitive: `jax.scipy.special.ndtri`,
+  built of selects between branches that share their logs and square roots,
+  stopped fusing on JAX 0.12's CPU backend (2.25× the table in temporaries),
+  and in float32 it was off by up to 0.01 in the tails (erf_inv: 2e-5).
   """
 
   def init(key, shape, dtype=jnp.float32):
@@ -51,8 +56,10 @@ def _table_init(init_scale: float):
     columns = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
     bits = _fmix32(_fmix32(rows ^ words[0])
                    + columns * jnp.uint32(0x9E3779B9) + words[-1])
-    uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
-    factors = init_scale * jax.scipy.special.ndtri(uniform)
+    # 2u - 1 for u = (k + 1/2) / 2^24, k the top 24 bits: exact in float32.
+    centred = ((bits >> 8).astype(jnp.float32) * 2.0 + (1.0 - (1 << 24))) * (
+        1.0 / (1 << 24))
+    factors = (init_scale * math.sqrt(2.0)) * jax.lax.erf_inv(centred)
     return jnp.where(columns == shape[1] - 1, 0.0, factors).astype(dtype)
 
   return init
