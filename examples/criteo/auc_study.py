@@ -9,8 +9,9 @@ tables. SGD, row-wise Adagrad and CF-SGD run on the sparse path, Adagrad and
 Adam on the dense one (they have no sparse path; the paths compute the same).
 
 1. Tuning: for each optimizer, one run per learning rate of a half-decade
-   grid (seed 0), scored by validation AUC; when the best rate is at an edge
-   of the grid, the grid grows past that edge until it is not.
+   grid (seed 0; or --grid), scored by validation AUC; a run that diverges
+   scores worst. When the best rate is at an edge of the grid, the grid
+   grows past that edge until it is not.
 2. Seeds: each optimizer at its rate for --num_seeds seeds; seed s draws its
    own training file from the planted model and its own initialisation.
    Test AUC and log loss: mean ± standard deviation over seeds.
@@ -30,6 +31,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from examples.common import machine
@@ -59,6 +61,21 @@ _DENSE_LEARNING_RATE = flags.DEFINE_float(
 _NUM_SEEDS = flags.DEFINE_integer('num_seeds', 3, 'Seeds per optimizer.')
 _MAX_GRID_GROWTH = flags.DEFINE_integer(
     'max_grid_growth', 4, 'Grid points added past an edge, at most.')
+_GRID = flags.DEFINE_list(
+    'grid', None, 'Learning rates every optimizer\'s tuning starts from '
+    '(default: its own half decades, INITIAL_GRIDS).')
+
+
+def _positive_rates(values) -> bool:
+  try:
+    return values is None or (
+        bool(values) and all(float(value) > 0 for value in values))
+  except ValueError:
+    return False
+
+
+flags.register_validator('grid', _positive_rates,
+                         message='--grid must list positive learning rates.')
 
 # Where each optimizer's grid starts: half decades around rates that train.
 INITIAL_GRIDS = {
@@ -120,10 +137,24 @@ class Study:
       if summary['config'] == config.record():
         return summary
     start = time.perf_counter()
-    results = train.train_and_evaluate(
-        config, train.Data(train=[self.train_file(seed)],
-                           validation=[self.validation], test=[self.test]),
-        placement.make_mesh((1,)), log_every=max(self.steps // 50, 1))
+    try:
+      results = train.train_and_evaluate(
+          config, train.Data(train=[self.train_file(seed)],
+                             validation=[self.validation], test=[self.test]),
+          placement.make_mesh((1,), jax.devices()[:1]),
+          log_every=max(self.steps // 50, 1))
+    except train.Diverged as error:
+      # A grid point past the optimizer's stable rates: scored as the worst.
+      logging.warning('%s: %s', name, error)
+      not_measured = {'auc': math.nan, 'log_loss': math.nan, 'examples': 0}
+      summary = {
+          'config': config.record(),
+          'diverged': {'step': error.step, 'train_loss': error.loss},
+          'validation': not_measured, 'test': not_measured,
+          'seconds': time.perf_counter() - start,
+      }
+      self._save(path, summary)
+      return summary
     summary = {
         'config': config.record(),
         'validation': results['validation'],
@@ -134,13 +165,17 @@ class Study:
         'parameter_bytes': results['parameter_bytes'],
         'seconds': time.perf_counter() - start,
     }
-    with open(path + '.tmp', 'w') as f:
-      json.dump(summary, f)
-    os.replace(path + '.tmp', path)
+    self._save(path, summary)
     logging.info('%s: validation AUC %.4f, test AUC %.4f (%.0f s)', name,
                  summary['validation']['auc'], summary['test']['auc'],
                  summary['seconds'])
     return summary
+
+
+  def _save(self, path: str, summary: dict) -> None:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(summary, f)
+    os.replace(path + '.tmp', path)
 
 
 def _score(summary) -> float:
@@ -150,7 +185,7 @@ def _score(summary) -> float:
 
 def tune(study: Study, optimizer: str) -> dict:
   """The learning rate with the best validation AUC on seed 0."""
-  grid = list(INITIAL_GRIDS[optimizer])
+  grid = sorted(float(rate) for rate in _GRID.value or INITIAL_GRIDS[optimizer])
   scores = {rate: _score(study.run(optimizer, rate, 0)) for rate in grid}
   growth = 0
   while growth < _MAX_GRID_GROWTH.value:
@@ -166,6 +201,11 @@ def tune(study: Study, optimizer: str) -> dict:
     scores[new] = _score(study.run(optimizer, new, 0))
     growth += 1
   best = max(grid, key=lambda rate: scores[rate])
+  if scores[best] == -math.inf:
+    raise FloatingPointError(
+        f'{optimizer}: every learning rate tried ({", ".join(map(str, grid))})'
+        ' diverged or scored no AUC; start its grid lower (INITIAL_GRIDS or '
+        '--grid).')
   return {'grid': grid, 'validation_auc': [scores[r] for r in grid],
           'best': best, 'at_edge': best in (grid[0], grid[-1])}
 
@@ -176,19 +216,20 @@ def _mean_std(values):
           'std': float(values.std(ddof=1)) if values.size > 1 else 0.0}
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.INFO)
-  study = Study(_WORKDIR.value)
-  output_dir = _OUTPUT_DIR.value or _WORKDIR.value
-  os.makedirs(output_dir, exist_ok=True)
-  bayes = synthetic.bayes_auc(_EVAL_LINES.value, seed=2000, model=study.model)
+def _tune_and_seed(study: Study):
+  """(tuning, result rows, seed 0's loss curves) of every optimizer."""
   tuning, rows, curves = {}, [], {}
   for optimizer in _OPTIMIZERS.value:
     tuning[optimizer] = tune(study, optimizer)
     rate = tuning[optimizer]['best']
     runs = [study.run(optimizer, rate, seed)
             for seed in range(_NUM_SEEDS.value)]
+    for seed, run in enumerate(runs):
+      if 'diverged' in run:
+        raise FloatingPointError(
+            f'{optimizer} at its tuned rate {rate:g} diverged on seed {seed} '
+            f'(step {run["diverged"]["step"]}): the study has no mean AUC '
+            'for it; tune on more seeds or start its grid lower.')
     rows.append({
         'optimizer': optimizer,
         'path': study.config(optimizer, rate, 0).update,
@@ -204,6 +245,20 @@ def main(argv):
     })
     steps, losses = zip(*runs[0]['train_loss'])
     curves[f'{optimizer} (lr {rate:g})'] = (steps, losses)
+  return tuning, rows, curves
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  study = Study(_WORKDIR.value)
+  output_dir = _OUTPUT_DIR.value or _WORKDIR.value
+  os.makedirs(output_dir, exist_ok=True)
+  bayes = synthetic.bayes_auc(_EVAL_LINES.value, seed=2000, model=study.model)
+  try:
+    tuning, rows, curves = _tune_and_seed(study)
+  except FloatingPointError as error:
+    raise SystemExit(f'error: {error}') from None
   command = 'python -m examples.criteo.auc_study ' + ' '.join(sys.argv[1:])
   report = {
       'command': command.strip(), 'machine': machine.describe_machine(),

@@ -42,6 +42,20 @@ from examples.criteo import input_pipeline
 from examples.criteo import model as model_lib
 from examples.criteo import placement
 
+class Diverged(FloatingPointError):
+  """The mean train loss went non-finite or above 100.
+
+  Attributes:
+    step: the step whose window's mean loss it was.
+    loss: that mean loss.
+  """
+
+  def __init__(self, message: str, step: int, loss: float):
+    super().__init__(message)
+    self.step = step
+    self.loss = loss
+
+
 def _sparse_transformation(name: str, learning_rate: float, num_steps: int):
   return optimizers.make_sparse_optimizer(name, learning_rate,
                                           num_steps=num_steps)
@@ -291,6 +305,9 @@ def train_and_evaluate(
     {'config', 'steps', 'train_loss' ([step, mean loss] every `log_every`
     steps), 'validation' and 'test' metrics, 'validation_history',
     'timing', 'bad_lines', 'optimizer_state_bytes', 'state'}.
+
+  Raises:
+    Diverged: a logged mean train loss was non-finite or above 100.
   """
   trainer = Trainer(config, mesh)
   hashing = criteo_format.Hashing(config.table_rows)
@@ -362,12 +379,12 @@ def train_and_evaluate(
           logging.info('step %d: train loss %.5f', step, mean_loss)
         # Log loss above 100 means logits off by e^100: the run diverged.
         if not np.isfinite(mean_loss) or mean_loss > 100:
-          raise FloatingPointError(
+          raise Diverged(
               f'{config.optimizer} with learning_rate={config.learning_rate} '
               f'diverged (mean train loss {mean_loss:.4g} at step {step}); '
               'use a smaller --learning_rate. The tuned rates assume one '
               'pass of 976 steps of 1024, and CF-SGD\'s best α grows like '
-              'sqrt(--num_steps).')
+              'sqrt(--num_steps).', step=step, loss=mean_loss)
       if eval_every and data.validation and step % eval_every == 0:
         eval_start = time.perf_counter()
         history.append({'step': step, **evaluate_on(data.validation)})
