@@ -15,6 +15,7 @@ import tempfile
 from absl.testing import absltest
 
 from examples.criteo import synthetic
+from examples.criteo import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -93,6 +94,16 @@ class MainTest(absltest.TestCase):
       self.run_main(workdir=os.path.join(self.tmp, 'run'),
                     synthetic_lines=2000, synthetic_vocabulary=300,
                     learning_rate=1e9, update='dense', optimizer='sgd')
+
+  def test_divergence_needs_a_non_finite_loss_or_two_far_off_in_a_row(self):
+    # The AUC study's Adagrad at 3.16 and SGD at 3.16: one spike, then NaN.
+    self.assertFalse(train.diverged([563.1, 9.7]))
+    self.assertFalse(train.diverged([563.1]))
+    self.assertTrue(train.diverged([1.02e19, float('nan')]))
+    self.assertTrue(train.diverged([0.6, float('inf')]))
+    self.assertTrue(train.diverged([150.0, 101.0]))
+    self.assertFalse(train.diverged([150.0, 100.0]))
+    self.assertFalse(train.diverged([]))
 
   def test_malformed_lines_are_reported_or_fail(self):
     path = os.path.join(self.tmp, 'data.txt')
