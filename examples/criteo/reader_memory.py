@@ -69,11 +69,12 @@ def main(argv):
     return
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
-  directory = tempfile.mkdtemp()
+  # Removed when the program ends, whichever way (weakref.finalize).
+  directory = tempfile.TemporaryDirectory(prefix='criteo_reader_memory_')
   rows = []
   for suffix in ('.txt', '.txt.gz'):
     for lines in (_LINES.value, 10 * _LINES.value):
-      path = os.path.join(directory, f'data_{lines}{suffix}')
+      path = os.path.join(directory.name, f'data_{lines}{suffix}')
       synthetic.write(path, lines, seed=1)
       result = {'file': os.path.basename(path), 'lines': lines,
                 'file_bytes': os.path.getsize(path)}
