@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from examples.common import cli
 from examples.common import machine as machine_lib
 from examples.common import plotting
 from examples.word2vec import gensim_peer
@@ -160,11 +161,26 @@ def next_learning_rate(runs: list[dict], optimizer: str,
   return None
 
 
+def _check_capped(sweep: dict, path: str) -> None:
+  """Usage errors of --capped, before any data is read."""
+  for optimizer in _CAPPED.value:
+    if optimizer not in ('fa_sgd', 'cf_sgd'):
+      raise app.UsageError(f'--capped takes fa_sgd, cf_sgd; got {optimizer}')
+    for model in MODELS.value:
+      if 'sgd' not in _OPTIMIZERS.value and not any(
+          r['model'] == model and r['optimizer'] == 'sgd'
+          and 'diverged' not in r for r in sweep['runs']):
+        raise app.UsageError(
+            f'--capped={optimizer} caps at SGD\'s best rate, and {path} has '
+            f'no {model} SGD run that trained: add sgd to --optimizers.')
+
+
 def run_sweep(path: str) -> None:
   sweep = {'machine': machine(), 'settings': {}, 'runs': []}
   if os.path.exists(path):
     with open(path) as f:
       sweep = json.load(f)
+  _check_capped(sweep, path)
   sentences = input_pipeline.read_brown()
   wordsim_rows = input_pipeline.read_wordsim(
       input_pipeline.fetch_wordsim353())
@@ -181,15 +197,18 @@ def run_sweep(path: str) -> None:
     sweep['settings'][model] = base
     data = None
     plan = [(optimizer, None) for optimizer in _OPTIMIZERS.value]
-    for optimizer in _CAPPED.value:
-      if optimizer not in ('fa_sgd', 'cf_sgd'):
-        raise app.UsageError(f'--capped takes fa_sgd, cf_sgd; got {optimizer}')
-      plan.append((optimizer, 'sgd'))
+    plan += [(optimizer, 'sgd') for optimizer in _CAPPED.value]
     for gradient, (optimizer, cap_from) in (
         (g, p) for g in variants(model) for p in plan):
       cap = None
       if cap_from is not None:
-        cap = best_runs(sweep, model, gradient)[cap_from]['learning_rate']
+        trained = best_runs(sweep, model, gradient)
+        if cap_from not in trained:
+          raise app.UsageError(
+              f'--capped={optimizer} caps at {cap_from}\'s best rate, and no '
+              f'{cap_from} run of {variant_name(model, gradient)} in {path} '
+              f'trained: add {cap_from} to --optimizers.')
+        cap = trained[cap_from]['learning_rate']
 
       def runs_so_far(optimizer=optimizer, cap=cap, gradient=gradient):
         return [r for r in sweep['runs']
@@ -241,16 +260,32 @@ def variant_name(model: str, gradient: Optional[str]) -> str:
 
 def best_runs(sweep: dict, model: str,
               gradient: Optional[str] = None) -> dict[str, dict]:
-  """Each optimizer's (label's) run with the lowest final validation loss."""
+  """Each optimizer's (label's) run with the lowest final validation loss.
+
+  Runs that diverged are left out: an optimizer whose every run diverged has
+  no entry (`all_diverged` names it).
+  """
   best = {}
   for run in sweep['runs']:
-    if run['model'] != model or gradient_of(run) != gradient:
+    if (run['model'] != model or gradient_of(run) != gradient
+        or 'diverged' in run):
       continue
     current = best.get(label(run))
     if current is None or (run['final_validation_loss'] <
                            current['final_validation_loss']):
       best[label(run)] = run
   return best
+
+
+def all_diverged(sweep: dict, model: str,
+                 gradient: Optional[str] = None) -> dict[str, list[float]]:
+  """{label: its learning rates} of the optimizers whose every run diverged."""
+  rates, trained = {}, set(best_runs(sweep, model, gradient))
+  for run in sweep['runs']:
+    if (run['model'] == model and gradient_of(run) == gradient
+        and label(run) not in trained):
+      rates.setdefault(label(run), []).append(run['learning_rate'])
+  return {name: sorted(lrs) for name, lrs in rates.items()}
 
 
 def report(out: str) -> None:
@@ -273,6 +308,11 @@ def report(out: str) -> None:
       best = best_runs(sweep, model, gradient)
       if best:
         lines += variant_report(out, sweep, model, gradient, best)
+      elif diverged := all_diverged(sweep, model, gradient):
+        lines += [f'## {variant_name(model, gradient)}', '',
+                  'Every run diverged: ' + '; '.join(
+                      f'{optimizer} at {", ".join(f"{lr:g}" for lr in lrs)}'
+                      for optimizer, lrs in diverged.items()) + '.', '']
   if peer is not None:
     lines += gensim_peer.peer_table(peer)
   with open(os.path.join(out, 'RESULTS.md'), 'w') as f:
@@ -351,6 +391,11 @@ def variant_report(out: str, sweep: dict, model: str,
         f'{run["wordsim353"]["spearman"]:.3f} | '
         f'{run["words_per_second"]:,.0f} | '
         f'{run["optimizer_state_bytes"] / 1e6:.2f} MB |')
+  diverged = [f'- {optimizer}: every run diverged (learning rates '
+              f'{", ".join(f"{lr:g}" for lr in lrs)}).'
+              for optimizer, lrs in all_diverged(sweep, model, gradient).items()]
+  if diverged:
+    lines += [''] + diverged
   lines += ['', f'![train loss]({stem}_train_loss.png) '
             f'![test loss]({stem}_test_loss.png) '
             f'![learning rates]({stem}_learning_rates.png)', '']
@@ -372,4 +417,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('out')
-  app.run(main)
+  cli.run(main)

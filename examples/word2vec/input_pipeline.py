@@ -604,8 +604,8 @@ def fetch_wordsim353(cache_dir: str = os.path.join(
       if result.returncode != 0 or not wheels:
         raise CorpusError(
             f'`pip download --no-deps {GENSIM_WHEEL_SPEC}` failed: '
-            f'{result.stderr.strip()[-500:]}. Pass --wordsim_path to a '
-            'WordSim-353 tsv instead.')
+            f'{result.stderr.strip()[-500:]}. Pass --wordsim with the path '
+            'of a WordSim-353 tsv instead.')
       with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
         data = wheel.read(WORDSIM_MEMBER)
       digest = hashlib.sha256(data).hexdigest()
