@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need an accelerator, in one run: the test suite on it, the
-# step benchmark for N = 1e5 … 1e8, and the MovieLens default run. Each part
+# step benchmark for N = 1e5 … 1e8, the MovieLens default run and Word2Vec
+# against gensim on the machine's CPU cores. Each part
 # logs to OUTDIR; a part that fails or runs out of time does not stop the
 # others; a summary with each part's time ends the output (and summary.txt).
 # Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores

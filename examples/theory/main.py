@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 import jax
 
+from examples.common import cli
 from examples.common import machine
 from examples.theory import analysis
 from examples.theory import plots
@@ -60,12 +61,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  setup = train.Setup(
-      num_users=FLAGS.num_users, num_items=FLAGS.num_items, dim=FLAGS.dim,
-      distribution=FLAGS.distribution, tau=FLAGS.tau,
-      zipf_exponent=FLAGS.zipf_exponent, planted_norm=FLAGS.planted_norm,
-      init_norm=FLAGS.init_norm, batch_size=FLAGS.batch_size,
-      num_steps=FLAGS.num_steps, num_evals=FLAGS.num_evals)
+  try:
+    setup = train.Setup(
+        num_users=FLAGS.num_users, num_items=FLAGS.num_items, dim=FLAGS.dim,
+        distribution=FLAGS.distribution, tau=FLAGS.tau,
+        zipf_exponent=FLAGS.zipf_exponent, planted_norm=FLAGS.planted_norm,
+        init_norm=FLAGS.init_norm, batch_size=FLAGS.batch_size,
+        num_steps=FLAGS.num_steps, num_evals=FLAGS.num_evals)
+  except ValueError as error:  # Names the field, which is the flag's name.
+    raise app.UsageError(str(error)) from None
   alphas = train.alpha_grid(setup, FLAGS.alpha_log2_min, FLAGS.alpha_log2_max,
                             FLAGS.alpha_points_per_octave)
   started = time.perf_counter()
@@ -112,4 +116,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

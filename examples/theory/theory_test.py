@@ -1,6 +1,10 @@
 """Tests of the theory check: the problem, the training loops and the fits."""
 
 import math
+import os
+import subprocess
+import sys
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -172,6 +176,27 @@ class AnalysisTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'tail has 1 rows'):
       analysis.slope_fits(values, values, {'users': probs},
                           {'users': np.array([0, 0, 0, 1], bool)})
+
+
+
+class MainTest(absltest.TestCase):
+
+  def test_bad_setup_flags_are_one_line_errors(self):
+    # main.py defines flags that clash with other examples': a subprocess.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    output_dir = tempfile.mkdtemp()
+    self.addCleanup(os.rmdir, output_dir)  # Fails if anything was written.
+    completed = subprocess.run(
+        [sys.executable, '-m', 'examples.theory.main', '--num_steps=1000',
+         '--num_evals=3', f'--output_dir={output_dir}'],
+        cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True,
+        text=True, timeout=300, check=False)
+    self.assertEqual(completed.returncode, 1)
+    self.assertEqual(
+        completed.stderr.strip(),
+        'error: num_steps (1000) must be a multiple of num_evals (3) so the '
+        'evaluated iterates are evenly spaced. (--helpfull lists the flags)')
 
 
 if __name__ == '__main__':
