@@ -200,8 +200,9 @@ def measure_size(
     settings: how.
     device: whose memory limit applies; default the default backend's first.
     make_step: `workload.make_step` (tests pass one that fails).
-    emit: called with each result once it is final (prints a JSON line, so a
-      parent process can recover what a crashed child had finished).
+    emit: called with each result as soon as it is final, skipped ones
+      first (prints a JSON line, so that a parent process can recover what a
+      crashed child had finished).
 
   Returns:
     One dict per optimizer, in order: timings, or 'skipped' (does not fit, or
@@ -214,19 +215,29 @@ def measure_size(
       num_rows, dim=settings.dim, batch=settings.batch,
       zipf_exponent=settings.zipf_exponent,
       num_batches=settings.num_batches, seed=settings.seed)
-  outcome = {}  # name -> final result dict, for those that will not be timed.
+  results = {}  # name -> final result, emitted as soon as it is final.
+
+  def finish(optimizer: workload.Optimizer, result: dict[str, Any]) -> None:
+    results[optimizer.name] = result
+    emit(result)
+
+  def untimed(optimizer: workload.Optimizer, **why: str) -> dict[str, Any]:
+    return {'optimizer': optimizer.name, 'num_rows': num_rows,
+            'path': optimizer.path, **why}
+
   for optimizer in optimizers:
     tables = workload.tables_in_memory(optimizer, settings.donate)
     if tables * table_bytes > limit_bytes:
-      outcome[optimizer.name] = {'skipped': (
+      finish(optimizer, untimed(optimizer, skipped=(
           f'needs about {tables} tables, {tables * table_bytes / 1e9:.3g} GB '
-          f'> {limit_bytes / 1e9:.3g} GB ({limit_source})')}
+          f'> {limit_bytes / 1e9:.3g} GB ({limit_source})')))
 
   rounds = {optimizer.name: [] for optimizer in optimizers}
-  for _ in range(settings.repeats):
+  for repeat in range(settings.repeats):
     for optimizer in optimizers:
-      if optimizer.name in outcome:
+      if optimizer.name in results:
         continue
+      failed = False
       try:
         # The horizon T only scales step sizes; it does not change the work.
         step, init = make_step(optimizer, inputs,
@@ -236,23 +247,19 @@ def measure_size(
         if not np.isfinite(measured['loss']):
           raise FloatingPointError(f'loss is {measured["loss"]}')
         rounds[optimizer.name].append(measured)
+        if repeat == settings.repeats - 1:
+          finish(optimizer,
+                 _summary(optimizer, num_rows, rounds[optimizer.name], inputs))
       except Exception as error:  # pylint: disable=broad-except
+        failed = True
         if is_out_of_memory(error):
-          outcome[optimizer.name] = {
-              'skipped': f'out of memory: {_first_line(error)}'}
+          finish(optimizer, untimed(
+              optimizer, skipped=f'out of memory: {_first_line(error)}'))
         else:
           traceback.print_exc(file=sys.stderr)
-          outcome[optimizer.name] = {'error': _first_line(error)}
-        gc.collect()  # Frees the failed step's buffers before the next.
+          finish(optimizer, untimed(optimizer, error=_first_line(error)))
+      if failed:  # Out of the except block nothing holds its frames:
+        gc.collect()  # this frees the failed step's buffers before the next.
 
-  results = []
-  for optimizer in optimizers:
-    if optimizer.name in outcome:
-      result = {'optimizer': optimizer.name, 'num_rows': num_rows,
-                'path': optimizer.path, **outcome[optimizer.name]}
-    else:
-      result = _summary(optimizer, num_rows, rounds[optimizer.name], inputs)
-    results.append(result)
-    emit(result)
   jax.clear_caches()
-  return results
+  return [results[optimizer.name] for optimizer in optimizers]

@@ -1,5 +1,6 @@
 """benchmarks/: the step benchmark and its table, run tiny, and its pieces."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -183,9 +184,11 @@ class MemoryAndFailureTest(absltest.TestCase):
       return workload.make_step(optimizer, inputs, **kwargs)
 
     emitted = []
-    results = timing.measure_size(1000, optimizers, _TINY,
-                                  make_step=make_step, emit=emitted.append)
-    self.assertEqual(emitted, results)
+    results = timing.measure_size(
+        1000, optimizers, dataclasses.replace(_TINY, repeats=2),
+        make_step=make_step, emit=emitted.append)
+    # Failures are final in the first round, timings after the last.
+    self.assertEqual(emitted, [results[i] for i in (0, 2, 1, 3)])
     self.assertEqual([r['optimizer'] for r in results],
                      ['sparse_cf_sgd', 'sgd', 'sparse_fa_sgd', 'no_update'])
     self.assertRegex(results[0]['skipped'],
@@ -193,6 +196,27 @@ class MemoryAndFailureTest(absltest.TestCase):
     self.assertEqual(results[2]['error'], 'ValueError: a bug')
     for result in results[1], results[3]:
       self.assertGreater(result['back_to_back_ms'], 0.0)
+
+  def test_each_result_is_emitted_once_final_before_a_crash(self):
+    # 1000 × 8 floats are 32 kB: Adam's 5 tables exceed 100 kB, SGD's 3 not.
+    optimizers = workload.expand(['sgd', 'sparse_cf_sgd', 'adam'], ['auto'])
+
+    class Crash(BaseException):
+      """What a process killed mid-step never gets to catch."""
+
+    def make_step(optimizer, inputs, **kwargs):
+      if optimizer.name == 'sparse_cf_sgd':
+        raise Crash()
+      return workload.make_step(optimizer, inputs, **kwargs)
+
+    emitted = []
+    with self.assertRaises(Crash):
+      timing.measure_size(1000, optimizers, _TINY,
+                          device=_Device({'bytes_limit': 100_000}),
+                          make_step=make_step, emit=emitted.append)
+    self.assertEqual([r['optimizer'] for r in emitted], ['adam', 'sgd'])
+    self.assertIn('skipped', emitted[0])
+    self.assertGreater(emitted[1]['back_to_back_ms'], 0.0)
 
   def test_a_crashed_child_loses_only_what_it_had_not_finished(self):
     with tempfile.TemporaryDirectory() as folder:
