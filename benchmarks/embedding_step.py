@@ -177,13 +177,37 @@ def parse_sizes(values: list[str]) -> list[int]:
   return sizes
 
 
+def _skip_by_flag(optimizer: workload.Optimizer, num_rows: int,
+                  settings: timing.Settings) -> Optional[str]:
+  """Why --max_memory_gb rules `optimizer` out at `num_rows`, or None."""
+  if settings.max_memory_gb is None:
+    return None  # Only the device knows its limit.
+  limit = settings.max_memory_gb
+  return timing.skip_reason(optimizer, num_rows, settings,
+                            (limit * 1e9, f'--max_memory_gb={limit}'))
+
+
+def unknown_machine() -> dict[str, Any]:
+  """What a parent whose every child failed can say without starting JAX."""
+  return {
+      'description': f'a machine with a {os.cpu_count()}-core CPU (no '
+                     'measuring process finished to name its device)',
+      'jax_version': jax.__version__,
+      'jax_backend': 'unknown',
+      'transparent_hugepage': _read_first_line(
+          '/sys/kernel/mm/transparent_hugepage/enabled'),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+  }
+
+
 def write_report(json_path: str, results: list[dict[str, Any]],
                  settings: timing.Settings, load_before: list[float],
-                 started: float, sizes_done: list[int]) -> dict[str, Any]:
+                 started: float, sizes_done: list[int],
+                 machine_fields: dict[str, Any]) -> dict[str, Any]:
   """Writes the JSON report of the results so far; returns it."""
   report = {
       'command': ' '.join(['python'] + sys.argv),
-      'machine': machine_description(),
+      'machine': machine_fields,
       'load_average_before': load_before,
       'load_average_after': load_average(),
       'total_seconds': round(time.time() - started, 1),
@@ -223,25 +247,40 @@ def main(argv):
   load_before = load_average()
   started = time.time()
   results = []
+  # Isolated, the children name the device they measured on: this process
+  # never starts the accelerator (on a GPU it would hold memory they need).
+  machine_fields = None if _ISOLATE.value else machine_description()
   for done, num_rows in enumerate(sizes, 1):
     if not _ISOLATE.value:
       results += timing.measure_size(num_rows, optimizers, settings)
     else:
       for path in ('dense', 'sparse'):
-        names = [o.name for o in optimizers if o.path == path]
+        chosen = [o for o in optimizers if o.path == path]
+        # What --max_memory_gb alone rules out needs no child process (one
+        # builds N-row inputs for nothing: half a minute at N = 1e8).
+        by_name = {o.name: {'optimizer': o.name, 'num_rows': num_rows,
+                         'path': path, 'skipped': reason}
+                for o in chosen
+                if (reason := _skip_by_flag(o, num_rows, settings))}
+        names = [o.name for o in chosen if o.name not in by_name]
         if names:
-          results += isolation.measure_in_subprocess(
+          measured = isolation.measure_in_subprocess(
               os.path.abspath(__file__), flags.FLAGS.flags_into_string(),
               num_rows, names, path)
+          by_name.update(zip(names, measured.results))
+          machine_fields = machine_fields or measured.machine
+        results += [by_name[o.name] for o in chosen]
     # Written after every size, so a run stopped midway keeps what it did.
     report = write_report(json_path, results, settings, load_before, started,
-                          sizes_done=sizes[:done])
+                          sizes_done=sizes[:done],
+                          machine_fields=machine_fields or unknown_machine())
   if _PLOT.value:
-    machine_name = report['machine']['device_kind']
+    machine_fields = report['machine']
     plotting.plot(
         results, os.path.join(_OUTPUT.value, f'{_NAME.value}.png'),
         f'One training step, d={settings.dim}, B={settings.batch} Zipf ids '
-        f'({report["machine"]["platform"]}: {machine_name})')
+        f'({machine_fields.get("platform", "unknown")}: '
+        f'{machine_fields.get("device_kind", "unknown")})')
   print(f'Wrote {json_path}')
   failed = [r for r in results if 'error' in r]
   if failed:

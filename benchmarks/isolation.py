@@ -14,7 +14,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple, Optional
+
+
+class Measured(NamedTuple):
+  """A child's results, and its machine description if it finished."""
+  results: list[dict[str, Any]]
+  machine: Optional[dict[str, Any]]
 
 
 def _finished_results(stdout: str) -> dict[str, dict[str, Any]]:
@@ -33,7 +39,7 @@ def _finished_results(stdout: str) -> dict[str, dict[str, Any]]:
 
 
 def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
-                          names: list[str], path: str) -> list[dict[str, Any]]:
+                          names: list[str], path: str) -> Measured:
   """`script`'s measurement of `names` at `num_rows`, with this run's flags.
 
   Args:
@@ -46,8 +52,10 @@ def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
     path: 'dense' or 'sparse', for the error entries of a crashed child.
 
   Returns:
-    One result per name, in order; an 'error' entry for each that the child
-    did not finish.
+    One result per name, in order, with an 'error' entry for each that the
+    child did not finish; and the child's machine description (the device
+    it measured on), or None if it did not finish. The parent never starts
+    an accelerator itself: on a GPU it would hold memory the child needs.
   """
   with tempfile.TemporaryDirectory() as folder:
     flagfile = os.path.join(folder, 'flags')
@@ -64,10 +72,12 @@ def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
     report = os.path.join(folder, 'part.json')
     if os.path.exists(report):  # Written last: the child finished.
       with open(report) as f:
-        return json.load(f)['results']
+        report = json.load(f)
+      return Measured(report['results'], report['machine'])
   finished = _finished_results(completed.stdout)
   reason = (f'its process exited with status {completed.returncode} before '
             'finishing (its stderr is in the log)')
-  return [finished.get(name) or {'optimizer': name, 'num_rows': num_rows,
-                                 'path': path, 'error': reason}
-          for name in names]
+  return Measured([finished.get(name) or {'optimizer': name,
+                                          'num_rows': num_rows, 'path': path,
+                                          'error': reason}
+                   for name in names], None)

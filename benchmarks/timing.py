@@ -83,6 +83,18 @@ def memory_limit(device: Any, max_memory_gb: Optional[float]
   return min(limits)
 
 
+def skip_reason(optimizer: workload.Optimizer, num_rows: int,
+                settings: Settings, limit: tuple[float, str]) -> Optional[str]:
+  """Why `optimizer` cannot fit at `num_rows` within `limit`, or None."""
+  limit_bytes, limit_source = limit
+  tables = workload.tables_in_memory(optimizer, settings.donate)
+  needed = tables * num_rows * settings.dim * 4
+  if needed <= limit_bytes:
+    return None
+  return (f'needs about {tables} tables, {needed / 1e9:.3g} GB > '
+          f'{limit_bytes / 1e9:.3g} GB ({limit_source})')
+
+
 def is_out_of_memory(error: BaseException) -> bool:
   """Whether `error` is an allocation failure (XLA's or the host's)."""
   if isinstance(error, MemoryError):
@@ -209,8 +221,7 @@ def measure_size(
     ran out of memory) or 'error' with the reason.
   """
   device = jax.devices()[0] if device is None else device
-  limit_bytes, limit_source = memory_limit(device, settings.max_memory_gb)
-  table_bytes = num_rows * settings.dim * 4
+  limit = memory_limit(device, settings.max_memory_gb)
   inputs = workload.make_inputs(
       num_rows, dim=settings.dim, batch=settings.batch,
       zipf_exponent=settings.zipf_exponent,
@@ -226,11 +237,9 @@ def measure_size(
             'path': optimizer.path, **why}
 
   for optimizer in optimizers:
-    tables = workload.tables_in_memory(optimizer, settings.donate)
-    if tables * table_bytes > limit_bytes:
-      finish(optimizer, untimed(optimizer, skipped=(
-          f'needs about {tables} tables, {tables * table_bytes / 1e9:.3g} GB '
-          f'> {limit_bytes / 1e9:.3g} GB ({limit_source})')))
+    reason = skip_reason(optimizer, num_rows, settings, limit)
+    if reason is not None:
+      finish(optimizer, untimed(optimizer, skipped=reason))
 
   rounds = {optimizer.name: [] for optimizer in optimizers}
   for repeat in range(settings.repeats):

@@ -15,7 +15,7 @@ on the same machine.
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -119,12 +119,23 @@ def row_of_rank(rank_index: np.ndarray, num_rows: int) -> np.ndarray:
   return (rank_index.astype(np.int64) * 2654435761) % num_rows
 
 
-def zipf_ids(rng: np.random.Generator, num_rows: int, exponent: float,
-             shape: tuple[int, ...]) -> np.ndarray:
-  """Ids drawn from `zipf_probabilities`, by inverting the ranks' CDF."""
+def zipf_cdf(num_rows: int, exponent: float) -> np.ndarray:
+  """The ranks' cumulative probabilities, shape (num_rows,), float64."""
   ranks = np.arange(1, num_rows + 1, dtype=np.float64)
   cdf = np.cumsum(ranks ** -exponent)
   cdf /= cdf[-1]
+  return cdf
+
+
+def zipf_ids(rng: np.random.Generator, num_rows: int, exponent: float,
+             shape: tuple[int, ...],
+             cdf: Optional[np.ndarray] = None) -> np.ndarray:
+  """Ids drawn from `zipf_probabilities`, by inverting the ranks' CDF.
+
+  `cdf`: `zipf_cdf(num_rows, exponent)`, if the caller has it (it takes
+  seconds at N = 1e8).
+  """
+  cdf = zipf_cdf(num_rows, exponent) if cdf is None else cdf
   rank_index = np.searchsorted(cdf, rng.random(shape), side='right')
   rank_index = np.minimum(rank_index, num_rows - 1)
   return row_of_rank(rank_index, num_rows).astype(np.int32)
@@ -149,8 +160,9 @@ def make_inputs(num_rows: int, *, dim: int, batch: int, zipf_exponent: float,
   frequencies = (batch * zipf_probabilities(num_rows, zipf_exponent)).astype(
       np.float32)
   batches = []
+  cdf = zipf_cdf(num_rows, zipf_exponent)
   for _ in range(num_batches):
-    ids = zipf_ids(rng, num_rows, zipf_exponent, (batch,))
+    ids = zipf_ids(rng, num_rows, zipf_exponent, (batch,), cdf)
     targets = rng.normal(size=(batch,)).astype(np.float32)
     batches.append((jnp.asarray(ids), jnp.asarray(targets)))
   return Inputs(weights, frequencies, batches)

@@ -49,6 +49,51 @@ class BenchmarkScriptTest(absltest.TestCase):
       return (report, markdown,
               os.path.exists(os.path.join(output, 'tiny.png')))
 
+  def test_isolated_parent_starts_no_backend_and_no_needless_child(self):
+    # On a GPU a parent holding the device would starve its children: here
+    # the parent's backends refuse to start, and the children measure.
+    wrapper = (
+        'import runpy, sys\n'
+        'import jax\n'
+        'from jax._src import xla_bridge\n'
+        'def refuse(*args, **kwargs):\n'
+        '  raise RuntimeError("the parent process started a JAX backend")\n'
+        'xla_bridge.backends = refuse\n'
+        'try:\n'
+        '  jax.devices()\n'
+        '  sys.exit("the patch did not take")\n'
+        'except RuntimeError:\n'
+        '  pass\n'
+        'script = sys.argv[1]\n'
+        'sys.argv = sys.argv[1:]\n'
+        'runpy.run_path(script, run_name="__main__")\n')
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+    with tempfile.TemporaryDirectory() as output:
+      completed = subprocess.run(
+          [sys.executable, '-c', wrapper,
+           os.path.join(_ROOT, 'benchmarks', 'embedding_step.py'),
+           '--dim=8', '--batch=64', '--steps=2', '--warmup=1',
+           '--num_batches=2', '--min_seconds=0', '--back_to_back_steps=4',
+           # Adam's 5 tables of 1000 × 8 floats exceed 100 kB, SGD's 3 not.
+           '--num_rows=1000', '--optimizers=sgd,adam,sparse_cf_sgd',
+           '--max_memory_gb=0.0001', '--noplot', f'--output={output}',
+           '--name=tiny'],
+          check=False, env=env, capture_output=True, text=True, timeout=300)
+      self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
+      with open(os.path.join(output, 'tiny.json')) as f:
+        report = json.load(f)
+    self.assertEqual(report['machine']['platform'], 'cpu')
+    self.assertEqual(report['machine']['jax_backend'], 'cpu')
+    sgd, adam, cf = report['results']
+    self.assertEqual([sgd['optimizer'], adam['optimizer'], cf['optimizer']],
+                     ['sgd', 'adam', 'sparse_cf_sgd'])
+    self.assertGreater(sgd['median_ms'], 0)
+    self.assertGreater(cf['median_ms'], 0)
+    self.assertIn('--max_memory_gb=0.0001', adam['skipped'])
+    # Ruled out by the flag in the parent: the dense child never saw Adam.
+    self.assertNotIn('"optimizer": "adam"', completed.stdout)
+    self.assertIn('"optimizer": "sgd"', completed.stdout)
+
   def test_tiny_benchmark_and_table(self):
     report, markdown, wrote_png = self._run(
         '--num_rows=1000,2000', '--max_memory_gb=0.0002', '--repeats=2',
@@ -227,8 +272,9 @@ class MemoryAndFailureTest(absltest.TestCase):
                 'print(json.dumps({"optimizer": "sgd", "num_rows": 10, '
                 '"path": "dense", "median_ms": 1.0}), flush=True)\n'
                 'sys.exit(137)\n')
-      results = isolation.measure_in_subprocess(script, '', 10,
-                                                ['sgd', 'adam'], 'dense')
+      results, machine = isolation.measure_in_subprocess(
+          script, '', 10, ['sgd', 'adam'], 'dense')
+    self.assertIsNone(machine)
     self.assertEqual(results[0]['median_ms'], 1.0)
     self.assertEqual(results[1]['optimizer'], 'adam')
     self.assertIn('exited with status 137', results[1]['error'])
