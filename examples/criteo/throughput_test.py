@@ -31,7 +31,8 @@ class ThroughputTest(absltest.TestCase):
         [sys.executable, '-m', 'examples.criteo.throughput',
          '--table_rows=1000', '--batch_size=64', '--variants=cf_sgd/sparse',
          '--min_seconds=0.05', '--min_steps=4', '--end_to_end_steps=4',
-         '--synthetic_lines=2000', f'--output_dir={output_dir}'],
+         '--synthetic_lines=2000', '--platform=cpu',
+         f'--output_dir={output_dir}'],
         cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT, TMPDIR=scratch),
         capture_output=True, text=True, timeout=600, check=False)
     self.assertEqual(completed.returncode, 0, completed.stderr)
