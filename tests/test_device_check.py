@@ -25,8 +25,8 @@ class DeviceCheckTest(absltest.TestCase):
     return subprocess.run(
         ['bash', _SCRIPT, outdir, *parts], capture_output=True, text=True,
         timeout=300, check=False,
-        env=dict(inherited, PYTHON=sys.executable, JAX_PLATFORMS='cpu',
-                 **env))
+        env={**inherited, 'PYTHON': sys.executable, 'JAX_PLATFORMS': 'cpu',
+             **env})
 
   def test_a_failing_part_does_not_stop_the_next(self):
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,6 +55,30 @@ class DeviceCheckTest(absltest.TestCase):
       self.assertCountEqual(
           os.listdir(outdir), ['summary.txt', 'movielens.log', 'benchmark.log',
                                'benchmark.json', 'benchmark.md'])
+
+  def test_a_benchmark_that_runs_out_of_time_still_gets_its_table(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      # The benchmark writes its JSON, then hangs past BENCHMARK_TIMEOUT.
+      python = os.path.join(tmp, 'python')
+      with open(python, 'w') as f:
+        f.write(f'#!/bin/sh\n"{sys.executable}" "$@"\nstatus=$?\n'
+                'case "$1" in *embedding_step.py) sleep 600;; esac\n'
+                'exit $status\n')
+      os.chmod(python, 0o755)
+      outdir = os.path.join(tmp, 'out')
+      completed = self._run(
+          outdir, 'benchmark', PYTHON=python, BENCHMARK_TIMEOUT='30',
+          DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
+          BENCHMARK_FLAGS=('--num_rows=1000 --dim=8 --batch=64 --steps=2 '
+                           '--warmup=1 --num_batches=2 --min_seconds=0 '
+                           '--optimizers=sparse_cf_sgd,no_update'))
+      self.assertEqual(completed.returncode, 1, completed.stdout)
+      with open(os.path.join(outdir, 'summary.txt')) as f:
+        summary = f.read()
+      self.assertRegex(summary, r'benchmark +\d+ s  TIMED OUT after 30 s')
+      self.assertIn('CF-SGD, sparse ≤ 2× `no_update`', summary)
+      with open(os.path.join(outdir, 'benchmark.md')) as f:
+        self.assertIn('| CF-SGD, sparse |', f.read())
 
   def test_unknown_part_is_an_error(self):
     with tempfile.TemporaryDirectory() as tmp:
