@@ -23,11 +23,17 @@ a backend, so this must run before any test module uses JAX.
    GPU runs serially; `--xla_gpu_enable_scatter_determinism_expander=true`
    (off by default in XLA) makes them sort and sum instead, deterministic
    and fast. Both are added where JAX starts with both.
-
    XLA aborts the process on a flag it does not know ("Unknown flag in
-   XLA_FLAGS"), and XLA renames flags now and then, so the flag is added only
+   XLA_FLAGS"), and XLA renames flags now and then, so the flags are added only
    after a throwaway Python process has started JAX with it. The first pytest
    process checks once; pytest-xdist's workers inherit its environment.
+3. Full float32 matrix products (JAX_DEFAULT_MATMUL_PRECISION=highest, unless
+   set). By default JAX computes float32 products in TF32 on recent NVIDIA
+   GPUs and in bfloat16 on TPUs, about 3 significant digits, and the tests
+   compare models' outputs and gradients with NumPy references at float32
+   tolerances. The library's own products (the 'reduce' duplicates design)
+   ask for full precision themselves; this only makes the tests' models and
+   references agree on every backend.
 """
 
 import os
@@ -64,6 +70,8 @@ def _jax_starts_with(xla_flags: str) -> tuple[bool, str]:
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS',
                                                                 ''):
   os.environ['XLA_FLAGS'] = _with_flag(_CPU_DEVICES_FLAG)
+
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 if _CHECKED not in os.environ:
   os.environ[_CHECKED] = '1'
