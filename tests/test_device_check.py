@@ -11,6 +11,9 @@ from absl.testing import absltest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, 'benchmarks', 'device_check.sh')
+_TINY_BENCHMARK = ('--num_rows=1000 --dim=8 --batch=64 --steps=2 --warmup=1 '
+                   '--num_batches=2 --min_seconds=0 '
+                   '--optimizers=sparse_cf_sgd,no_update')
 
 
 @absltest.skipIf(
@@ -35,9 +38,7 @@ class DeviceCheckTest(absltest.TestCase):
           outdir, 'movielens', 'benchmark',
           MOVIELENS_CACHE_DIR=os.path.join(tmp, 'no_cache'),
           DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
-          BENCHMARK_FLAGS=('--num_rows=1000 --dim=8 --batch=64 --steps=2 '
-                           '--warmup=1 --num_batches=2 --min_seconds=0 '
-                           '--optimizers=sparse_cf_sgd,no_update'))
+          BENCHMARK_FLAGS=_TINY_BENCHMARK)
       self.assertEqual(completed.returncode, 1, completed.stdout)
       with open(os.path.join(outdir, 'summary.txt')) as f:
         summary = f.read()
@@ -69,9 +70,7 @@ class DeviceCheckTest(absltest.TestCase):
       completed = self._run(
           outdir, 'benchmark', PYTHON=python, BENCHMARK_TIMEOUT='30',
           DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
-          BENCHMARK_FLAGS=('--num_rows=1000 --dim=8 --batch=64 --steps=2 '
-                           '--warmup=1 --num_batches=2 --min_seconds=0 '
-                           '--optimizers=sparse_cf_sgd,no_update'))
+          BENCHMARK_FLAGS=_TINY_BENCHMARK)
       self.assertEqual(completed.returncode, 1, completed.stdout)
       with open(os.path.join(outdir, 'summary.txt')) as f:
         summary = f.read()
