@@ -257,7 +257,7 @@ def main(argv):
       for path in ('dense', 'sparse'):
         chosen = [o for o in optimizers if o.path == path]
         # What --max_memory_gb alone rules out needs no child process (one
-        # builds N-row inputs for nothing: half a minute at N = 1e8).
+        # that starts JAX only to skip it).
         by_name = {o.name: {'optimizer': o.name, 'num_rows': num_rows,
                          'path': path, 'skipped': reason}
                 for o in chosen

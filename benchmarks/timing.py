@@ -222,10 +222,6 @@ def measure_size(
   """
   device = jax.devices()[0] if device is None else device
   limit = memory_limit(device, settings.max_memory_gb)
-  inputs = workload.make_inputs(
-      num_rows, dim=settings.dim, batch=settings.batch,
-      zipf_exponent=settings.zipf_exponent,
-      num_batches=settings.num_batches, seed=settings.seed)
   results = {}  # name -> final result, emitted as soon as it is final.
 
   def finish(optimizer: workload.Optimizer, result: dict[str, Any]) -> None:
@@ -240,6 +236,12 @@ def measure_size(
     reason = skip_reason(optimizer, num_rows, settings, limit)
     if reason is not None:
       finish(optimizer, untimed(optimizer, skipped=reason))
+  if len(results) == len(optimizers):  # Nothing fits: no inputs to build.
+    return [results[optimizer.name] for optimizer in optimizers]
+  inputs = workload.make_inputs(
+      num_rows, dim=settings.dim, batch=settings.batch,
+      zipf_exponent=settings.zipf_exponent,
+      num_batches=settings.num_batches, seed=settings.seed)
 
   rounds = {optimizer.name: [] for optimizer in optimizers}
   for repeat in range(settings.repeats):

@@ -15,7 +15,7 @@ on the same machine.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -127,15 +127,11 @@ def zipf_cdf(num_rows: int, exponent: float) -> np.ndarray:
   return cdf
 
 
-def zipf_ids(rng: np.random.Generator, num_rows: int, exponent: float,
-             shape: tuple[int, ...],
-             cdf: Optional[np.ndarray] = None) -> np.ndarray:
-  """Ids drawn from `zipf_probabilities`, by inverting the ranks' CDF.
-
-  `cdf`: `zipf_cdf(num_rows, exponent)`, if the caller has it (it takes
-  seconds at N = 1e8).
-  """
-  cdf = zipf_cdf(num_rows, exponent) if cdf is None else cdf
+def zipf_ids(rng: np.random.Generator, cdf: np.ndarray,
+             shape: tuple[int, ...]) -> np.ndarray:
+  """Ids drawn from `zipf_probabilities`, by inverting the ranks' `zipf_cdf`
+  (which the caller builds once per size)."""
+  num_rows = len(cdf)
   rank_index = np.searchsorted(cdf, rng.random(shape), side='right')
   rank_index = np.minimum(rank_index, num_rows - 1)
   return row_of_rank(rank_index, num_rows).astype(np.int32)
@@ -162,7 +158,7 @@ def make_inputs(num_rows: int, *, dim: int, batch: int, zipf_exponent: float,
   batches = []
   cdf = zipf_cdf(num_rows, zipf_exponent)
   for _ in range(num_batches):
-    ids = zipf_ids(rng, num_rows, zipf_exponent, (batch,), cdf)
+    ids = zipf_ids(rng, cdf, (batch,))
     targets = rng.normal(size=(batch,)).astype(np.float32)
     batches.append((jnp.asarray(ids), jnp.asarray(targets)))
   return Inputs(weights, frequencies, batches)

@@ -81,7 +81,7 @@ def _check_ids_fit(ids: Any, dtype: Any, leaf_path: str) -> None:
   while its value is still known.
   """
   canonical = jax.dtypes.canonicalize_dtype(dtype)
-  if canonical == dtype or is_traced(ids) or isinstance(ids, jax.Array):
+  if canonical == dtype:  # Always so for JAX arrays and tracers.
     return
   info = np.iinfo(canonical)
   bad = _first_outside(ids, info.min, info.max)
