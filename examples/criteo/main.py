@@ -191,8 +191,7 @@ def _write_synthetic_data(paths: list[str]) -> None:
     sizes = (_SYNTHETIC_LINES.value, _SYNTHETIC_LINES.value // 10,
              _SYNTHETIC_LINES.value // 10)
     for seed, (path, size) in enumerate(zip(paths, sizes)):
-      for leftover in glob.glob(glob.escape(path) + '.tmp*'):
-        os.remove(leftover)
+      synthetic.remove_partial_writes(path)
       if not os.path.exists(path):
         synthetic.write(path, size, seed=seed + 1, model=model)
   if jax.process_count() > 1:
