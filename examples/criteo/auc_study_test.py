@@ -1,21 +1,17 @@
 """auc_study.py on tiny data: a diverging grid point is scored, not fatal.
 
-Runs `python -m examples.criteo.auc_study` in a subprocess (main_test.py says
-why).
+Runs `python -m examples.criteo.auc_study` in a subprocess (`examples.common.testing` says why).
 """
 
 import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from examples.common import testing
 
 TINY = ['--optimizers=sgd', '--train_lines=512', '--eval_lines=128',
         '--vocabulary=200', '--table_rows=64', '--embedding_dim=4',
@@ -30,12 +26,9 @@ class AucStudyTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, self.tmp)
 
   def study(self, *flags):
-    return subprocess.run(
-        [sys.executable, '-m', 'examples.criteo.auc_study',
-         f'--workdir={self.tmp}', *TINY, *flags],
-        cwd=_ROOT,
-        env=dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu'),
-        capture_output=True, text=True, timeout=600, check=False)
+    return testing.run_module('examples.criteo.auc_study',
+                              f'--workdir={self.tmp}', *TINY, *flags,
+                              env={'JAX_PLATFORMS': 'cpu'})
 
   def test_a_diverging_rate_is_reported_and_the_study_goes_on(self):
     completed = self.study('--grid=0.1,1e6')

@@ -8,17 +8,13 @@ and two of them cannot be imported into one test process.
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 
+from examples.common import testing
 from examples.criteo import synthetic
 from examples.criteo import train
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 TINY = dict(table_rows=['64'], embedding_dim=4, mlp_features=['8'],
             batch_size=64, log_every=10, learning_rate=1.0,
@@ -49,11 +45,8 @@ class MainTest(absltest.TestCase):
 
   def run_main(self, **overrides):
     """Runs main.py; returns its results.json, or raises with its stderr."""
-    completed = subprocess.run(
-        [sys.executable, '-m', 'examples.criteo.main',
-         *_argv({**TINY, **overrides})],
-        cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT),
-        capture_output=True, text=True, timeout=600, check=False)
+    completed = testing.run_module('examples.criteo.main',
+                                   *_argv({**TINY, **overrides}))
     if completed.returncode:
       raise MainFailed(completed.stderr)
     with open(os.path.join(overrides['workdir'], 'results.json')) as f:

@@ -1,20 +1,16 @@
 """throughput.py end to end on a tiny table: short runs train, temp data goes.
 
-Runs `python -m examples.criteo.throughput` in a subprocess (main_test.py
-says why).
+Runs `python -m examples.criteo.throughput` in a subprocess (`examples.common.testing` says why).
 """
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from examples.common import testing
 
 
 class ThroughputTest(absltest.TestCase):
@@ -27,14 +23,11 @@ class ThroughputTest(absltest.TestCase):
     output_dir = os.path.join(tmp, 'out')
     # CF-SGD at its tuned α over a handful of end-to-end steps: a horizon of
     # that handful (not the tuned one) once made it diverge and crash.
-    completed = subprocess.run(
-        [sys.executable, '-m', 'examples.criteo.throughput',
-         '--table_rows=1000', '--batch_size=64', '--variants=cf_sgd/sparse',
-         '--min_seconds=0.05', '--min_steps=4', '--end_to_end_steps=4',
-         '--synthetic_lines=2000', '--platform=cpu',
-         f'--output_dir={output_dir}'],
-        cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT, TMPDIR=scratch),
-        capture_output=True, text=True, timeout=600, check=False)
+    completed = testing.run_module(
+        'examples.criteo.throughput', '--table_rows=1000', '--batch_size=64',
+        '--variants=cf_sgd/sparse', '--min_seconds=0.05', '--min_steps=4',
+        '--end_to_end_steps=4', '--synthetic_lines=2000', '--platform=cpu',
+        f'--output_dir={output_dir}', env={'TMPDIR': scratch})
     self.assertEqual(completed.returncode, 0, completed.stderr)
     with open(os.path.join(output_dir, 'throughput_cpu.json')) as f:
       (run,) = json.load(f)['runs']

@@ -2,8 +2,6 @@
 
 import math
 import os
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -15,6 +13,7 @@ import numpy as np
 import optax
 
 import fasgd_optax
+from examples.common import testing
 from examples.theory import analysis
 from examples.theory import problem as problem_lib
 from examples.theory import train
@@ -182,16 +181,11 @@ class AnalysisTest(absltest.TestCase):
 class MainTest(absltest.TestCase):
 
   def test_bad_setup_flags_are_one_line_errors(self):
-    # main.py defines flags that clash with other examples': a subprocess.
-    root = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
     output_dir = tempfile.mkdtemp()
     self.addCleanup(os.rmdir, output_dir)  # Fails if anything was written.
-    completed = subprocess.run(
-        [sys.executable, '-m', 'examples.theory.main', '--num_steps=1000',
-         '--num_evals=3', f'--output_dir={output_dir}'],
-        cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True,
-        text=True, timeout=300, check=False)
+    completed = testing.run_module(
+        'examples.theory.main', '--num_steps=1000', '--num_evals=3',
+        f'--output_dir={output_dir}', timeout=300)
     self.assertEqual(completed.returncode, 1)
     self.assertEqual(
         completed.stderr.strip(),

@@ -1,22 +1,19 @@
 """compare.py: reports with diverged optimizers, and --capped's usage errors.
 
-Runs `python -m examples.word2vec.compare` in a subprocess: the examples'
-main modules each define absl flags (--batch_size, --optimizers, ...), and
-two of them cannot be imported into one test process.
+Runs `python -m examples.word2vec.compare` in a subprocess (`examples.common.testing` says why).
 """
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-_SWEEP = os.path.join(_ROOT, 'examples', 'word2vec', 'results', 'sweep.json')
+from examples.common import testing
+
+_SWEEP = os.path.join(testing.ROOT, 'examples', 'word2vec', 'results',
+                      'sweep.json')
 
 
 class CompareTest(absltest.TestCase):
@@ -27,11 +24,8 @@ class CompareTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, self.out)
 
   def compare(self, *flags):
-    return subprocess.run(
-        [sys.executable, '-m', 'examples.word2vec.compare',
-         f'--out={self.out}', *flags],
-        cwd=_ROOT, env=dict(os.environ, PYTHONPATH=_ROOT),
-        capture_output=True, text=True, timeout=600, check=False)
+    return testing.run_module('examples.word2vec.compare',
+                              f'--out={self.out}', *flags)
 
   def write_sweep(self, keep) -> None:
     with open(_SWEEP) as f:
