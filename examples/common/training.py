@@ -24,6 +24,20 @@ import numpy as np
 from examples.common import checkpointing
 from examples.common import progress
 
+class Diverged(FloatingPointError):
+  """A run's loss went non-finite, or far off and stayed there.
+
+  Attributes:
+    step: the step at which it was seen.
+    loss: that loss.
+  """
+
+  def __init__(self, message: str, step: int, loss: float):
+    super().__init__(message)
+    self.step = step
+    self.loss = loss
+
+
 TrainEpochFn = Callable[[Any, int], tuple[Any, Sequence[float]]]
 EvaluateFn = Callable[[Any], Mapping[str, Mapping[str, float]]]
 EpochEndFn = Callable[[int, Any, list[dict[str, Any]]], None]

@@ -36,6 +36,7 @@ import numpy as np
 
 from examples.common import machine
 from examples.common import plotting
+from examples.common import training
 from examples.criteo import config as config_lib
 from examples.criteo import synthetic
 from examples.criteo import placement
@@ -143,7 +144,7 @@ class Study:
                              validation=[self.validation], test=[self.test]),
           placement.make_mesh((1,), jax.devices()[:1]),
           log_every=max(self.steps // 50, 1))
-    except train.Diverged as error:
+    except training.Diverged as error:
       # A grid point past the optimizer's stable rates: scored as the worst.
       logging.warning('%s: %s', name, error)
       not_measured = {'auc': math.nan, 'log_loss': math.nan, 'examples': 0}

@@ -37,25 +37,12 @@ from fasgd_optax import nnx_sparse
 from examples.common import metrics
 from examples.common import optimizers
 from examples.common import progress
+from examples.common import training
 from examples.criteo import config as config_lib
 from examples.criteo import criteo_format
 from examples.criteo import input_pipeline
 from examples.criteo import model as model_lib
 from examples.criteo import placement
-
-class Diverged(FloatingPointError):
-  """The mean train loss went non-finite, or above 100 and stayed there.
-
-  Attributes:
-    step: the step whose window's mean loss it was.
-    loss: that mean loss.
-  """
-
-  def __init__(self, message: str, step: int, loss: float):
-    super().__init__(message)
-    self.step = step
-    self.loss = loss
-
 
 def diverged(mean_losses: Sequence[float]) -> bool:
   """Whether a run's logged mean train losses (oldest first) say it diverged.
@@ -321,8 +308,8 @@ def train_and_evaluate(
     'timing', 'bad_lines', 'optimizer_state_bytes', 'state'}.
 
   Raises:
-    Diverged: a logged mean train loss was non-finite, or two in a row were
-      above 100.
+    training.Diverged: a logged mean train loss was non-finite, or two in a
+      row were above 100 (`diverged`).
   """
   trainer = Trainer(config, mesh)
   hashing = criteo_format.Hashing(config.table_rows)
@@ -393,7 +380,7 @@ def train_and_evaluate(
         if jax.process_index() == 0:
           logging.info('step %d: train loss %.5f', step, mean_loss)
         if diverged([loss for _, loss in train_loss[-2:]]):
-          raise Diverged(
+          raise training.Diverged(
               f'{config.optimizer} with learning_rate={config.learning_rate} '
               f'diverged (mean train loss {mean_loss:.4g} at step {step}); '
               'use a smaller --learning_rate. The tuned rates assume one '

@@ -27,6 +27,7 @@ import numpy as np
 from examples.common import cli
 from examples.common import machine as machine_lib
 from examples.common import plotting
+from examples.common import training
 from examples.word2vec import gensim_peer
 from examples.word2vec import input_pipeline
 from examples.word2vec import train
@@ -231,7 +232,7 @@ def run_sweep(path: str) -> None:
           results = train.train_and_evaluate(
               config, sentences, data=data, wordsim_rows=wordsim_rows,
               show_progress=False)
-        except FloatingPointError as error:
+        except training.Diverged as error:
           run.update(diverged=str(error), final_validation_loss=float('inf'),
                      final_test_loss=float('inf'))
         else:

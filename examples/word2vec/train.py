@@ -359,10 +359,11 @@ def train_and_evaluate(
       losses = {split: evaluate(train_state['params'], heldout)
                 for split, heldout in data.heldout.items()}
       if not np.isfinite(losses['validation']):
-        raise FloatingPointError(
+        raise training.Diverged(
             f'{config.optimizer} with learning_rate={config.learning_rate} '
             f'diverged (held-out loss {losses["validation"]} at step '
-            f'{timing["step"]}); use a smaller --learning_rate.')
+            f'{timing["step"]}); use a smaller --learning_rate.',
+            step=timing['step'], loss=losses['validation'])
       return {**{split: {'loss': loss} for split, loss in losses.items()},
               'progress': {'step': timing['step'],
                            'epoch': timing['step'] / num_batches},
