@@ -124,8 +124,7 @@ class SparseEmbed(nnx.Module):
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """The rows ``embedding[ids]``, shape ``ids.shape + (features,)``."""
-    rows = lookup(self.embedding, ids)
-    return rows if rows.dtype == self.dtype else rows.astype(self.dtype)
+    return lookup(self.embedding, ids).astype(self.dtype)
 
 
 # The lookups of the `value_and_grad` being traced on this thread, if any.

@@ -81,14 +81,14 @@ def scale_by_rowwise_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
-    jax.tree_util.tree_map_with_path(
-        lambda path, grad, acc: counting.check_row_state(
-            tree_args.path_to_str(path), grad, acc, 'accumulators'),
-        updates, state.accumulators)
-    accumulators = jax.tree.map(
-        lambda grad, acc: counting.keep_sharding(
-            acc + row_mean_squares(grad), acc),
-        updates, state.accumulators)
+
+    def accumulate(path, grad, acc):
+      counting.check_row_state(tree_args.path_to_str(path), grad, acc,
+                               'accumulators')
+      return counting.keep_sharding(acc + row_mean_squares(grad), acc)
+
+    accumulators = jax.tree_util.tree_map_with_path(
+        accumulate, updates, state.accumulators)
     new_updates = jax.tree.map(
         lambda grad, acc: counting.scale_rows(grad, rowwise_scale(acc, epsilon)),
         updates, accumulators)
