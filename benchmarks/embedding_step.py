@@ -182,9 +182,8 @@ def _skip_by_flag(optimizer: workload.Optimizer, num_rows: int,
   """Why --max_memory_gb rules `optimizer` out at `num_rows`, or None."""
   if settings.max_memory_gb is None:
     return None  # Only the device knows its limit.
-  limit = settings.max_memory_gb
   return timing.skip_reason(optimizer, num_rows, settings,
-                            (limit * 1e9, f'--max_memory_gb={limit}'))
+                            timing.flag_limit(settings.max_memory_gb))
 
 
 def unknown_machine() -> dict[str, Any]:
@@ -258,10 +257,10 @@ def main(argv):
         chosen = [o for o in optimizers if o.path == path]
         # What --max_memory_gb alone rules out needs no child process (one
         # that starts JAX only to skip it).
-        by_name = {o.name: {'optimizer': o.name, 'num_rows': num_rows,
-                         'path': path, 'skipped': reason}
-                for o in chosen
-                if (reason := _skip_by_flag(o, num_rows, settings))}
+        by_name = {
+            o.name: timing.untimed(o.name, num_rows, path, skipped=reason)
+            for o in chosen
+            if (reason := _skip_by_flag(o, num_rows, settings))}
         names = [o.name for o in chosen if o.name not in by_name]
         if names:
           measured = isolation.measure_in_subprocess(

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from typing import Any, NamedTuple, Optional
 
+from benchmarks import timing
+
 
 class Measured(NamedTuple):
   """A child's results, and its machine description if it finished."""
@@ -77,7 +79,6 @@ def measure_in_subprocess(script: str, flag_lines: str, num_rows: int,
   finished = _finished_results(completed.stdout)
   reason = (f'its process exited with status {completed.returncode} before '
             'finishing (its stderr is in the log)')
-  return Measured([finished.get(name) or {'optimizer': name,
-                                          'num_rows': num_rows, 'path': path,
-                                          'error': reason}
+  return Measured([finished.get(name)
+                   or timing.untimed(name, num_rows, path, error=reason)
                    for name in names], None)

@@ -59,6 +59,11 @@ class Settings:
   seed: int = 0
 
 
+def flag_limit(max_memory_gb: float) -> tuple[float, str]:
+  """(bytes, where that number comes from) of --max_memory_gb."""
+  return max_memory_gb * 1e9, f'--max_memory_gb={max_memory_gb}'
+
+
 def memory_limit(device: Any, max_memory_gb: Optional[float]
                  ) -> tuple[float, str]:
   """(bytes one step may use, where that number comes from).
@@ -76,11 +81,17 @@ def memory_limit(device: Any, max_memory_gb: Optional[float]
     limits.append((float(stats['bytes_limit']),
                    f"the {device.device_kind}'s bytes_limit"))
   if max_memory_gb is not None:
-    limits.append((max_memory_gb * 1e9, f'--max_memory_gb={max_memory_gb}'))
+    limits.append(flag_limit(max_memory_gb))
   if not limits:
     limits.append((DEFAULT_MEMORY_GB * 1e9,
                    f'--max_memory_gb default {DEFAULT_MEMORY_GB}'))
   return min(limits)
+
+
+def untimed(name: str, num_rows: int, path: str,
+            **why: str) -> dict[str, Any]:
+  """The result of a pair not timed: 'skipped' or 'error', with why."""
+  return {'optimizer': name, 'num_rows': num_rows, 'path': path, **why}
 
 
 def skip_reason(optimizer: workload.Optimizer, num_rows: int,
@@ -228,14 +239,11 @@ def measure_size(
     results[optimizer.name] = result
     emit(result)
 
-  def untimed(optimizer: workload.Optimizer, **why: str) -> dict[str, Any]:
-    return {'optimizer': optimizer.name, 'num_rows': num_rows,
-            'path': optimizer.path, **why}
-
   for optimizer in optimizers:
     reason = skip_reason(optimizer, num_rows, settings, limit)
     if reason is not None:
-      finish(optimizer, untimed(optimizer, skipped=reason))
+      finish(optimizer, untimed(optimizer.name, num_rows, optimizer.path,
+                                skipped=reason))
   if len(results) == len(optimizers):  # Nothing fits: no inputs to build.
     return [results[optimizer.name] for optimizer in optimizers]
   inputs = workload.make_inputs(
@@ -265,10 +273,12 @@ def measure_size(
         failed = True
         if is_out_of_memory(error):
           finish(optimizer, untimed(
-              optimizer, skipped=f'out of memory: {_first_line(error)}'))
+              optimizer.name, num_rows, optimizer.path,
+              skipped=f'out of memory: {_first_line(error)}'))
         else:
           traceback.print_exc(file=sys.stderr)
-          finish(optimizer, untimed(optimizer, error=_first_line(error)))
+          finish(optimizer, untimed(optimizer.name, num_rows, optimizer.path,
+                                    error=_first_line(error)))
       if failed:  # Out of the except block nothing holds its frames:
         gc.collect()  # this frees the failed step's buffers before the next.
 
