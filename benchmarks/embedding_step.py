@@ -167,16 +167,6 @@ def load_average() -> list[float]:
     return []
 
 
-def parse_sizes(values: list[str]) -> list[int]:
-  try:
-    sizes = [int(float(n)) for n in values]
-  except ValueError as e:
-    raise app.UsageError(f'--num_rows must be integers; got {values}.') from e
-  if not sizes or any(n <= 0 for n in sizes):
-    raise app.UsageError(f'--num_rows must be positive; got {sizes}.')
-  return sizes
-
-
 def _skip_by_flag(optimizer: workload.Optimizer, num_rows: int,
                   settings: timing.Settings) -> Optional[str]:
   """Why --max_memory_gb rules `optimizer` out at `num_rows`, or None."""
@@ -238,7 +228,10 @@ def main(argv):
     optimizers = workload.expand(_OPTIMIZERS.value, _DUPLICATES.value)
   except ValueError as e:
     raise app.UsageError(f'--optimizers/--duplicates: {e}.') from e
-  sizes = parse_sizes(_NUM_ROWS.value)
+  try:
+    sizes = workload.parse_sizes(_NUM_ROWS.value)
+  except ValueError as e:
+    raise app.UsageError(f'--num_rows: {e}') from e
   settings = settings_from_flags()
 
   os.makedirs(_OUTPUT.value, exist_ok=True)

@@ -100,6 +100,22 @@ def expand(names: list[str], duplicate_modes: list[str]) -> list[Optimizer]:
   return optimizers
 
 
+def parse_sizes(values: list[str]) -> list[int]:
+  """Table sizes from strings ('1e6' works); ValueError naming a bad one."""
+  sizes = []
+  for value in values:
+    try:
+      size = float(value)
+    except ValueError:
+      raise ValueError(f'{value!r} is not a number') from None
+    if not size >= 1 or size != int(size):
+      raise ValueError(f'{value!r} is not a whole number of rows ≥ 1')
+    sizes.append(int(size))
+  if not sizes:
+    raise ValueError('no table size given')
+  return sizes
+
+
 def zipf_probabilities(num_rows: int, exponent: float) -> np.ndarray:
   """p(row) of a Zipf law over ranks 1..N, with ranks scattered over rows.
 

@@ -183,6 +183,51 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertIn('**not** donated', markdown)
 
 
+class ProfileOpsScriptTest(absltest.TestCase):
+  """benchmarks/profile_ops.py runs end to end and names bad flags."""
+
+  def _run(self, *flags_):
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+    return subprocess.run(
+        [sys.executable, os.path.join(_ROOT, 'benchmarks', 'profile_ops.py'),
+         '--dim=8', '--batch=64', '--steps=3', *flags_],
+        check=False, env=env, capture_output=True, text=True, timeout=300)
+
+  def test_tiny_profile_lists_each_steps_ops(self):
+    with tempfile.TemporaryDirectory() as output:
+      path = os.path.join(output, 'ops.json')
+      completed = self._run(
+          '--num_rows=1000', '--optimizers=sparse_cf_sgd@reduce,no_update',
+          '--top=30', f'--output={path}')
+      self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
+      with open(path) as f:
+        report = json.load(f)
+    self.assertEqual([r['optimizer'] for r in report['results']],
+                     ['sparse_cf_sgd@reduce', 'no_update'])
+    self.assertEqual(report['settings']['batch'], 64)
+    for result in report['results']:
+      self.assertGreater(result['back_to_back_ms'], 0.0)
+      self.assertGreater(result['op_ms'], 0.0)
+      self.assertBetween(len(result['ops']), 1, 30)
+      self.assertIn('/host:CPU', result['traced_from'])
+    # The accelerator design sorts the batch's ids; no_update sorts nothing.
+    reduce_ops, no_update_ops = (
+        ' '.join(op['name'] + ' ' + op['what'] for op in result['ops'])
+        for result in report['results'])
+    self.assertIn('sort', reduce_ops)
+    self.assertNotIn('sort', no_update_ops)
+    self.assertIn('sparse_cf_sgd@reduce, N = 1e+03', completed.stdout)
+
+  def test_bad_flags_are_usage_errors(self):
+    for flag, message in (('--num_rows=1e6x', "'1e6x' is not a number"),
+                          ('--num_rows=0.5', 'not a whole number'),
+                          ('--optimizers=momentum', 'unknown optimizer')):
+      completed = self._run(flag)
+      self.assertNotEqual(completed.returncode, 0)
+      self.assertIn(message, completed.stderr)
+      self.assertNotIn('Traceback', completed.stderr)
+
+
 class _Device:
   """A stand-in device whose memory_stats() a test chooses."""
   device_kind = 'Test GPU'

@@ -35,10 +35,12 @@ class DeviceCheckTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as tmp:
       outdir = os.path.join(tmp, 'out')
       completed = self._run(
-          outdir, 'movielens', 'benchmark',
+          outdir, 'movielens', 'benchmark', 'profile',
           MOVIELENS_CACHE_DIR=os.path.join(tmp, 'no_cache'),
           DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
-          BENCHMARK_FLAGS=_TINY_BENCHMARK)
+          BENCHMARK_FLAGS=_TINY_BENCHMARK,
+          PROFILE_FLAGS='--num_rows=1000 --dim=8 --batch=64 --steps=2 '
+          '--optimizers=sparse_cf_sgd,no_update')
       self.assertEqual(completed.returncode, 1, completed.stdout)
       with open(os.path.join(outdir, 'summary.txt')) as f:
         summary = f.read()
@@ -52,10 +54,19 @@ class DeviceCheckTest(absltest.TestCase):
                        ['sparse_cf_sgd', 'sparse_cf_sgd@scatter', 'no_update'])
       with open(os.path.join(outdir, 'movielens.log')) as f:
         self.assertIn('MOVIELENS_CACHE_DIR', f.read())
+      # The profile's flags win over the part's N = 1e6; its summary names
+      # each optimizer's time.
+      self.assertRegex(summary, r'profile +\d+ s  ok')
+      self.assertRegex(summary, r'sparse_cf_sgd, N = 1e\+03: [0-9.]+ ms per '
+                       r'step back to back; ops [0-9.]+ ms per step')
+      self.assertIn('no_update, N = 1e+03:', summary)
+      with open(os.path.join(outdir, 'profile.json')) as f:
+        self.assertLen(json.load(f)['results'], 2)
       # Only reports in OUTDIR: no checkpoints, no leftover part summaries.
       self.assertCountEqual(
           os.listdir(outdir), ['summary.txt', 'movielens.log', 'benchmark.log',
-                               'benchmark.json', 'benchmark.md'])
+                               'benchmark.json', 'benchmark.md', 'profile.log',
+                               'profile.json'])
 
   def test_a_benchmark_that_runs_out_of_time_still_gets_its_table(self):
     with tempfile.TemporaryDirectory() as tmp:

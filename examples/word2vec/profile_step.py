@@ -11,12 +11,8 @@ names, with what each computes). Nothing is written but the JSON of
       --batch_sizes=256,1024,4096 --ops --out=/tmp/profile.json
 """
 
-import collections
-import glob
 import json
 import os
-import re
-import tempfile
 import time
 
 from absl import app
@@ -27,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from examples.common import machine as machine_lib
+from examples.common import profiling
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import steps as steps_lib
@@ -46,44 +43,6 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (the best '
 _OPS = flags.DEFINE_bool('ops', False, 'Also list the costliest ops.')
 _TOP = flags.DEFINE_integer('top', 12, 'Ops listed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results.')
-
-# Profiler events that are not ops of the compiled program.
-_NOT_OPS = ('ThunkExecutor', '$', 'while', 'PjitFunction', 'Pjrt',
-            'CommonPjRt', 'SlinkyThreadPool', 'ParseArguments')
-
-
-def _op_descriptions(hlo_text: str) -> dict[str, str]:
-  """Each instruction's JAX op name (what it computes) from the HLO."""
-  descriptions = {}
-  for match in re.finditer(r'^\s*(?:ROOT )?%(\S+) = .*?op_name="([^"]*)"',
-                           hlo_text, re.MULTILINE):
-    what = match.group(2).split('/body/')[-1]
-    # `fasgd_optax`'s sparse apply lowers to a one-branch conditional.
-    descriptions[match.group(1)] = what.replace(
-        'cond/branch_0_fun/', 'fasgd_optax sparse update: ')
-  return descriptions
-
-
-def _profile_ops(run_round, num_steps: int, hlo_text: str, top: int):
-  """The costliest ops of a traced round: (name, ms per step, what)."""
-  descriptions = _op_descriptions(hlo_text)
-  with tempfile.TemporaryDirectory() as trace_dir:
-    with jax.profiler.trace(trace_dir):
-      run_round()
-    path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'),
-                     recursive=True)[0]
-    profile = jax.profiler.ProfileData.from_file(path)
-  seconds = collections.Counter()
-  for plane in profile.planes:
-    for line in plane.lines:
-      for event in line.events:
-        if not event.name.startswith(_NOT_OPS):
-          seconds[event.name] += event.duration_ns / 1e9
-  total = sum(seconds.values())
-  return total / num_steps, [
-      (name, 1e3 * value / num_steps, descriptions.get(name, ''))
-      for name, value in seconds.most_common(top)]
-
 
 def profile(model: str, batch_size: int, sentences) -> dict:
   config = train.Config(model=model, optimizer=_OPTIMIZER.value,
@@ -132,9 +91,11 @@ def profile(model: str, batch_size: int, sentences) -> dict:
           step_seconds * num_batches),
       'load_average_before': os.getloadavg()[0]}
   if _OPS.value:
-    op_seconds, ops = _profile_ops(run_round, num_steps,
-                                   compiled.as_text(), _TOP.value)
-    result.update(traced_ops_ms=1e3 * op_seconds, ops=ops)
+    traced = profiling.profile_ops(run_round, num_steps, compiled.as_text(),
+                                   _TOP.value)
+    result.update(traced_ops_ms=traced.ms_per_step,
+                  ops=[tuple(op) for op in traced.ops],
+                  traced_from=traced.source)
   return result
 
 
