@@ -89,14 +89,19 @@ def profile_one(optimizer: workload.Optimizer, num_rows: int,
                                  _TOP.value)
   return {'optimizer': optimizer.name, 'num_rows': num_rows,
           'back_to_back_ms': back_to_back_ms,
-          'op_ms': traced.ms_per_step, 'traced_from': traced.source,
+          'op_ms': traced.ms_per_step,
+          'unattributed_ms': traced.unattributed_ms_per_step,
+          'traced_from': traced.source,
           'ops': [op._asdict() for op in traced.ops]}
 
 
 def render(result: dict[str, Any]) -> str:
+  unattributed = (f', other device time {result["unattributed_ms"]:.4f} ms'
+                  if result['unattributed_ms'] else '')
   lines = [f'{result["optimizer"]}, N = {result["num_rows"]:.0e}: '
            f'{result["back_to_back_ms"]:.4f} ms per step back to back; ops '
-           f'{result["op_ms"]:.4f} ms per step ({result["traced_from"]})']
+           f'{result["op_ms"]:.4f} ms per step{unattributed} '
+           f'({result["traced_from"]})']
   for op in result['ops']:
     lines.append(f'  {op["ms_per_step"]:9.4f} ms  {op["name"]:36s} '
                  f'{op["what"][:90]}')

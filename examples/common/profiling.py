@@ -3,10 +3,14 @@
 `profile_ops(run, num_steps, hlo_text)` traces `run()` with `jax.profiler` and
 adds up the time of each op of the compiled program (XLA's instruction names,
 e.g. ``sort.11`` or ``loop_scatter_fusion``, with the JAX ops each computes,
-from the HLO's metadata). On an accelerator the times are the device's own
-(kernels on its streams); on a CPU, the host threads' op events. Control flow
-(``while``, ``conditional``, ``call``) is left out: the ops inside it are
-counted themselves.
+from the HLO's metadata). On an accelerator the times are the device's own:
+kernels on its streams, each tagged by XLA with its op and module (XLA runs
+command buffers thunk by thunk while a profile is on, so each kernel is seen).
+On a CPU they are the host threads' op events. Control flow (``while``,
+``conditional``, ``call``) is left out: the ops inside it are counted
+themselves. Device time that names no op of the program (argument transfers,
+other programs' kernels) is kept apart, as unattributed. Times are busy time
+summed over streams and devices, not wall time.
 """
 
 import collections
@@ -14,7 +18,7 @@ import glob
 import os
 import re
 import tempfile
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import jax
 
@@ -29,6 +33,7 @@ _STREAM_LINE = 'Stream'
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%(\S+) = .*? ([a-z][a-z0-9-]*)\((.*)$', re.MULTILINE)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_MODULE = re.compile(r'^HloModule ([^\s,]+)', re.MULTILINE)
 
 
 class Instruction(NamedTuple):
@@ -37,19 +42,33 @@ class Instruction(NamedTuple):
 
 
 class OpTime(NamedTuple):
-  name: str  # The instruction, or the kernel where no instruction is named.
+  name: str  # The instruction.
   ms_per_step: float
   what: str
 
 
 class Profile(NamedTuple):
-  ms_per_step: float  # All ops together.
+  ms_per_step: float  # The program's ops together.
   ops: list[OpTime]  # The costliest first.
+  unattributed_ms_per_step: float  # Device time of no op of the program.
   source: str  # The planes the times came from, e.g. '/device:GPU:0'.
 
 
-def instructions(hlo_text: str) -> dict[str, Instruction]:
-  """Each instruction of the HLO text: its opcode and what it computes."""
+class Program(NamedTuple):
+  """A compiled program as its HLO text names it."""
+  module: str  # The HloModule's name, e.g. 'jit_step'; '' if not found.
+  instructions: dict[str, Instruction]
+
+
+class OpSeconds(NamedTuple):
+  ops: dict[str, float]  # Seconds per op of the program.
+  unattributed: float  # Seconds of device events that name no op of it.
+  source: str
+
+
+def parse_program(hlo_text: str) -> Program:
+  """The module's name and each instruction: its opcode, what it computes."""
+  module = _MODULE.search(hlo_text)
   found = {}
   for match in _INSTRUCTION.finditer(hlo_text):
     op_name = _OP_NAME.search(match.group(3))
@@ -57,7 +76,7 @@ def instructions(hlo_text: str) -> dict[str, Instruction]:
     # `fasgd_optax`'s sparse apply lowers to a one-branch conditional.
     found[match.group(1)] = Instruction(match.group(2), what.replace(
         'cond/branch_0_fun/', 'fasgd_optax sparse update: '))
-  return found
+  return Program(module.group(1) if module else '', found)
 
 
 def _op_lines(plane) -> list[Any]:
@@ -71,50 +90,71 @@ def _op_lines(plane) -> list[Any]:
   return lines
 
 
-def op_seconds(planes: Iterable[Any],
-               program: dict[str, Instruction]) -> tuple[dict[str, float],
-                                                          str]:
-  """Seconds per op over a trace's planes, and which planes they came from.
+def _op_of(event, module: str) -> Optional[str]:
+  """The op of `module` that `event` times, or None."""
+  stats = dict(event.stats)
+  op = stats.get('hlo_op')
+  if op is None or (module and stats.get('hlo_module', module) != module):
+    return None
+  # Kernels may carry a nested annotation, 'outer::inner': the op is last.
+  return str(op).split('::')[-1]
+
+
+def op_seconds(planes: Iterable[Any], program: Program, *,
+               on_device: bool) -> OpSeconds:
+  """Seconds per op of `program` over a trace's planes.
 
   Args:
     planes: a `jax.profiler.ProfileData`'s planes (anything with `.name` and
       `.lines`, whose lines have `.name` and `.events`, whose events have
       `.name`, `.duration_ns` and `.stats`, (key, value) pairs).
-    program: the profiled program's `instructions`.
+    program: the profiled program (`parse_program`).
+    on_device: whether it ran on an accelerator, whose planes
+      ('/device:...') must then hold its events; else the host's events that
+      name an op count.
 
-  Device planes ('/device:...') count where they hold events, kernels named
-  by their `hlo_op` stat (or by their own name where it has none); else the
-  host's events that name an `hlo_op`.
+  Raises:
+    RuntimeError: `on_device` and no device plane holds an event (e.g. the
+      GPU tracer, CUPTI, is missing): host-side times would mislead.
   """
   planes = list(planes)
-  device = [(plane, _op_lines(plane)) for plane in planes
-            if plane.name.startswith('/device:')]
-  device = [(plane, lines) for plane, lines in device
-            if any(list(line.events) for line in lines)]
-  host = [(plane, list(plane.lines)) for plane in planes
-          if not plane.name.startswith('/device:')]
-  chosen = device or host
+  if on_device:
+    chosen = [(plane, _op_lines(plane)) for plane in planes
+              if plane.name.startswith('/device:')]
+    chosen = [(plane, lines) for plane, lines in chosen
+              if any(list(line.events) for line in lines)]
+    if not chosen:
+      raise RuntimeError(
+          'The profiler recorded no device events (planes: '
+          f'{", ".join(plane.name for plane in planes) or "none"}); on a GPU '
+          'it needs CUPTI (the CUDA plugin\'s nvidia-cuda-cupti package).')
+  else:
+    chosen = [(plane, list(plane.lines)) for plane in planes
+              if not plane.name.startswith('/device:')]
   nanoseconds = collections.Counter()
+  unattributed = 0.0
   sources = []
   for plane, lines in chosen:
-    before = sum(nanoseconds.values())
+    before = sum(nanoseconds.values()) + unattributed
     for line in lines:
       for event in line.events:
-        op = dict(event.stats).get('hlo_op')
-        if op is None and not device:
-          continue  # A host event that is not an op of the program.
-        name = op if op is not None else event.name
-        if name in program and program[name].opcode in CONTROL_FLOW:
+        op = _op_of(event, program.module)
+        if op is None:
+          if on_device:
+            unattributed += event.duration_ns
+          continue  # On a host: an event that is not an op of the program.
+        instruction = program.instructions.get(op)
+        if instruction is not None and instruction.opcode in CONTROL_FLOW:
           continue
-        nanoseconds[name] += event.duration_ns
-    if sum(nanoseconds.values()) > before:
+        nanoseconds[op] += event.duration_ns
+    if sum(nanoseconds.values()) + unattributed > before:
       sources.append(plane.name)
-  return ({name: value / 1e9 for name, value in nanoseconds.items()},
-          ', '.join(sources) or 'no op events')
+  return OpSeconds({op: value / 1e9 for op, value in nanoseconds.items()},
+                   unattributed / 1e9, ', '.join(sources) or 'no op events')
 
 
 def profile_ops(run: Callable[[], Any], num_steps: int, hlo_text: str,
-                top: int = 12) -> Profile:
+                top: int = 12, on_device: Optional[bool] = None) -> Profile:
   """Traces `run()` (`num_steps` steps, synced at its end): the costliest ops.
 
   Args:
@@ -123,8 +163,12 @@ def profile_ops(run: Callable[[], Any], num_steps: int, hlo_text: str,
     hlo_text: the compiled program's HLO (`compiled.as_text()`), which names
       what each op computes.
     top: how many ops to list.
+    on_device: whether the program runs on an accelerator; default: whether
+      JAX's default backend is not the CPU.
   """
-  program = instructions(hlo_text)
+  if on_device is None:
+    on_device = jax.default_backend() != 'cpu'
+  program = parse_program(hlo_text)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
       run()
@@ -133,8 +177,10 @@ def profile_ops(run: Callable[[], Any], num_steps: int, hlo_text: str,
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}')
     profile = jax.profiler.ProfileData.from_file(paths[0])
-    seconds, source = op_seconds(profile.planes, program)
+    seconds = op_seconds(profile.planes, program, on_device=on_device)
   ops = [OpTime(name, 1e3 * value / num_steps,
-                program[name].what if name in program else '')
-         for name, value in collections.Counter(seconds).most_common(top)]
-  return Profile(1e3 * sum(seconds.values()) / num_steps, ops, source)
+                program.instructions[name].what
+                if name in program.instructions else '')
+         for name, value in collections.Counter(seconds.ops).most_common(top)]
+  return Profile(1e3 * sum(seconds.ops.values()) / num_steps, ops,
+                 1e3 * seconds.unattributed / num_steps, seconds.source)

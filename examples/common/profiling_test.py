@@ -25,17 +25,17 @@ class _Plane(NamedTuple):
   lines: list[_Line]
 
 
-def _op(name, nanoseconds, kernel=None):
+def _op(name, nanoseconds, kernel=None, module='jit_step'):
   """An event of op `name` (a kernel named `kernel` where given)."""
   return _Event(kernel or name, nanoseconds, [('hlo_op', name),
-                                              ('hlo_module', 'jit_step')])
+                                              ('hlo_module', module)])
 
 
-_PROGRAM = {
+_PROGRAM = profiling.Program('jit_step', {
     'sort.1': profiling.Instruction('sort', 'jit(step)/sort'),
     'scatter_fusion': profiling.Instruction('fusion', 'jit(step)/scatter-add'),
     'while.3': profiling.Instruction('while', 'jit(step)/while'),
-}
+})
 
 
 class OpSecondsTest(absltest.TestCase):
@@ -44,6 +44,8 @@ class OpSecondsTest(absltest.TestCase):
     # A GPU trace as XLA's tracer writes it: kernels on stream lines named by
     # their hlo_op stat, host-side launches of the same ops on the host
     # plane, and lines whose events span several ops.
+    # Transfers and other programs' kernels are device time of no op of
+    # the program.
     planes = [
         _Plane('/host:CPU', [_Line('tf_pjrt_thread', [
             _op('sort.1', 5_000), _op('scatter_fusion', 9_000)])]),
@@ -51,22 +53,34 @@ class OpSecondsTest(absltest.TestCase):
             _Line('Stream #13(Compute)', [
                 _op('sort.1', 2_000, kernel='cub::DeviceRadixSortKernel'),
                 _op('scatter_fusion', 500_000),
-                _op('sort.1', 3_000),
-                _Event('Memcpy HtoD', 1_000, [])]),
+                _op('outer::sort.1', 3_000),
+                _op('while.3', 4_000),
+                _op('sort.1', 7_000, module='jit_other')]),
+            _Line('Stream #20(MemcpyH2D)', [
+                _Event('MemcpyH2D', 1_000, [])]),
             _Line('XLA Modules', [_Event('jit_step', 900_000, [])]),
             _Line('Steps', [_Event('0', 950_000, [])])]),
+        _Plane('/device:GPU:1', [_Line('Stream #2(Compute)', [])]),
     ]
-    seconds, source = profiling.op_seconds(planes, _PROGRAM)
-    self.assertEqual(seconds, {'sort.1': 5e-6, 'scatter_fusion': 5e-4,
-                               'Memcpy HtoD': 1e-6})
-    self.assertEqual(source, '/device:GPU:0')
+    seconds = profiling.op_seconds(planes, _PROGRAM, on_device=True)
+    self.assertEqual(seconds.ops, {'sort.1': 5e-6, 'scatter_fusion': 5e-4})
+    self.assertEqual(seconds.unattributed, 8e-6)
+    self.assertEqual(seconds.source, '/device:GPU:0')
+
+  def test_an_accelerator_without_device_events_is_an_error(self):
+    # Host-side launch times would pass for kernel times.
+    planes = [_Plane('/host:CPU', [_Line('t', [_op('sort.1', 5_000)])]),
+              _Plane('/device:GPU:0', [_Line('Stream #1(Compute)', [])])]
+    with self.assertRaisesRegex(RuntimeError, 'no device events.*CUPTI'):
+      profiling.op_seconds(planes, _PROGRAM, on_device=True)
 
   def test_an_xla_ops_line_is_preferred_to_streams(self):
     planes = [_Plane('/device:TPU:0', [
         _Line('XLA Ops', [_op('sort.1', 4_000)]),
         _Line('XLA Modules', [_Event('jit_step', 9_000, [])])])]
-    self.assertEqual(profiling.op_seconds(planes, _PROGRAM)[0],
-                     {'sort.1': 4e-6})
+    self.assertEqual(
+        profiling.op_seconds(planes, _PROGRAM, on_device=True).ops,
+        {'sort.1': 4e-6})
 
   def test_cpu_counts_host_events_that_name_an_op_but_not_control_flow(self):
     planes = [
@@ -76,28 +90,29 @@ class OpSecondsTest(absltest.TestCase):
             _Line('tf_XLAPjRtCpuClient', [
                 _op('while.3', 70_000), _op('sort.1', 30_000),
                 _Event('end: sort.1', 100, []),
-                _op('scatter_fusion', 40_000)])]),
-        # A device plane without events does not hide the host's.
-        _Plane('/device:GPU:0', [_Line('Stream #1', [])]),
+                _op('scatter_fusion', 40_000),
+                _op('sort.1', 9_000, module='jit_other')])]),
     ]
-    seconds, source = profiling.op_seconds(planes, _PROGRAM)
-    self.assertEqual(seconds, {'sort.1': 3e-5, 'scatter_fusion': 4e-5})
-    self.assertEqual(source, '/host:CPU')
+    seconds = profiling.op_seconds(planes, _PROGRAM, on_device=False)
+    self.assertEqual(seconds.ops, {'sort.1': 3e-5, 'scatter_fusion': 4e-5})
+    self.assertEqual(seconds.unattributed, 0.0)
+    self.assertEqual(seconds.source, '/host:CPU')
 
 
-class InstructionsTest(absltest.TestCase):
+class ParseProgramTest(absltest.TestCase):
 
-  def test_opcodes_and_what_each_computes(self):
+  def test_module_opcodes_and_what_each_computes(self):
 
     def loop(x):
       return jax.lax.fori_loop(0, 3, lambda i, y: jnp.sort(y) * 2.0, x)
 
     hlo = jax.jit(loop).lower(jnp.arange(8.0)).compile().as_text()
-    program = profiling.instructions(hlo)
-    opcodes = {instruction.opcode for instruction in program.values()}
+    program = profiling.parse_program(hlo)
+    self.assertEqual(program.module, 'jit_loop')
+    opcodes = {i.opcode for i in program.instructions.values()}
     self.assertIn('while', opcodes)
     self.assertIn('sort', opcodes)
-    sorts = [i for i in program.values() if i.opcode == 'sort']
+    sorts = [i for i in program.instructions.values() if i.opcode == 'sort']
     self.assertTrue(all('sort' in i.what for i in sorts), sorts)
 
 
@@ -120,7 +135,7 @@ class ProfileOpsTest(absltest.TestCase):
 
     profile = profiling.profile_ops(run, num_steps, compiled.as_text(),
                                     top=50)
-    program = profiling.instructions(compiled.as_text())
+    program = profiling.parse_program(compiled.as_text()).instructions
     self.assertTrue(profile.ops)
     self.assertGreater(profile.ms_per_step, 0.0)
     self.assertAlmostEqual(

@@ -95,6 +95,7 @@ def profile(model: str, batch_size: int, sentences) -> dict:
                                    _TOP.value)
     result.update(traced_ops_ms=traced.ms_per_step,
                   ops=[tuple(op) for op in traced.ops],
+                  unattributed_ms=traced.unattributed_ms_per_step,
                   traced_from=traced.source)
   return result
 
