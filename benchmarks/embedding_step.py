@@ -39,6 +39,7 @@ from benchmarks import isolation
 from benchmarks import plotting
 from benchmarks import timing
 from benchmarks import workload
+from benchmarks import workload_flags
 from examples.common import machine
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -47,10 +48,6 @@ _DEFAULTS = timing.Settings()
 _NUM_ROWS = flags.DEFINE_list(
     'num_rows', ['10000', '100000', '1000000', '10000000'],
     'Table sizes N (rows) to time; 1e7 and the like are accepted.')
-_DIM = flags.DEFINE_integer('dim', _DEFAULTS.dim, 'Embedding dimension d.',
-                            lower_bound=1)
-_BATCH = flags.DEFINE_integer('batch', _DEFAULTS.batch, 'Ids per step B.',
-                              lower_bound=1)
 _STEPS = flags.DEFINE_integer(
     'steps', _DEFAULTS.steps,
     'Synced steps timed at least (each followed by a host sync; their median '
@@ -93,12 +90,6 @@ _DUPLICATES = flags.DEFINE_list(
     'Time each sparse optimizer named without @mode once per mode listed, '
     'from auto (the backend\'s own: scatter on CPU, reduce elsewhere), '
     'scatter, reduce.')
-_ZIPF_EXPONENT = flags.DEFINE_float(
-    'zipf_exponent', _DEFAULTS.zipf_exponent,
-    'Exponent s of the ids\' Zipf law, p(rank) ∝ rank^-s.')
-_NUM_BATCHES = flags.DEFINE_integer(
-    'num_batches', _DEFAULTS.num_batches,
-    'Distinct id batches cycled through during timing.', lower_bound=1)
 _MAX_MEMORY_GB = flags.DEFINE_float(
     'max_memory_gb', None,
     'Skip a (N, optimizer) pair whose estimated peak memory exceeds this or '
@@ -112,18 +103,18 @@ _PLOT = flags.DEFINE_boolean(
     '--isolate skip it: their parent plots every size).')
 _NAME = flags.DEFINE_string(
     'name', 'cpu', 'Results file stem: <output>/<name>.json and .png.')
-_SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed,
-                             'Seed for ids and targets.')
 
 
 def settings_from_flags() -> timing.Settings:
   return timing.Settings(
-      dim=_DIM.value, batch=_BATCH.value, steps=_STEPS.value,
+      dim=workload_flags.DIM.value, batch=workload_flags.BATCH.value,
+      steps=_STEPS.value,
       min_seconds=_MIN_SECONDS.value, max_steps=_MAX_STEPS.value,
       warmup=_WARMUP.value, back_to_back_steps=_BACK_TO_BACK_STEPS.value,
       repeats=_REPEATS.value, donate=_DONATE.value,
-      zipf_exponent=_ZIPF_EXPONENT.value, num_batches=_NUM_BATCHES.value,
-      max_memory_gb=_MAX_MEMORY_GB.value, seed=_SEED.value)
+      zipf_exponent=workload_flags.ZIPF_EXPONENT.value,
+      num_batches=workload_flags.NUM_BATCHES.value,
+      max_memory_gb=_MAX_MEMORY_GB.value, seed=workload_flags.SEED.value)
 
 
 def machine_description() -> dict[str, Any]:

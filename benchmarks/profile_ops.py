@@ -30,13 +30,11 @@ from absl import app
 from absl import flags
 import jax
 
-from benchmarks import timing
 from benchmarks import workload
+from benchmarks import workload_flags
 from examples.common import machine
 from examples.common import profiling
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-_DEFAULTS = timing.Settings()
 
 _NUM_ROWS = flags.DEFINE_list('num_rows', ['1000000'],
                               'Table sizes N (rows); 1e6 and the like work.')
@@ -50,14 +48,6 @@ _STEPS = flags.DEFINE_integer('steps', 50, 'K: steps traced back to back.',
                               lower_bound=1)
 _TOP = flags.DEFINE_integer('top', 8, 'Ops listed per optimizer.',
                             lower_bound=1)
-_DIM = flags.DEFINE_integer('dim', _DEFAULTS.dim, 'Embedding dimension d.',
-                            lower_bound=1)
-_BATCH = flags.DEFINE_integer('batch', _DEFAULTS.batch, 'Ids per step B.',
-                              lower_bound=1)
-_ZIPF_EXPONENT = flags.DEFINE_float(
-    'zipf_exponent', _DEFAULTS.zipf_exponent,
-    'Exponent s of the ids\' Zipf law, p(rank) ∝ rank^-s (0: uniform).',
-    lower_bound=0.0)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON file for the results.')
 
 
@@ -67,7 +57,7 @@ def profile_one(optimizer: workload.Optimizer, num_rows: int,
   num_steps = _STEPS.value
   step, init = workload.make_step(optimizer, inputs, num_steps=num_steps,
                                   donate=True)
-  table = workload.make_table(num_rows, _DIM.value)
+  table = workload.make_table(num_rows, workload_flags.DIM.value)
   holder = {'table': table, 'state': init(table), 'loss': None, 'i': 0}
   ids, targets = inputs.batches[0]
   compiled = step.lower(holder['table'], holder['state'], ids,
@@ -119,18 +109,21 @@ def main(argv):
     optimizers = [workload.parse(name) for name in _OPTIMIZERS.value]
   except ValueError as error:
     raise app.UsageError(f'--optimizers: {error}') from None
+  dim = workload_flags.DIM.value
+  batch = workload_flags.BATCH.value
+  zipf_exponent = workload_flags.ZIPF_EXPONENT.value
   report = {'machine': machine.describe_machine(),
-            'settings': {'batch': _BATCH.value, 'dim': _DIM.value,
-                         'zipf_exponent': _ZIPF_EXPONENT.value,
+            'settings': {'batch': batch, 'dim': dim,
+                         'zipf_exponent': zipf_exponent,
                          'steps': _STEPS.value},
             'results': []}
-  print(f'{report["machine"]}; B = {_BATCH.value}, d = {_DIM.value}, Zipf '
-        f'{_ZIPF_EXPONENT.value}, {_STEPS.value} steps traced', flush=True)
+  print(f'{report["machine"]}; B = {batch}, d = {dim}, Zipf {zipf_exponent}, '
+        f'{_STEPS.value} steps traced', flush=True)
   for num_rows in sizes:
     inputs = workload.make_inputs(
-        num_rows, dim=_DIM.value, batch=_BATCH.value,
-        zipf_exponent=_ZIPF_EXPONENT.value,
-        num_batches=_DEFAULTS.num_batches, seed=_DEFAULTS.seed)
+        num_rows, dim=dim, batch=batch, zipf_exponent=zipf_exponent,
+        num_batches=workload_flags.NUM_BATCHES.value,
+        seed=workload_flags.SEED.value)
     for optimizer in optimizers:
       result = profile_one(optimizer, num_rows, inputs)
       report['results'].append(result)
