@@ -15,6 +15,7 @@ on the same machine.
 """
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -108,7 +109,7 @@ def parse_sizes(values: list[str]) -> list[int]:
       size = float(value)
     except ValueError:
       raise ValueError(f'{value!r} is not a number') from None
-    if not size >= 1 or size != int(size):
+    if not (math.isfinite(size) and size >= 1 and size == int(size)):
       raise ValueError(f'{value!r} is not a whole number of rows ≥ 1')
     sizes.append(int(size))
   if not sizes:

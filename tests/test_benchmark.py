@@ -216,11 +216,12 @@ class ProfileOpsScriptTest(absltest.TestCase):
         for result in report['results'])
     self.assertIn('sort', reduce_ops)
     self.assertNotIn('sort', no_update_ops)
-    self.assertIn('sparse_cf_sgd@reduce, N = 1e+03', completed.stdout)
+    self.assertIn('sparse_cf_sgd@reduce, N = 1,000:', completed.stdout)
 
   def test_bad_flags_are_usage_errors(self):
     for flag, message in (('--num_rows=1e6x', "'1e6x' is not a number"),
                           ('--num_rows=0.5', 'not a whole number'),
+                          ('--num_rows=inf', 'not a whole number'),
                           ('--optimizers=momentum', 'unknown optimizer')):
       completed = self._run(flag)
       self.assertNotEqual(completed.returncode, 0)

@@ -24,7 +24,8 @@ class DeviceCheckTest(absltest.TestCase):
   def _run(self, outdir, *parts, **env):
     # Not the settings of a device_check.sh that may be running this suite.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(
-        ('DEVICE_CHECK_', 'BENCHMARK_', 'MOVIELENS_', 'TESTS_'))}
+        ('DEVICE_CHECK_', 'BENCHMARK_', 'MOVIELENS_', 'TESTS_', 'WORD2VEC_',
+         'PROFILE_'))}
     return subprocess.run(
         ['bash', _SCRIPT, outdir, *parts], capture_output=True, text=True,
         timeout=300, check=False,
@@ -57,9 +58,9 @@ class DeviceCheckTest(absltest.TestCase):
       # The profile's flags win over the part's N = 1e6; its summary names
       # each optimizer's time.
       self.assertRegex(summary, r'profile +\d+ s  ok')
-      self.assertRegex(summary, r'sparse_cf_sgd, N = 1e\+03: [0-9.]+ ms per '
+      self.assertRegex(summary, r'sparse_cf_sgd, N = 1,000: [0-9.]+ ms per '
                        r'step back to back; ops [0-9.]+ ms per step')
-      self.assertIn('no_update, N = 1e+03:', summary)
+      self.assertIn('no_update, N = 1,000:', summary)
       with open(os.path.join(outdir, 'profile.json')) as f:
         self.assertLen(json.load(f)['results'], 2)
       # Only reports in OUTDIR: no checkpoints, no leftover part summaries.

@@ -6,11 +6,13 @@ e.g. ``sort.11`` or ``loop_scatter_fusion``, with the JAX ops each computes,
 from the HLO's metadata). On an accelerator the times are the device's own:
 kernels on its streams, each tagged by XLA with its op and module (XLA runs
 command buffers thunk by thunk while a profile is on, so each kernel is seen).
-On a CPU they are the host threads' op events. Control flow (``while``,
-``conditional``, ``call``) is left out: the ops inside it are counted
-themselves. Device time that names no op of the program (argument transfers,
-other programs' kernels) is kept apart, as unattributed. Times are busy time
-summed over streams and devices, not wall time.
+On a CPU they are the host threads' op events, where control flow
+(``while``, ``conditional``, ``call``) is left out: its events span the ops
+inside it, which are counted themselves (on a device, an event named by a
+loop is its own work, e.g. copying its condition to the host). Device time
+that names no op of the program (argument transfers, other programs' kernels)
+is kept apart, as unattributed. Times are busy time summed over streams and
+devices, not wall time.
 """
 
 import collections
@@ -22,7 +24,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import jax
 
-# Opcodes whose events span the ops they run, which have events of their own.
+# Opcodes whose host events span the ops they run, which have events of their
+# own.
 CONTROL_FLOW = ('while', 'conditional', 'call')
 # Device-plane lines that hold the ops: TPUs' and derived GPU timelines' "XLA
 # Ops"; otherwise GPUs' stream lines ("Stream #13(Compute)"). Other device
@@ -90,10 +93,12 @@ def _op_lines(plane) -> list[Any]:
   return lines
 
 
-def _op_of(event, module: str) -> Optional[str]:
+def _op_of(event, line_name: str, module: str) -> Optional[str]:
   """The op of `module` that `event` times, or None."""
   stats = dict(event.stats)
   op = stats.get('hlo_op')
+  if op is None and line_name == _OPS_LINE:
+    op = event.name  # An "XLA Ops" line names its events by their op.
   if op is None or (module and stats.get('hlo_module', module) != module):
     return None
   # Kernels may carry a nested annotation, 'outer::inner': the op is last.
@@ -115,7 +120,8 @@ def op_seconds(planes: Iterable[Any], program: Program, *,
 
   Raises:
     RuntimeError: `on_device` and no device plane holds an event (e.g. the
-      GPU tracer, CUPTI, is missing): host-side times would mislead.
+      GPU tracer, CUPTI, is missing): host-side times would mislead; or no
+      device event names an op of the program.
   """
   planes = list(planes)
   if on_device:
@@ -138,17 +144,23 @@ def op_seconds(planes: Iterable[Any], program: Program, *,
     before = sum(nanoseconds.values()) + unattributed
     for line in lines:
       for event in line.events:
-        op = _op_of(event, program.module)
+        op = _op_of(event, line.name, program.module)
         if op is None:
           if on_device:
             unattributed += event.duration_ns
           continue  # On a host: an event that is not an op of the program.
         instruction = program.instructions.get(op)
-        if instruction is not None and instruction.opcode in CONTROL_FLOW:
+        if (not on_device and instruction is not None and
+            instruction.opcode in CONTROL_FLOW):
           continue
         nanoseconds[op] += event.duration_ns
     if sum(nanoseconds.values()) + unattributed > before:
       sources.append(plane.name)
+  if on_device and not nanoseconds:
+    raise RuntimeError(
+        f'No device event names an op of {program.module or "the program"} '
+        f'({unattributed / 1e6:.3f} ms of device events name other ops or '
+        'none).')
   return OpSeconds({op: value / 1e9 for op, value in nanoseconds.items()},
                    unattributed / 1e9, ', '.join(sources) or 'no op events')
 
