@@ -117,18 +117,23 @@ def parse_sizes(values: list[str]) -> list[int]:
   return sizes
 
 
-def zipf_probabilities(num_rows: int, exponent: float) -> np.ndarray:
-  """p(row) of a Zipf law over ranks 1..N, with ranks scattered over rows.
+def rank_probabilities(num_rows: int, exponent: float) -> np.ndarray:
+  """p(rank) ∝ rank^-exponent over ranks 1..N, shape (N,), float64."""
+  probabilities = np.arange(1, num_rows + 1, dtype=np.float64) ** -exponent
+  probabilities /= probabilities.sum()
+  return probabilities
+
+
+def zipf_probabilities(by_rank: np.ndarray) -> np.ndarray:
+  """p(row) of the Zipf law `by_rank` (`rank_probabilities`), ranks
+  scattered over rows.
 
   Rank r lives at row (r · 2654435761) mod N, a bijection when N shares no
   factor with that prime, so hot rows are spread through the table.
   """
-  ranks = np.arange(1, num_rows + 1, dtype=np.float64)
-  probabilities = ranks ** -exponent
-  probabilities /= probabilities.sum()
-  rows = row_of_rank(np.arange(num_rows), num_rows)
+  num_rows = len(by_rank)
   by_row = np.zeros(num_rows, np.float64)
-  by_row[rows] = probabilities
+  by_row[row_of_rank(np.arange(num_rows), num_rows)] = by_rank
   return by_row
 
 
@@ -136,10 +141,9 @@ def row_of_rank(rank_index: np.ndarray, num_rows: int) -> np.ndarray:
   return (rank_index.astype(np.int64) * 2654435761) % num_rows
 
 
-def zipf_cdf(num_rows: int, exponent: float) -> np.ndarray:
-  """The ranks' cumulative probabilities, shape (num_rows,), float64."""
-  ranks = np.arange(1, num_rows + 1, dtype=np.float64)
-  cdf = np.cumsum(ranks ** -exponent)
+def zipf_cdf(by_rank: np.ndarray) -> np.ndarray:
+  """The ranks' cumulative probabilities (of `rank_probabilities`)."""
+  cdf = np.cumsum(by_rank)
   cdf /= cdf[-1]
   return cdf
 
@@ -170,10 +174,10 @@ def make_inputs(num_rows: int, *, dim: int, batch: int, zipf_exponent: float,
   """
   rng = np.random.default_rng([seed, num_rows])
   weights = jnp.asarray(rng.normal(size=(dim,)), jnp.float32)
-  frequencies = (batch * zipf_probabilities(num_rows, zipf_exponent)).astype(
-      np.float32)
+  by_rank = rank_probabilities(num_rows, zipf_exponent)
+  frequencies = (batch * zipf_probabilities(by_rank)).astype(np.float32)
   batches = []
-  cdf = zipf_cdf(num_rows, zipf_exponent)
+  cdf = zipf_cdf(by_rank)
   for _ in range(num_batches):
     ids = zipf_ids(rng, cdf, (batch,))
     targets = rng.normal(size=(batch,)).astype(np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 from examples.common import checkpointing
 from examples.common import progress
 
+
 class Diverged(FloatingPointError):
   """A run's loss went non-finite, or far off and stayed there.
 

@@ -172,7 +172,6 @@ class Study:
                  summary['seconds'])
     return summary
 
-
   def _save(self, path: str, summary: dict) -> None:
     with open(path + '.tmp', 'w') as f:
       json.dump(summary, f)

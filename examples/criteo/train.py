@@ -44,6 +44,7 @@ from examples.criteo import input_pipeline
 from examples.criteo import model as model_lib
 from examples.criteo import placement
 
+
 def diverged(mean_losses: Sequence[float]) -> bool:
   """Whether a run's logged mean train losses (oldest first) say it diverged.
 

@@ -289,6 +289,10 @@ def all_diverged(sweep: dict, model: str,
   return {name: sorted(lrs) for name, lrs in rates.items()}
 
 
+def _rates(learning_rates: list[float]) -> str:
+  return ', '.join(f'{rate:g}' for rate in learning_rates)
+
+
 def report(out: str) -> None:
   with open(os.path.join(out, 'sweep.json')) as f:
     sweep = json.load(f)
@@ -312,7 +316,7 @@ def report(out: str) -> None:
       elif diverged := all_diverged(sweep, model, gradient):
         lines += [f'## {variant_name(model, gradient)}', '',
                   'Every run diverged: ' + '; '.join(
-                      f'{optimizer} at {", ".join(f"{lr:g}" for lr in lrs)}'
+                      f'{optimizer} at {_rates(lrs)}'
                       for optimizer, lrs in diverged.items()) + '.', '']
   if peer is not None:
     lines += gensim_peer.peer_table(peer)
@@ -393,7 +397,7 @@ def variant_report(out: str, sweep: dict, model: str,
         f'{run["words_per_second"]:,.0f} | '
         f'{run["optimizer_state_bytes"] / 1e6:.2f} MB |')
   diverged = [f'- {optimizer}: every run diverged (learning rates '
-              f'{", ".join(f"{lr:g}" for lr in lrs)}).'
+              f'{_rates(lrs)}).'
               for optimizer, lrs in all_diverged(sweep, model, gradient).items()]
   if diverged:
     lines += [''] + diverged
