@@ -122,6 +122,21 @@ class RowwiseAdagradTest(chex.TestCase):
         grads, fasgd_optax.rowwise_adagrad(0.1).init(params), params,
         ids={'embed': jnp.array([1])})
 
+  def test_scale_by_rowwise_adagrad_alone_takes_extra_args(self):
+    # Used on its own, like `scale_by_counted_frequency`, it takes the same
+    # update call (ids included) and ignores what it does not use.
+    params = _params()
+    tx = fasgd_optax.scale_by_rowwise_adagrad()
+    self.assertIsInstance(tx, optax.GradientTransformationExtraArgs)
+    grads = _grads(np.random.default_rng(3), params)
+    state = tx.init(params)
+    with_ids, _ = tx.update(grads, state, params,
+                            ids={'embed': jnp.array([1, 1])}, other=3)
+    without, _ = tx.update(grads, state, params)
+    chex.assert_trees_all_equal(with_ids, without)
+    expected, _ = _reference_updates(grads['embed'], np.zeros(7), 1.0, 1e-8)
+    np.testing.assert_allclose(with_ids['embed'], expected * -1, rtol=1e-5)
+
   def test_keeps_row_sharding(self):
     mesh = Mesh(np.array(cpu_devices.use(self)), ('rows',))
     table = jax.device_put(jnp.ones((16, 4)),

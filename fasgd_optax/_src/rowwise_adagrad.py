@@ -54,7 +54,7 @@ def rowwise_scale(accumulators: jax.Array, epsilon: float) -> jax.Array:
 def scale_by_rowwise_adagrad(
     epsilon: float = 1e-8,
     initial_accumulator_value: float = 0.0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Scales each row's gradient by its row-wise Adagrad factor.
 
   For row k of each leaf, with :math:`g_k` the row's gradient of d elements,
@@ -71,7 +71,9 @@ def scale_by_rowwise_adagrad(
     initial_accumulator_value: a_k before the first update.
 
   Returns:
-    An `optax.GradientTransformation` with a `ScaleByRowwiseAdagradState`.
+    An `optax.GradientTransformationExtraArgs` with a
+    `ScaleByRowwiseAdagradState`; extra args such as ``ids`` are accepted and
+    ignored, so the same ``update`` call serves it and `cf_sgd`.
   """
   check_hyperparameters(epsilon, initial_accumulator_value)
 
@@ -79,8 +81,8 @@ def scale_by_rowwise_adagrad(
     return ScaleByRowwiseAdagradState(accumulators=counting.per_row_state(
         params, jnp.float32, fill=initial_accumulator_value))
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
 
     def accumulate(path, grad, acc):
       counting.check_row_state(tree_args.path_to_str(path), grad, acc,
@@ -94,7 +96,7 @@ def scale_by_rowwise_adagrad(
         updates, accumulators)
     return new_updates, ScaleByRowwiseAdagradState(accumulators=accumulators)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def rowwise_adagrad(
