@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks import ab_compare
 from benchmarks import ab_inprocess
 from benchmarks import isolation
+from benchmarks import make_table
 from benchmarks import timing
 from benchmarks import workload
 
@@ -143,6 +144,9 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertIn('skipped¹', markdown)
     self.assertIn('CF-SGD state bytes ≤ params bytes / d + 1 KiB', markdown)
     self.assertIn('in 2 rounds', markdown)
+    # Issue 10's accelerator targets are not judged on this CPU run.
+    self.assertIn('this run was on a CPU', markdown)
+    self.assertNotIn('**not met** |', markdown.split('(issue 10)')[1])
 
   def test_both_duplicate_modes_on_one_machine(self):
     report, markdown, _ = self._run(
@@ -356,6 +360,41 @@ class AbCompareTest(absltest.TestCase):
   def test_no_common_pair_is_named(self):
     with self.assertRaisesRegex(ValueError, r'No pair: runs \[1\] now, \[2\]'):
       ab_compare.compare({1: self._report({})}, {2: self._report({})})
+
+
+class AcceleratorTargetsTest(absltest.TestCase):
+  """Issue 10's targets: judged on an accelerator's run, not on a CPU's."""
+
+  def _results(self, cf_sgd_ms):
+    results = []
+    for num_rows in (10 ** 5, 10 ** 6, 10 ** 7, 10 ** 8):
+      for name, ms in (('no_update', 0.1), ('sparse_cf_sgd', cf_sgd_ms),
+                       ('sparse_fa_sgd', 0.15),
+                       ('sparse_rowwise_adagrad', 0.15)):
+        results.append({'optimizer': name, 'num_rows': num_rows,
+                        'back_to_back_ms': ms})
+    results.append({'optimizer': 'sgd', 'num_rows': 10 ** 7,
+                    'back_to_back_ms': 5.0})
+    return results
+
+  def test_verdicts_from_the_measured_ratios(self):
+    lines = make_table.accelerator_targets(self._results(0.3))
+    self.assertIn('| CF-SGD, sparse ≤ 2× `no_update`, every N in 1e5 … 1e8 | '
+                  '1e5: 3.00×, 1e6: 3.00×, 1e7: 3.00×, 1e8: 3.00× | '
+                  '**not met** |', lines)
+    self.assertIn('| FA-SGD, sparse ≤ 2× `no_update`, every N in 1e5 … 1e8 | '
+                  '1e5: 1.50×, 1e6: 1.50×, 1e7: 1.50×, 1e8: 1.50× | met |',
+                  lines)
+    self.assertIn('| CF-SGD sparse step ≥ 10× faster than `optax.sgd`, N = '
+                  '1e7 | 16.7× | met |', lines)
+
+  def test_a_cpu_run_is_shown_without_verdicts(self):
+    lines = make_table.accelerator_targets(self._results(0.3), judged=False)
+    rows = [line for line in lines[2:] if line.startswith('| ')]
+    self.assertLen(rows, 4)
+    for row in rows:
+      self.assertTrue(row.endswith('| not judged (a CPU run) |'), row)
+    self.assertIn('1e5: 3.00×', rows[0])
 
 
 class AbInProcessTest(absltest.TestCase):
