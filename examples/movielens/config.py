@@ -1,9 +1,9 @@
 """Default settings of the MovieLens example and the tuned learning rates.
 
 `TUNED_LEARNING_RATES` holds, for each (model, optimizer), the learning rate
-that `python -m examples.movielens.sweep` picked by validation AUC on
-MovieLens-100K with the defaults below (see README.md in this folder for the
-sweep's command, grid and results).
+that the sweep (`python -m examples.movielens.main --sweep --num_seeds=3`)
+picked by validation AUC on MovieLens-100K with the defaults below (see
+README.md in this folder for the sweep's grid and results).
 """
 
 import dataclasses
