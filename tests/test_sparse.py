@@ -417,6 +417,47 @@ class DistinctRowsTest(parameterized.TestCase):
     self.assertLen(set(rows.tolist()), size)
 
 
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_non_finite_gradients_stay_in_their_row_and_column(self, duplicates):
+    """NaN and ±inf sum as NumPy sums them, never into another row.
+
+    The reduce design sums runs with 0/1-mask matrix products, where a mask's
+    0 times another run's inf or NaN would make NaN of whole blocks.
+    """
+    rng = np.random.default_rng(5)
+    num_rows, size = 50, 1000
+    keys = np.minimum(rng.zipf(1.5, size=size) - 1, num_rows)  # 50: bad ids.
+    grads = rng.normal(size=(size, 4)).astype(np.float32)
+    hot = np.flatnonzero(keys == 0)
+    self.assertGreater(len(hot), 300)  # Row 0's run spans blocks.
+    grads[hot[1], 0] = np.nan
+    grads[hot[-1], 1] = np.inf  # Row 0: inf in column 1, in a later block.
+    grads[hot[5], 2] = np.inf
+    grads[hot[200], 2] = -np.inf  # Row 0, column 2: inf - inf = NaN.
+    grads[np.flatnonzero(keys == 3)[0], 3] = -np.inf
+    dropped = np.flatnonzero(keys == num_rows)
+    self.assertNotEmpty(dropped)
+    grads[dropped] = np.nan  # Bad ids' gradients touch nothing.
+    batch = self.SUMS[duplicates](jnp.asarray(keys, jnp.int32),
+                                  jnp.asarray(grads), num_rows)
+    expected = np.zeros((num_rows, 4), np.float64)
+    in_range = keys < num_rows
+    with np.errstate(invalid='ignore'):
+      np.add.at(expected, keys[in_range], grads[in_range])
+    rows = np.asarray(batch.rows)
+    kept = rows < num_rows
+    got = np.asarray(batch.grads)[kept]
+    want = expected[rows[kept]]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    self.assertEqual(int(np.sum(~np.isfinite(want))), 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(batch.multiplicities)[kept],
+        np.bincount(keys[in_range], minlength=num_rows)[rows[kept]])
+
+
 class DuplicateModesTest(parameterized.TestCase):
   """The two designs agree, and each compiles to what it should."""
 
@@ -432,6 +473,28 @@ class DuplicateModesTest(parameterized.TestCase):
       for ids, targets in cases.batches(3, shape=(200, 4), seed=7):
         table, state = step(table, state, ids, targets)
       results[duplicates] = (table, state)
+    chex.assert_trees_all_close(results['reduce'], results['scatter'],
+                                rtol=2e-5, atol=1e-6)
+
+  @parameterized.parameters(*ALL_OPTIMIZERS)
+  def test_a_nan_gradient_spoils_only_its_own_row(self, name):
+    """As on the dense path: one row's NaN leaves every other row alone."""
+    ids = jnp.asarray(np.random.default_rng(2).integers(
+        0, cases.ROWS, size=(300,)).astype(np.int32))
+    row_grads = np.random.default_rng(3).normal(
+        size=(300, cases.DIM)).astype(np.float32)
+    row_grads[7, 1] = np.nan
+    results = {}
+    for duplicates in DUPLICATE_MODES:
+      _, sparse, _ = cases.optimizers(name, duplicates)
+      table = jnp.asarray(cases.initial_table())
+      results[duplicates] = sparse.apply(table, sparse.init(table), ids,
+                                         jnp.asarray(row_grads))
+    spoilt = int(ids[7])
+    for duplicates, (table, _) in results.items():
+      finite_rows = np.all(np.isfinite(np.asarray(table)), axis=1)
+      self.assertFalse(finite_rows[spoilt], duplicates)
+      self.assertEqual(int(finite_rows.sum()), cases.ROWS - 1, duplicates)
     chex.assert_trees_all_close(results['reduce'], results['scatter'],
                                 rtol=2e-5, atol=1e-6)
 
