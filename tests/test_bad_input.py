@@ -186,6 +186,92 @@ class BadIdsTest(parameterized.TestCase):
                                   [0, 3, 0, 0, 0, 0])
 
 
+  @parameterized.named_parameters(('list', []), ('tuple', ()))
+  def test_an_empty_python_batch_for_a_leaf_counts_nothing(self, empty):
+    # Not presence counting, which would count every row with a gradient.
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    update = lambda g, s, p: tx.update(g, s, p, ids={'embed': empty})
+    for run in (update, jax.jit(update)):
+      _, state = run(_grads(), tx.init(_params()), _params())
+      np.testing.assert_array_equal(state[0].row_counts['embed'], [0] * 6)
+
+  @parameterized.named_parameters(
+      ('floats', [1.0, 2.0], TypeError, "'embed'.*integer.*float64"),
+      ('bools', [True], TypeError, "'embed'.*integer.*bool"),
+      ('ragged', [[1, 2], [3]], ValueError,
+       r"'embed' must form an integer array.*\[\[1, 2\], \[3\]\]"))
+  def test_python_ids_of_the_wrong_kind_name_the_leaf(self, ids, error, regex):
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    with self.assertRaisesRegex(error, regex):
+      tx.update(_grads(), tx.init(_params()), _params(), ids={'embed': ids})
+
+
+class BadStateTest(parameterized.TestCase):
+  """A state that is not what the optimizer's `init` made is refused."""
+
+  @parameterized.named_parameters(
+      ('bfloat16_counts', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10),
+       lambda s: (s[0]._replace(row_counts=jax.tree.map(
+           lambda c: c.astype(jnp.bfloat16), s[0].row_counts)),) + s[1:],
+       "row_counts for parameter '(dense|embed)' has dtype bfloat16.*int32"),
+      ('half_life_state_without_half_life',
+       lambda: fasgd_optax.cf_sgd(0.1, num_steps=10),
+       lambda s: fasgd_optax.cf_sgd(0.1, num_steps=10, count_half_life=5.0
+                                    ).init(_params()),
+       'made by an optimizer with `count_half_life`.*None'),
+      ('plain_state_with_half_life',
+       lambda: fasgd_optax.cf_sgd(0.1, num_steps=10, count_half_life=5.0),
+       lambda s: fasgd_optax.cf_sgd(0.1, num_steps=10).init(_params()),
+       'made by an optimizer without `count_half_life`.*5.0'),
+      ('int32_accumulators', lambda: fasgd_optax.rowwise_adagrad(0.1),
+       lambda s: (s[0]._replace(accumulators=jax.tree.map(
+           lambda a: a.astype(jnp.int32), s[0].accumulators)),) + s[1:],
+       "accumulators for parameter '(dense|embed)' has dtype int32.*float32"))
+  def test_dense_state_of_another_kind(self, make, spoil, regex):
+    tx = make()
+    state = spoil(tx.init(_params()))
+    with self.assertRaisesRegex(ValueError, regex):
+      tx.update(_grads(), state, _params(), ids={'embed': jnp.array([1])})
+
+  def test_another_optimizers_state(self):
+    cf, fa = (fasgd_optax.cf_sgd(0.1, num_steps=10),
+              fasgd_optax.fa_sgd(0.1, None, num_steps=10))
+    with self.assertRaisesRegex(TypeError, 'cf_sgd.*got ScaleByKnownFreq'):
+      cf.update(_grads(), fa.init(_params()), _params())
+    with self.assertRaisesRegex(TypeError, 'fa_sgd.*got ScaleByCountedFreq'):
+      fa.update(_grads(), cf.init(_params()), _params())
+
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda: fasgd_optax.sparse_cf_sgd(0.1, num_steps=10),
+       jnp.float32),
+      ('rowwise_adagrad', lambda: fasgd_optax.sparse_rowwise_adagrad(0.1),
+       jnp.int32))
+  def test_sparse_state_of_another_dtype(self, make, wrong):
+    sparse = make()
+    table = jnp.zeros((6, 2))
+    state = sparse.init(table)
+    spoilt = jax.tree.map(
+        lambda x: x.astype(wrong) if x.ndim == 1 else x, state)
+    with self.assertRaisesRegex(ValueError, f'has dtype {jnp.dtype(wrong)}.*'
+                                'init\\(table\\)'):
+      sparse.apply(table, spoilt, jnp.array([1]), jnp.ones((1, 2)))
+    # Refused before donation: the table and the state are still usable.
+    self.assertFalse(table.is_deleted())
+    sparse.apply(table, state, jnp.array([1]), jnp.ones((1, 2)))
+
+  @parameterized.parameters(jnp.int32, jnp.bool_)
+  def test_sparse_tables_must_be_floating(self, dtype):
+    sparse = fasgd_optax.sparse_cf_sgd(0.1, num_steps=10)
+    table = jnp.zeros((6, 2), dtype)
+    with self.assertRaisesRegex(TypeError, f'floating-point table.*'
+                                f'{jnp.dtype(dtype)}'):
+      sparse.init(table)
+    state = sparse.init(jnp.zeros((6, 2)))
+    with self.assertRaisesRegex(TypeError, 'floating-point table'):
+      sparse.apply(table, state, jnp.array([1]), jnp.ones((1, 2)))
+    self.assertFalse(table.is_deleted())
+
+
 class BadHyperparametersTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
@@ -233,6 +319,18 @@ class BadHyperparametersTest(parameterized.TestCase):
                          num_steps=10)
     with self.assertRaisesRegex(ValueError, "'embed'.*finite"):
       fasgd_optax.fa_sgd(0.1, {'embed': np.array([np.nan] * 6)}, num_steps=10)
+
+  def test_frequencies_as_python_lists(self):
+    grads = {'embed': jnp.ones((6, 2)), 'dense': jnp.ones((2, 2))}
+    in_a_dict = fasgd_optax.fa_sgd(0.1, {'embed': [0.25] * 6}, num_steps=4)
+    updates, _ = in_a_dict.update(grads, in_a_dict.init(_params()), _params())
+    np.testing.assert_allclose(updates['embed'], -0.1 * np.ones((6, 2)))
+    single = fasgd_optax.fa_sgd(0.1, [0.25, 1.0], num_steps=4)
+    table = jnp.zeros((2, 2))
+    updates, _ = single.update(jnp.ones((2, 2)), single.init(table), table)
+    np.testing.assert_allclose(updates[:, 0], [-0.1, -0.05])
+    with self.assertRaisesRegex(ValueError, "'embed'.*>= 0.*-1.0"):
+      fasgd_optax.fa_sgd(0.1, {'embed': [0.1, -1.0]}, num_steps=4)
 
   def test_frequencies_with_wrong_shape(self):
     tx = fasgd_optax.fa_sgd(0.1, {'embed': np.full(5, 0.1)}, num_steps=10)

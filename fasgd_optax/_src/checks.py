@@ -58,7 +58,12 @@ def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
   """`ids` as an integer array; a TypeError naming the leaf otherwise."""
   dtype = getattr(ids, 'dtype', None)
   if dtype is None:
-    ids = np.asarray(ids)
+    try:
+      ids = np.asarray(ids)
+    except ValueError as e:  # Ragged lists: numpy names no leaf.
+      raise ValueError(
+          f"ids for parameter '{leaf_path or '<root>'}' must form an integer "
+          f'array (lists of equal lengths); got {ids!r}: {e}') from None
     dtype = ids.dtype
     if ids.size == 0:  # An empty Python list: no rows touched.
       ids = ids.astype(np.int32)

@@ -25,11 +25,14 @@ def row_shape(leaf: Any) -> tuple[int, ...]:
   return tuple(leaf.shape[:1])
 
 
-def check_row_state(path: str, grad: Any, row_state: Any, name: str) -> None:
-  """Raises a ValueError unless `row_state` has one entry per row of `grad`.
+def check_row_state(path: str, grad: Any, row_state: Any, name: str,
+                    dtype: Any) -> None:
+  """Raises a ValueError unless `row_state` has one `dtype` entry per row.
 
   A state made by `init` for parameters of another shape (a grown vocabulary)
-  would otherwise fail deep inside the update, naming no parameter.
+  would otherwise fail deep inside the update, naming no parameter; one of
+  another dtype (a state cast with the parameters, another optimizer's) would
+  count wrongly: bfloat16 counts stop growing at 256, float32 ones at 2^24.
   """
   have = tuple(jnp.shape(row_state))
   if have != row_shape(grad):
@@ -38,6 +41,14 @@ def check_row_state(path: str, grad: Any, row_state: Any, name: str) -> None:
         f'has shape {have}, but the parameter (shape {tuple(grad.shape)}) '
         f'needs {row_shape(grad)}: was the state made by `init` for '
         'parameters of another shape?')
+  have_dtype = jnp.result_type(row_state)
+  if have_dtype != jnp.dtype(dtype):
+    raise ValueError(
+        f"The optimizer state's {name} for parameter '{path or '<root>'}' "
+        f'has dtype {have_dtype}, but this optimizer keeps them as '
+        f'{jnp.dtype(dtype)}: was the state cast, or made by another '
+        'optimizer (or another `count_half_life` setting)? Make it with '
+        '`init`.')
 
 
 def saturating_add(counts: jax.Array, increments: jax.Array) -> jax.Array:

@@ -86,7 +86,7 @@ def scale_by_rowwise_adagrad(
 
     def accumulate(path, grad, acc):
       counting.check_row_state(tree_args.path_to_str(path), grad, acc,
-                               'accumulators')
+                               'accumulators', jnp.float32)
       return counting.keep_sharding(acc + row_mean_squares(grad), acc)
 
     accumulators = jax.tree_util.tree_map_with_path(

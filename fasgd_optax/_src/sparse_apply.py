@@ -40,10 +40,17 @@ class SparseTransformation(NamedTuple):
 
 
 def check_table(table: Any) -> None:
+  """Raises unless `table` is a floating-point array of ≥ 1 dimension."""
   if getattr(table, 'ndim', 0) < 1:
     raise ValueError(
         'A sparse transformation needs a table with at least one dimension '
         f'(rows first); got shape {getattr(table, "shape", None)}.')
+  if not jnp.issubdtype(table.dtype, jnp.floating):
+    # An integer table would take every step rounded to 0 while the counts
+    # advanced.
+    raise TypeError(
+        'A sparse transformation needs a floating-point table; got dtype '
+        f'{table.dtype}.')
 
 
 def _checked_arguments(table, ids, row_grads, checkify_ids: bool,
@@ -101,6 +108,13 @@ def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
           f'{tuple(jnp.shape(leaf))}, but a table of shape '
           f'{tuple(table.shape)} needs {tuple(want.shape)}: was the state made '
           'for another table? Make it with init(table).')
+    if jnp.result_type(leaf) != want.dtype:
+      # bfloat16 counts, say, would stop growing at 256.
+      raise ValueError(
+          f'state{jax.tree_util.keystr(path)} has dtype '
+          f'{jnp.result_type(leaf)}, but this transformation keeps it as '
+          f'{want.dtype}: was the state cast, or made by another '
+          'transformation? Make it with init(table).')
 
 
 # init -> {(shape, dtype): the layout init gives}. Weak keys: a transformation

@@ -33,6 +33,21 @@ def _check_common(learning_rate, num_steps, max_learning_rate):
                         allow_none=True)
 
 
+def _check_counted_state(state: Any, count_half_life: Optional[float]) -> None:
+  """Raises unless `state` is a `ScaleByCountedFrequencyState` of this kind."""
+  if not all(hasattr(state, field)
+             for field in ScaleByCountedFrequencyState._fields):
+    raise TypeError(
+        'scale_by_counted_frequency (cf_sgd) needs the state its `init` made, '
+        f'a ScaleByCountedFrequencyState; got {type(state).__name__}.')
+  if (state.row_last_step is None) != (count_half_life is None):
+    raise ValueError(
+        'The state was made by an optimizer '
+        + ('without' if state.row_last_step is None else 'with')
+        + ' `count_half_life`, but this one has count_half_life='
+        f'{count_half_life!r}: make the state with this optimizer\'s `init`.')
+
+
 def scale_by_counted_frequency(
     learning_rate: ScalarOrSchedule,
     *,
@@ -94,6 +109,7 @@ def scale_by_counted_frequency(
 
   def update_fn(updates, state, params=None, *, ids=None, **extra_args):
     del params, extra_args
+    _check_counted_state(state, count_half_life)
     leaves, treedef = tree_args.leaves_with_paths(updates)
     ids_per_leaf = tree_args.per_leaf(ids, updates, 'ids')
     counts_leaves = treedef.flatten_up_to(state.row_counts)
@@ -113,7 +129,11 @@ def scale_by_counted_frequency(
         new_counts.append(row_counts)
         new_last.append(row_last)
         continue
-      counting.check_row_state(path, grad, row_counts, 'row_counts')
+      counting.check_row_state(path, grad, row_counts, 'row_counts',
+                               count_dtype)
+      if row_last is not None:
+        counting.check_row_state(path, grad, row_last, 'row_last_step',
+                                 jnp.int32)
       increments = counting.leaf_increments(grad, leaf_ids, path, axis_name,
                                             checkify_ids)
       counts, last, counts_now = counting.updated_counts(
@@ -203,13 +223,17 @@ def scale_by_known_frequency(
     raise ValueError(
         '`num_steps` must be a positive int for FA-SGD: its step size '
         'α/sqrt(T·p) needs the horizon T; got None.')
+  # A list of numbers below the root is one leaf's frequencies, as for ids.
   frequencies = jax.tree_util.tree_map_with_path(
       lambda path, f: _frequency_array(tree_args.path_to_str(path), f),
-      frequencies)
+      frequencies, is_leaf=lambda x: (x is not frequencies
+                                      and tree_args.is_number_list(x)))
 
   def leaf_frequencies(tree):
     leaves, _ = tree_args.leaves_with_paths(tree)
-    freqs = tree_args.per_leaf(frequencies, tree, 'frequencies')
+    # A root list, for a single-array parameter, becomes its one array.
+    freqs = [None if f is None else jnp.asarray(f, jnp.float32)
+             for f in tree_args.per_leaf(frequencies, tree, 'frequencies')]
     _check_frequency_shapes(freqs, leaves)
     return leaves, freqs
 
@@ -220,6 +244,10 @@ def scale_by_known_frequency(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    if not isinstance(state, ScaleByKnownFrequencyState):
+      raise TypeError(
+          'scale_by_known_frequency (fa_sgd) needs the state its `init` made, '
+          f'a ScaleByKnownFrequencyState; got {type(state).__name__}.')
     leaves, freqs = leaf_frequencies(updates)
     _, treedef = tree_args.leaves_with_paths(updates)
     alpha = counting.learning_rate_at(learning_rate, state.count)

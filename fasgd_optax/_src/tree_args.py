@@ -63,12 +63,17 @@ def _is_array_like(x: Any) -> bool:
   return hasattr(x, 'shape') and hasattr(x, 'dtype')
 
 
-def _is_id_list(x: Any) -> bool:
-  """A (nested) list or tuple of integers: one leaf's ids, like an array."""
-  if not isinstance(x, (list, tuple)) or not x:
+def is_number_list(x: Any) -> bool:
+  """A (nested) list or tuple of numbers: one leaf's entry, like an array.
+
+  An empty one is a leaf's entry too (a batch that touched no row of it),
+  and so is one of floats or bools, which the entry's own checks then refuse
+  by dtype rather than as a part of the tree.
+  """
+  if not isinstance(x, (list, tuple)):
     return False
-  return all(_is_id_list(item) or
-             (isinstance(item, (int, np.integer)) and not isinstance(item, bool))
+  return all(is_number_list(item) or
+             isinstance(item, (int, float, np.number, np.bool_))
              for item in x)
 
 
@@ -82,7 +87,8 @@ def per_leaf(
   Args:
     arg: None, a single array, a pytree mirroring `tree` (None for leaves
       without an entry), or a dict keyed by leaf path strings. A list or
-      tuple of integers is one leaf's entry, like an array of them.
+      tuple of numbers (an empty one too) is one leaf's entry, like an array
+      of them.
     tree: the updates or parameters; may contain `optax.MaskedNode`s.
     arg_name: the argument's name, for error messages.
 
@@ -108,11 +114,11 @@ def per_leaf(
         'leaves without an entry) or a dict keyed by these paths.'
     )
 
-  # A list of ints is one leaf's ids, except at the root, where a list or
+  # A list of numbers is one leaf's ids, except at the root, where a list or
   # tuple mirrors list or tuple parameters ([ids_0, ids_1] or [3, 5]).
   flat_arg, _ = jax.tree_util.tree_flatten_with_path(
       arg, is_leaf=lambda x: (x is None or _is_array_like(x) or
-                              (x is not arg and _is_id_list(x)))
+                              (x is not arg and is_number_list(x)))
   )
   leaf_paths = {path for path, _ in leaves}
   by_path = {}
