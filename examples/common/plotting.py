@@ -9,6 +9,8 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from examples.common import files  # pylint: disable=g-import-not-at-top
+
 
 def line_plot(
     path: str,
@@ -50,8 +52,7 @@ def line_plot(
   axes.grid(alpha=0.3)
   axes.legend(fontsize='small')
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
+  _save(figure, path)
 
 
 def grouped_bar_plot(
@@ -96,5 +97,11 @@ def grouped_bar_plot(
   axes.grid(alpha=0.3, axis='y')
   axes.legend(fontsize='small')
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
+  _save(figure, path)
+
+
+def _save(figure, path: str) -> None:
+  """Saves `figure` as a PNG at `path`, all or nothing, and closes it."""
+  with files.replacing(path) as temporary:
+    figure.savefig(temporary, dpi=110, format='png')
   plt.close(figure)

@@ -34,6 +34,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from examples.common import files
 from examples.common import machine
 from examples.common import plotting
 from examples.common import training
@@ -274,10 +275,8 @@ def main(argv):
   }
   table = markdown(report)
   print(table)
-  with open(os.path.join(output_dir, 'auc.json'), 'w') as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(output_dir, 'auc.md'), 'w') as f:
-    f.write(table)
+  files.write_json(os.path.join(output_dir, 'auc.json'), report, indent=1)
+  files.write_text(os.path.join(output_dir, 'auc.md'), table)
   plotting.line_plot(
       os.path.join(output_dir, 'auc_learning_rate_sweep.png'),
       {name: (t['grid'], t['validation_auc']) for name, t in tuning.items()},

@@ -15,7 +15,6 @@ Several processes (e.g. one per host), each running the same command:
 """
 
 import glob
-import json
 import os
 
 from absl import app
@@ -117,6 +116,7 @@ _WORKDIR = flags.DEFINE_string(
 
 from examples.common import cli  # pylint: disable=g-import-not-at-top
 from examples.common import checkpointing  # pylint: disable=g-import-not-at-top
+from examples.common import files  # pylint: disable=g-import-not-at-top
 from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
 
 cli.require_positive('learning_rate', 'dense_learning_rate')
@@ -307,8 +307,7 @@ def main(argv):
       print(f'{timing["examples_per_second"]:.0f} examples/s over '
             f'{timing["steps"]} steps ({timing["data_wait_seconds"]:.2f} s '
             'waiting for data)')
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=1)
+    files.write_json(os.path.join(workdir, 'results.json'), results, indent=1)
     print(f'Results in {os.path.abspath(os.path.join(workdir, "results.json"))}')
 
 

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from examples.common import files
 from examples.common import machine
 from examples.common import plotting
 from examples.common import progress
@@ -95,9 +96,7 @@ def run(
                                show_progress=False)
   )
   os.makedirs(os.path.dirname(summary_path), exist_ok=True)
-  with open(summary_path + '.partial', 'w') as f:
-    json.dump(summary, f)
-  os.replace(summary_path + '.partial', summary_path)
+  files.write_json(summary_path, summary)
   return summary
 
 
@@ -299,8 +298,7 @@ def write_report(
   machine = machine_description()
   table = markdown_table(rows, command=command, machine=machine,
                          dataset=dataset, selection=selection)
-  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump({
+  files.write_json(os.path.join(out_dir, 'results.json'), {
         'command': command,
         'machine': machine,
         'dataset': dataset.summary(),
@@ -314,9 +312,8 @@ def write_report(
              'validation_auc': s['validation_auc'],
              'best_epoch': s['best_epoch']}
             for s in selection['runs']]},
-    }, f, separators=(',', ':'))
-  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-    f.write(table)
+  }, separators=(',', ':'))
+  files.write_text(os.path.join(out_dir, 'results.md'), table)
 
   if selection is not None:
     for model in dict.fromkeys(s['config']['model'] for s in summaries):

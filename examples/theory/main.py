@@ -6,7 +6,6 @@ writes theory.json, summary.md, ratio_vs_rank.png and grad_norms_by_rank.png
 (the default --output_dir replaces the committed results).
 """
 
-import json
 import os
 import platform
 import sys
@@ -17,6 +16,7 @@ from absl import flags
 import jax
 
 from examples.common import cli
+from examples.common import files
 from examples.common import machine
 from examples.theory import analysis
 from examples.theory import plots
@@ -91,10 +91,10 @@ def main(argv):
       'jax_version': jax.__version__,
   }
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.output_dir, 'theory.json'), 'w') as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(FLAGS.output_dir, 'summary.md'), 'w') as f:
-    f.write(analysis.markdown_summary(results))
+  files.write_json(os.path.join(FLAGS.output_dir, 'theory.json'), results,
+                   indent=1)
+  files.write_text(os.path.join(FLAGS.output_dir, 'summary.md'),
+                   analysis.markdown_summary(results))
   plots.plot_ratio_vs_rank(
       results, os.path.join(FLAGS.output_dir, 'ratio_vs_rank.png'))
   plots.plot_grad_norms_by_rank(

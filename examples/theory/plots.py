@@ -8,6 +8,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from examples.common import files
 from examples.theory import analysis
 
 _COLORS = {'sgd': 'tab:gray', 'fa_sgd': 'tab:blue', 'cf_sgd': 'tab:orange'}
@@ -78,7 +79,8 @@ def plot_ratio_vs_rank(results: dict[str, Any], path: str) -> None:
   axes[0].legend(fontsize=7, loc='upper left')
   fig.suptitle(_title(results), fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with files.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=120, format='png')
   plt.close(fig)
 
 
@@ -133,5 +135,6 @@ def plot_grad_norms_by_rank(results: dict[str, Any], path: str) -> None:
   ax.legend(fontsize=7)
   fig.suptitle(_title(results), fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with files.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=120, format='png')
   plt.close(fig)

@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from examples.common import cli
+from examples.common import files
 from examples.common import machine as machine_lib
 from examples.common import plotting
 from examples.common import training
@@ -244,8 +245,7 @@ def run_sweep(path: str) -> None:
                      learning_rate, run['final_validation_loss'],
                      run['final_test_loss'])
         sweep['runs'].append(run)
-        with open(path, 'w') as f:
-          json.dump(sweep, f, indent=1)
+        files.write_json(path, sweep, indent=1)
 
 
 def label(run: dict) -> str:
@@ -320,8 +320,7 @@ def report(out: str) -> None:
                       for optimizer, lrs in diverged.items()) + '.', '']
   if peer is not None:
     lines += gensim_peer.peer_table(peer)
-  with open(os.path.join(out, 'RESULTS.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  files.write_text(os.path.join(out, 'RESULTS.md'), '\n'.join(lines))
 
 
 def _relative(loss: float, reference: Optional[float]) -> str:

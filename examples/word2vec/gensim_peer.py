@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from examples.common import compilation_cache
+from examples.common import files
 from examples.common import machine as machine_lib
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
@@ -270,11 +271,9 @@ def main(argv):
                      _WORKERS.value),
           run_ours(config, data, sentences, wordsim_rows, repeat,
                    cache_events)]
-      with open(_OUT.value, 'w') as f:
-        json.dump(results, f, indent=1)
+      files.write_json(_OUT.value, results, indent=1)
   table = os.path.splitext(_OUT.value)[0] + '.md'
-  with open(table, 'w') as f:
-    f.write('\n'.join(peer_table(results)))
+  files.write_text(table, '\n'.join(peer_table(results)))
   print('\n'.join(peer_table(results)))
 
 

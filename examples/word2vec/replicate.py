@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from examples.common import files
 from examples.common import machine as machine_lib
 from examples.word2vec import compare
 from examples.word2vec import input_pipeline
@@ -129,13 +130,10 @@ def main(argv):
                        'load_average_before': load_before})
           logging.info('%s %s seed %d: test %.4f', variant, label, seed,
                        run['final_test_loss'])
-          with open(path, 'w') as f:
-            json.dump(results, f, indent=1)
-  with open(path, 'w') as f:
-    json.dump(results, f, indent=1)
+          files.write_json(path, results, indent=1)
+  files.write_json(path, results, indent=1)
   lines = table(results)
-  with open(os.path.splitext(path)[0] + '.md', 'w') as f:
-    f.write('\n'.join(lines))
+  files.write_text(os.path.splitext(path)[0] + '.md', '\n'.join(lines))
   print('\n'.join(lines))
 
 

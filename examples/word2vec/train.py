@@ -15,7 +15,6 @@ trains (`input_pipeline.Prefetcher`).
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Optional
@@ -28,6 +27,7 @@ import numpy as np
 
 import fasgd_optax
 from examples.common import checkpointing
+from examples.common import files
 from examples.common import optimizers
 from examples.common import training
 from examples.word2vec import input_pipeline
@@ -431,8 +431,7 @@ def train_and_evaluate(
     results['wordsim353'] = quality.wordsim_spearman(vectors, data.vocab,
                                                      wordsim_rows)
   if workdir is not None:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=1)
+    files.write_json(os.path.join(workdir, 'results.json'), results, indent=1)
   results['train_state'] = train_state
   return results
 

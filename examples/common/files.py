@@ -1,0 +1,72 @@
+"""Result files that a killed run never leaves half written.
+
+A report written in place is truncated the moment it is opened: a run killed
+then leaves an empty or cut `results.json`, and a killed rerun of a finished
+run destroys the good one it had. Here each file is written to a temporary
+name in the same folder and renamed over the old one (`os.replace`, atomic on
+POSIX), so the path holds the old file or the new one, whole. Each process
+writes its own temporary file, so two runs writing the same report (a rerun
+beside a finishing run) cannot mix their bytes; one whole file wins.
+Temporary files of processes that no longer exist (killed mid-write) are
+removed by the next write of the same path.
+"""
+
+import contextlib
+import glob
+import json
+import os
+from typing import Any, Iterator
+
+_SUFFIX = '.partial'
+
+
+def _process_exists(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True
+
+
+def _remove_stale(path: str) -> None:
+  """Removes ``path``'s temporary files left by processes that are gone."""
+  for stale in glob.glob(glob.escape(path) + '.*' + _SUFFIX):
+    pid = stale[len(path) + 1:-len(_SUFFIX)]
+    if pid.isdigit() and not _process_exists(int(pid)):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(stale)
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+  """Yields a temporary path to write; renamed to `path` if the body succeeds.
+
+  Example:
+    >>> with replacing('plot.png') as temporary:
+    ...   figure.savefig(temporary, format='png')
+  """
+  _remove_stale(path)
+  temporary = f'{path}.{os.getpid()}{_SUFFIX}'
+  try:
+    yield temporary
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(temporary)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path`, all or nothing."""
+  with replacing(path) as temporary:
+    with open(temporary, 'w') as f:
+      f.write(text)
+
+
+def write_json(path: str, value: Any, **dump_kwargs: Any) -> None:
+  """Writes `value` as JSON to `path`, all or nothing (`json.dump` kwargs)."""
+  with replacing(path) as temporary:
+    with open(temporary, 'w') as f:
+      json.dump(value, f, **dump_kwargs)

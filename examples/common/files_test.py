@@ -1,0 +1,74 @@
+"""Result files are written whole or not at all."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from examples.common import files
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+class FilesTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.directory = tempfile.mkdtemp()
+    self.path = os.path.join(self.directory, 'results.json')
+
+  def test_writes_and_replaces(self):
+    files.write_json(self.path, {'auc': 0.7})
+    files.write_json(self.path, {'auc': 0.8}, indent=1)
+    with open(self.path) as f:
+      self.assertEqual(json.load(f), {'auc': 0.8})
+    files.write_text(self.path + '.md', 'table')
+    with open(self.path + '.md') as f:
+      self.assertEqual(f.read(), 'table')
+    self.assertCountEqual(os.listdir(self.directory),
+                          ['results.json', 'results.json.md'])
+
+  def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(self):
+    files.write_json(self.path, {'auc': 0.7})
+    with self.assertRaises(TypeError):  # Not JSON: fails halfway through.
+      files.write_json(self.path, {'auc': 0.8, 'state': object()})
+    with open(self.path) as f:
+      self.assertEqual(json.load(f), {'auc': 0.7})
+    self.assertEqual(os.listdir(self.directory), ['results.json'])
+
+  def test_a_process_killed_mid_write_leaves_the_old_file(self):
+    files.write_json(self.path, {'auc': 0.7})
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, signal, sys\n'
+         'from examples.common import files\n'
+         'with files.replacing(sys.argv[1]) as temporary:\n'
+         '  with open(temporary, "w") as f:\n'
+         '    f.write("{\\"auc\\": 0.")\n'
+         '    f.flush()\n'
+         '    os.kill(os.getpid(), signal.SIGKILL)\n',
+         self.path],
+        env=dict(os.environ, PYTHONPATH=_ROOT), check=False, timeout=60)
+    self.assertEqual(killed.returncode, -9)
+    with open(self.path) as f:
+      self.assertEqual(json.load(f), {'auc': 0.7})
+    stale = [name for name in os.listdir(self.directory)
+             if name.endswith('.partial')]
+    self.assertLen(stale, 1)  # The dead process's half-written file.
+    files.write_json(self.path, {'auc': 0.9})  # The rerun's write.
+    self.assertEqual(os.listdir(self.directory), ['results.json'])
+
+  def test_a_live_process_file_is_left_alone(self):
+    live = f'{self.path}.{os.getppid()}.partial'  # Another live process.
+    with open(live, 'w') as f:
+      f.write('{')
+    files.write_json(self.path, {'auc': 0.9})
+    self.assertTrue(os.path.exists(live))
+
+
+if __name__ == '__main__':
+  absltest.main()
