@@ -81,6 +81,20 @@ class MainTest(absltest.TestCase):
       self.run_main(workdir=workdir, synthetic_lines=4000,
                     synthetic_vocabulary=300)
 
+  def test_a_run_stopped_between_log_points_resumes_the_same_curve(self):
+    # Stopped at step 25 (log points every 10, checkpoints every 15): the
+    # losses of steps 21-25 are in the checkpoint, so the resumed run logs
+    # the same mean at step 30 as the uninterrupted one.
+    data = dict(synthetic_lines=3200, synthetic_vocabulary=300,
+                save_interval_steps=15)
+    whole = self.run_main(workdir=os.path.join(self.tmp, 'whole'), **data)
+    split = os.path.join(self.tmp, 'split')
+    first = self.run_main(workdir=split, stop_after_step=25, **data)
+    self.assertEqual([step for step, _ in first['train_loss']], [10, 20])
+    resumed = self.run_main(workdir=split, **data)
+    self.assertEqual(resumed['train_loss'], whole['train_loss'])
+    self.assertEqual(resumed['test'], whole['test'])
+
   def test_divergence_is_an_error(self):
     with self.assertRaisesRegex(MainFailed, 'diverged.*smaller '
                                 '--learning_rate'):

@@ -341,7 +341,10 @@ def train_and_evaluate(
       data.prefetch)
   train_loss = list(record.get('train_loss', []))
   history = list(record.get('validation_history', []))
-  window: list[jax.Array] = []
+  # The losses since the last log point: checkpointed too, so that a resumed
+  # run logs the same means as an uninterrupted one (float32, as computed).
+  window: list[Any] = [np.float32(loss)
+                       for loss in record.get('loss_window', [])]
   last_step = config.num_steps
   if stop_after_step is not None:
     last_step = max(min(last_step, stop_after_step), first_step - 1)
@@ -373,7 +376,9 @@ def train_and_evaluate(
           state, trainer.global_batch(batch.arrays()))
       positions = batch.positions
       window.append(loss)
-      if step % log_every == 0 or step == last_step:
+      # Logged where an uninterrupted run logs: a stop (`stop_after_step`)
+      # keeps its window in the checkpoint instead.
+      if step % log_every == 0 or step == config.num_steps:
         mean_loss = float(np.mean(jax.device_get(window)))
         window = []
         train_loss.append([step, mean_loss])
@@ -402,6 +407,8 @@ def train_and_evaluate(
               'positions': _gather_positions(shards, positions,
                                              config.data_shards),
               'train_loss': train_loss,
+              'loss_window': [float(loss)
+                              for loss in jax.device_get(window)],
               'validation_history': history,
           }, force=last)
           if timer['start'] is not None:
