@@ -78,6 +78,25 @@ class CompilationCacheTest(absltest.TestCase):
     self.assertEqual(second['value'], first['value'])
     self.assertNotIn('/jax/compilation_cache/cache_hits', second['events'])
 
+  def test_an_empty_entry_is_removed_and_written_again(self):
+    # What a kill right after JAX opened an entry leaves: JAX would warn at
+    # every run and never write the entry again.
+    cache_dir = tempfile.mkdtemp()
+    first = _run(cache_dir)
+    folder = os.path.join(cache_dir, compilation_cache.runtime_fingerprint())
+    sizes = {name: os.path.getsize(os.path.join(folder, name))
+             for name in os.listdir(folder)}
+    for name in sizes:
+      open(os.path.join(folder, name), 'wb').close()
+    second = _run(cache_dir)
+    self.assertEqual(second['value'], first['value'])
+    # Written again, whole.
+    self.assertCountEqual(os.listdir(folder), sizes)
+    for name in sizes:
+      self.assertGreater(os.path.getsize(os.path.join(folder, name)), 0)
+    third = _run(cache_dir)
+    self.assertIn('/jax/compilation_cache/cache_hits', third['events'])
+
   def test_empty_directory_leaves_the_cache_off(self):
     result = _run('')
     self.assertNotIn('/jax/compilation_cache/cache_hits', result['events'])
