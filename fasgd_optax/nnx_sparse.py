@@ -53,6 +53,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from fasgd_optax._src import checks
 from fasgd_optax._src import rows as rows_lib
 from fasgd_optax._src import sparse_apply
 from fasgd_optax._src import tree_args
@@ -147,7 +148,7 @@ class _Lookups:
           'lookup() was given a SparseTable that is not part of the model '
           'passed to value_and_grad; look rows up from the model\'s own '
           'tables.')
-    ids = jnp.asarray(ids)
+    ids = checks.check_ids_dtype(ids, path)
     rows = rows_lib.gather_rows(jax.lax.stop_gradient(table.get_value()),
                                   ids)
     position = len(self.records)
@@ -199,7 +200,10 @@ def lookup(table: SparseTable, ids: Any) -> jax.Array:
   lookups = getattr(_active, 'lookups', None)
   if lookups is not None:
     return lookups.lookup(table, ids)
-  return rows_lib.gather_rows(table.get_value(), jnp.asarray(ids))
+  # Integer ids only: NumPy-style indexing would take a bool array as a mask.
+  value = table.get_value()
+  return rows_lib.gather_rows(
+      value, checks.check_ids_dtype(ids, f'table of shape {value.shape}'))
 
 
 def tables_by_path(model: Any) -> dict[str, SparseTable]:
@@ -330,6 +334,17 @@ class SparseOptimizer(nnx.Pytree):
     if isinstance(tx, sparse_apply.SparseTransformation):
       transformations = {path: tx for path in tables}
     else:
+      wrong = [tx] if not isinstance(tx, Mapping) else [
+          t for t in tx.values()
+          if not isinstance(t, sparse_apply.SparseTransformation)]
+      if wrong:
+        optax_like = hasattr(wrong[0], 'init') and hasattr(wrong[0], 'update')
+        raise TypeError(
+            'SparseOptimizer needs a SparseTransformation (fasgd_optax.'
+            'sparse_cf_sgd(...) and the like) or a dict of them by table '
+            f'path; got {type(wrong[0]).__name__}'
+            + (' (an Optax transformation: give it to nnx.Optimizer for the '
+               'dense parameters)' if optax_like else '') + '.')
       unknown = sorted(set(tx) - set(tables))
       if unknown:
         raise ValueError(

@@ -342,6 +342,27 @@ class BadHyperparametersTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, '`frequencies` does not match'):
       tx.init(_params())
 
+  @parameterized.named_parameters(('string', '1'), ('none', None),
+                                  ('list', [1.0]), ('negative', -1.0))
+  def test_rowwise_adagrad_initial_accumulator(self, value):
+    with self.assertRaisesRegex(ValueError, '`initial_accumulator_value`.*got'):
+      fasgd_optax.rowwise_adagrad(0.1, initial_accumulator_value=value)
+
+  def test_a_schedule_must_return_a_scalar(self):
+    # A vector α would scale rows elementwise, or broadcast a scalar leaf.
+    for tx in (fasgd_optax.cf_sgd(lambda c: jnp.full(6, 0.1), num_steps=10),
+               fasgd_optax.fa_sgd(lambda c: jnp.full(6, 0.1), None,
+                                  num_steps=10)):
+      with self.assertRaisesRegex(ValueError, r'scalar.*shape \(6,\)'):
+        tx.update(_grads(), tx.init(_params()), _params())
+
+  def test_count_ids_arguments(self):
+    np.testing.assert_array_equal(fasgd_optax.count_ids([], 3), [0, 0, 0])
+    for num_rows in (3.0, None, True, 0):
+      with self.assertRaisesRegex(ValueError, 'num_rows must be a positive '
+                                  f'int; got {num_rows!r}'):
+        fasgd_optax.count_ids([1], num_rows)
+
   def test_traced_hyperparameters_are_accepted(self):
     # Under inject_hyperparams + jit, hyperparameters arrive as tracers.
     tx = optax.inject_hyperparams(fasgd_optax.cf_sgd)(

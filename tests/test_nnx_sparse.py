@@ -245,6 +245,27 @@ class NnxSparseTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'not part of the model'):
       nnx_sparse.value_and_grad(foreign_lookup)(model, next(batches(1)))
 
+  def test_an_optax_transformation_is_named(self):
+    model = TwoTower(nnx.Rngs(0))
+    for tx in (optax.sgd(0.1), {'user_embed/embedding': optax.sgd(0.1)}):
+      with self.assertRaisesRegex(TypeError, 'SparseTransformation.*got '
+                                  'GradientTransformation.*nnx.Optimizer'):
+        nnx_sparse.SparseOptimizer(model, tx)
+
+  def test_lookup_ids_must_be_integers(self):
+    model = TwoTower(nnx.Rngs(0))
+    # A bool array would otherwise index as a mask outside value_and_grad.
+    for ids in (jnp.array([1.0]), jnp.ones(USERS, bool)):
+      with self.assertRaisesRegex(TypeError, 'integer array'):
+        model.user_embed(ids)
+
+    def loss(model, batch):
+      return jnp.sum(model.user_embed(batch['users'].astype(jnp.float32)))
+
+    with self.assertRaisesRegex(TypeError,
+                                "'user_embed/embedding'.*integer.*float32"):
+      nnx_sparse.value_and_grad(loss)(model, next(batches(1)))
+
 
 if __name__ == '__main__':
   absltest.main()

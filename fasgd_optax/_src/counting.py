@@ -230,7 +230,16 @@ def scale_rows(grad: jax.Array, row_scale: jax.Array) -> jax.Array:
 
 def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
   """α_t: a schedule is called with the number of earlier updates."""
-  return learning_rate(count) if callable(learning_rate) else learning_rate
+  if not callable(learning_rate):
+    return learning_rate
+  alpha = learning_rate(count)
+  if jnp.ndim(alpha) != 0:
+    # One α per step: a vector would scale rows elementwise, or broadcast a
+    # scalar leaf's update into its shape.
+    raise ValueError(
+        'The learning_rate schedule must return a scalar; it returned shape '
+        f'{jnp.shape(alpha)}.')
+  return alpha
 
 
 # ---------------------------------------------------------------------------

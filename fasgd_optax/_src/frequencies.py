@@ -19,11 +19,14 @@ def count_ids(ids: Any, num_rows: int) -> np.ndarray:
   Raises:
     ValueError: for ids outside [0, num_rows) or non-integer ids.
   """
+  if isinstance(num_rows, bool) or not isinstance(
+      num_rows, (int, np.integer)) or num_rows <= 0:
+    raise ValueError(f'num_rows must be a positive int; got {num_rows!r}.')
   ids = np.ravel(np.asarray(ids))
+  if ids.size == 0:  # An empty list is float64 to NumPy.
+    ids = ids.astype(np.int64)
   if not np.issubdtype(ids.dtype, np.integer):
     raise ValueError(f'ids must be integers; got dtype {ids.dtype}.')
-  if num_rows <= 0:
-    raise ValueError(f'num_rows must be positive; got {num_rows}.')
   bad = (ids < 0) | (ids >= num_rows)
   if bad.any():
     raise ValueError(
