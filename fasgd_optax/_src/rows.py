@@ -118,42 +118,6 @@ def sum_duplicates_by_scatter(keys: jax.Array, grads: jax.Array,
   return DistinctRows(rows, multiplicities, summed)
 
 
-def _block_run_sums(keys: jax.Array, block_values: list[jax.Array],
-                    precisions: list[Any]) -> list[jax.Array]:
-  """`run_totals`' blocked sums, for several value matrices on the same keys.
-
-  Args:
-    keys: (blocks, block) int32, equal keys contiguous.
-    block_values: (blocks, block, width) float32 arrays, all finite: the
-      products multiply every value by 0 or 1, and 0 · inf is NaN.
-    precisions: one matrix-product precision per array.
-
-  Returns:
-    The inclusive running sums per run of each array, same shapes.
-  """
-  num_blocks, block = keys.shape
-  position = lax.iota(jnp.int32, block)
-  same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
-                     & (position[:, None] >= position[None, :])).astype(
-                         jnp.float32)
-  first, last = keys[:, 0], keys[:, -1]
-  block_index = lax.iota(jnp.int32, num_blocks)
-  # Block b's first run continues every earlier block that ends in its key:
-  # with contiguous keys, those blocks hold nothing but that run after its
-  # start, so their last partial sums add up to what came before block b.
-  continues = ((last[None, :] == first[:, None])
-               & (block_index[None, :] < block_index[:, None])).astype(
-                   jnp.float32)
-  in_first_run = (keys == first[:, None])[:, :, None]
-  totals = []
-  for values, precision in zip(block_values, precisions):
-    partial = jnp.einsum('bij,bjw->biw', same_run_so_far, values,
-                         precision=precision)
-    carried = jnp.matmul(continues, partial[:, -1, :], precision=precision)
-    totals.append(partial + jnp.where(in_first_run, carried[:, None, :], 0.0))
-  return totals
-
-
 def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   """For each position, the sum of `values` over its run of equal keys so far.
 
@@ -166,10 +130,11 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
 
   A non-finite value stays in its own run and column, as a sum would leave
   it: the products see only finite values (a mask's 0 times an inf or NaN
-  of another run would be NaN), and two more running sums, of 0/1 flags,
-  mark the runs that hold +inf or NaN and -inf or NaN in each column, which
-  then total +inf, -inf or NaN. The flags are summed at the backends'
-  default precision: a positive sum of non-negative flags stays positive.
+  of another run would be NaN). Beside the values, in the same products,
+  0/1 flags mark +inf or NaN and -inf or NaN in each column; a run whose
+  column has flags of either kind totals +inf or -inf there, of both, NaN.
+  That triples the products' width, not their number: on accelerators these
+  small products cost mostly their launch.
 
   Args:
     sorted_keys: (B,) int32, equal keys contiguous, all ≥ 0.
@@ -186,21 +151,35 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   # Padding keys of -1 form a run of their own after the real keys.
   keys = jnp.pad(sorted_keys, (0, padding), constant_values=-1)
   values = jnp.pad(values, ((0, padding), (0, 0)))
+  nan = jnp.isnan(values)
+  up = (nan | (values == jnp.inf)).astype(values.dtype)
+  down = (nan | (values == -jnp.inf)).astype(values.dtype)
+  values = jnp.concatenate(
+      [jnp.where(jnp.isfinite(values), values, 0.0), up, down], axis=1)
   num_blocks = keys.shape[0] // block
   keys = keys.reshape(num_blocks, block)
-  values = values.reshape(num_blocks, block, width)
-  finite = jnp.isfinite(values)
-  nan = jnp.isnan(values)
-  up = nan | (values == jnp.inf)
-  down = nan | (values == -jnp.inf)
-  sums, flags = _block_run_sums(
-      keys, [jnp.where(finite, values, 0.0),
-             jnp.concatenate([up, down], axis=-1).astype(jnp.float32)],
-      [lax.Precision.HIGHEST, lax.Precision.DEFAULT])
-  up, down = flags[..., :width] > 0, flags[..., width:] > 0
-  totals = jnp.where(up & down, jnp.nan,
-                     jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
-  return totals.reshape(num_blocks * block, width)[:size]
+  values = values.reshape(num_blocks, block, 3 * width)
+  position = lax.iota(jnp.int32, block)
+  same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
+                     & (position[:, None] >= position[None, :]))
+  partial = jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype),
+                       values, precision=lax.Precision.HIGHEST)
+  first, last = keys[:, 0], keys[:, -1]
+  block_index = lax.iota(jnp.int32, num_blocks)
+  # Block b's first run continues every earlier block that ends in its key:
+  # with contiguous keys, those blocks hold nothing but that run after its
+  # start, so their last partial sums add up to what came before block b.
+  continues = ((last[None, :] == first[:, None])
+               & (block_index[None, :] < block_index[:, None]))
+  carried = jnp.matmul(continues.astype(values.dtype), partial[:, -1, :],
+                       precision=lax.Precision.HIGHEST)
+  in_first_run = (keys == first[:, None])[:, :, None]
+  totals = partial + jnp.where(in_first_run, carried[:, None, :], 0.0)
+  totals = totals.reshape(num_blocks * block, 3 * width)[:size]
+  sums = totals[:, :width]
+  up, down = totals[:, width:2 * width] > 0, totals[:, 2 * width:] > 0
+  return jnp.where(up & down, jnp.nan,
+                   jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
 
 
 def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
