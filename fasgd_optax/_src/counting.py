@@ -149,9 +149,24 @@ def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
 
 
 def decayed_step_count(step: jax.Array, half_life: Any) -> jax.Array:
-  """sum_{s=1..t} 2^(-(t-s)/H): the step count t under a half-life H."""
+  """sum_{s=1..t} f^(t-s) with f = 2^(-1/H): the step count t under a half-life.
+
+  f is the float32 factor by which a row seen every step has its count
+  decayed each step (`decay_factor(1, H)`), so that such a row's count n
+  equals this t and its c = T·n/t is T. The geometric sum (1 - f^t) / (1 - f)
+  is computed without cancellation: 1 - f is exact in float32 (f is in
+  [0.5, 1)), and 1 - f^t = -expm1(t·log1p(f - 1)). Written as
+  (1 - 2^(-t/H)) / (1 - f), it lost digits for large H (η 1.5% off at
+  H = 1e6) and became 0/0 once f rounds to 1 (H above about 1.6e7). There,
+  counts do not decay in float32 at all, and neither does t: t is the step.
+  """
+  steps = jnp.asarray(step, jnp.float32)
   ratio = decay_factor(1, half_life)
-  return (1.0 - decay_factor(step, half_life)) / (1.0 - ratio)
+  one_minus_ratio = 1.0 - ratio
+  decays = one_minus_ratio > 0
+  summed = -jnp.expm1(steps * jnp.log1p(-one_minus_ratio)) / jnp.where(
+      decays, one_minus_ratio, 1.0)
+  return jnp.where(decays, summed, steps)
 
 
 def updated_counts(
