@@ -458,6 +458,23 @@ class DistinctRowsTest(parameterized.TestCase):
         np.bincount(keys[in_range], minlength=num_rows)[rows[kept]])
 
 
+  @parameterized.parameters(*DUPLICATE_MODES)
+  def test_a_sum_past_float32s_range_stays_in_its_row(self, duplicates):
+    # Finite values whose sum overflows: +inf for their row, as a float32
+    # sum gives, and nothing for the next block's row (a 0/1 product would
+    # carry the inf into it as NaN).
+    keys = jnp.asarray([0] * 128 + [1] * 128 + [2] * 50, jnp.int32)
+    grads = np.ones((306, 2), np.float32)
+    grads[126:128] = 3e38
+    grads[200, 1] = -3e38
+    batch = self.SUMS[duplicates](keys, jnp.asarray(grads), 5)
+    by_row = {int(r): np.asarray(g) for r, g in zip(batch.rows, batch.grads)
+              if r < 5}
+    np.testing.assert_array_equal(by_row[0], [np.inf, np.inf])
+    np.testing.assert_allclose(by_row[1], [128.0, -3e38], rtol=1e-6)
+    np.testing.assert_array_equal(by_row[2], [50.0, 50.0])
+
+
 class DuplicateModesTest(parameterized.TestCase):
   """The two designs agree, and each compiles to what it should."""
 

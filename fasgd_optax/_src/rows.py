@@ -162,8 +162,9 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   position = lax.iota(jnp.int32, block)
   same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
                      & (position[:, None] >= position[None, :]))
-  partial = jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype),
-                       values, precision=lax.Precision.HIGHEST)
+  partial = _with_overflow_flagged(
+      jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype), values,
+                 precision=lax.Precision.HIGHEST), width)
   first, last = keys[:, 0], keys[:, -1]
   block_index = lax.iota(jnp.int32, num_blocks)
   # Block b's first run continues every earlier block that ends in its key:
@@ -177,9 +178,26 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   totals = partial + jnp.where(in_first_run, carried[:, None, :], 0.0)
   totals = totals.reshape(num_blocks * block, 3 * width)[:size]
   sums = totals[:, :width]
-  up, down = totals[:, width:2 * width] > 0, totals[:, 2 * width:] > 0
+  up = (totals[:, width:2 * width] > 0) | (sums == jnp.inf)
+  down = (totals[:, 2 * width:] > 0) | (sums == -jnp.inf)
   return jnp.where(up & down, jnp.nan,
                    jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
+
+
+def _with_overflow_flagged(partial: jax.Array, width: int) -> jax.Array:
+  """Partial sums whose finite values overflowed, moved into the flags.
+
+  Finite values can sum past float32's range to ±inf (or NaN, if both ways):
+  carried into later blocks by a 0/1 product, that would be NaN for other
+  runs. Such a sum is set to 0 and flagged as a non-finite value would be.
+  """
+  sums, up, down = (partial[..., :width], partial[..., width:2 * width],
+                    partial[..., 2 * width:])
+  nan = jnp.isnan(sums)
+  up = jnp.where(nan | (sums == jnp.inf), 1.0, up)
+  down = jnp.where(nan | (sums == -jnp.inf), 1.0, down)
+  return jnp.concatenate(
+      [jnp.where(jnp.isfinite(sums), sums, 0.0), up, down], axis=-1)
 
 
 def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
