@@ -186,6 +186,19 @@ class BadIdsTest(parameterized.TestCase):
                                   [0, 3, 0, 0, 0, 0])
 
 
+  def test_lists_that_are_parts_of_the_tree(self):
+    # An empty subtree, and list-of-scalar parameters with ids per leaf.
+    params = {'w': jnp.zeros((3, 2)), 'extra': [],
+              'b': [jnp.zeros(()), jnp.zeros(())]}
+    tx = fasgd_optax.cf_sgd(0.1, num_steps=10)
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params),
+                         tx.init(params), params,
+                         ids={'w': jnp.array([0, 0]), 'extra': [],
+                              'b': [[0, 0, 0], None]})
+    np.testing.assert_array_equal(state[0].row_counts['w'], [2, 0, 0])
+    np.testing.assert_array_equal(state[0].row_counts['b'][0], [3])
+    np.testing.assert_array_equal(state[0].row_counts['b'][1], [1])
+
   @parameterized.named_parameters(('list', []), ('tuple', ()))
   def test_an_empty_python_batch_for_a_leaf_counts_nothing(self, empty):
     # Not presence counting, which would count every row with a gradient.
@@ -321,15 +334,26 @@ class BadHyperparametersTest(parameterized.TestCase):
       fasgd_optax.fa_sgd(0.1, {'embed': np.array([np.nan] * 6)}, num_steps=10)
 
   def test_frequencies_as_python_lists(self):
-    grads = {'embed': jnp.ones((6, 2)), 'dense': jnp.ones((2, 2))}
-    in_a_dict = fasgd_optax.fa_sgd(0.1, {'embed': [0.25] * 6}, num_steps=4)
-    updates, _ = in_a_dict.update(grads, in_a_dict.init(_params()), _params())
-    np.testing.assert_allclose(updates['embed'], -0.1 * np.ones((6, 2)))
+    # For a single-array parameter, a list is its array.
     single = fasgd_optax.fa_sgd(0.1, [0.25, 1.0], num_steps=4)
     table = jnp.zeros((2, 2))
     updates, _ = single.update(jnp.ones((2, 2)), single.init(table), table)
     np.testing.assert_allclose(updates[:, 0], [-0.1, -0.05])
-    with self.assertRaisesRegex(ValueError, "'embed'.*>= 0.*-1.0"):
+    # For list parameters, a list mirrors them: one value per scalar leaf.
+    params = {'w': jnp.zeros((3, 2)), 'b': [jnp.zeros(()), jnp.zeros(())]}
+    mirrored = fasgd_optax.fa_sgd(0.1, {'w': None, 'b': [0.25, 1.0]},
+                                  num_steps=4)
+    updates, _ = mirrored.update(jax.tree.map(jnp.ones_like, params),
+                                 mirrored.init(params), params)
+    np.testing.assert_allclose([updates['b'][0], updates['b'][1]],
+                               [-0.1, -0.05])
+    # In a dict, one leaf's list would read as values of scalar leaves
+    # under it: one array per leaf, which the message asks for.
+    in_a_dict = fasgd_optax.fa_sgd(0.1, {'embed': [0.25] * 6}, num_steps=4)
+    with self.assertRaisesRegex(ValueError, r"'embed/0'.*under the leaves "
+                                r"\['embed'\].*give each leaf one array"):
+      in_a_dict.init(_params())
+    with self.assertRaisesRegex(ValueError, "'embed/1'.*>= 0.*-1.0"):
       fasgd_optax.fa_sgd(0.1, {'embed': [0.1, -1.0]}, num_steps=4)
 
   def test_frequencies_with_wrong_shape(self):

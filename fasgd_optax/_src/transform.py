@@ -223,11 +223,9 @@ def scale_by_known_frequency(
     raise ValueError(
         '`num_steps` must be a positive int for FA-SGD: its step size '
         'α/sqrt(T·p) needs the horizon T; got None.')
-  # A list of numbers below the root is one leaf's frequencies, as for ids.
   frequencies = jax.tree_util.tree_map_with_path(
       lambda path, f: _frequency_array(tree_args.path_to_str(path), f),
-      frequencies, is_leaf=lambda x: (x is not frequencies
-                                      and tree_args.is_number_list(x)))
+      frequencies)
 
   def leaf_frequencies(tree):
     leaves, _ = tree_args.leaves_with_paths(tree)

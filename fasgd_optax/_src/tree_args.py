@@ -63,16 +63,17 @@ def _is_array_like(x: Any) -> bool:
   return hasattr(x, 'shape') and hasattr(x, 'dtype')
 
 
-def is_number_list(x: Any) -> bool:
+def _is_number_list(x: Any) -> bool:
   """A (nested) list or tuple of numbers: one leaf's entry, like an array.
 
   An empty one is a leaf's entry too (a batch that touched no row of it),
   and so is one of floats or bools, which the entry's own checks then refuse
-  by dtype rather than as a part of the tree.
+  by dtype rather than as a part of the tree. At a path that names no leaf,
+  `per_leaf` matches its items instead.
   """
   if not isinstance(x, (list, tuple)):
     return False
-  return all(is_number_list(item) or
+  return all(_is_number_list(item) or
              isinstance(item, (int, float, np.number, np.bool_))
              for item in x)
 
@@ -118,17 +119,25 @@ def per_leaf(
   # tuple mirrors list or tuple parameters ([ids_0, ids_1] or [3, 5]).
   flat_arg, _ = jax.tree_util.tree_flatten_with_path(
       arg, is_leaf=lambda x: (x is None or _is_array_like(x) or
-                              (x is not arg and is_number_list(x)))
+                              (x is not arg and _is_number_list(x)))
   )
   leaf_paths = {path for path, _ in leaves}
   by_path = {}
-  for path, value in flat_arg:
-    if value is None:
-      continue
-    key = path_to_str(path)
+
+  def add(key, value):
     if key not in leaf_paths and key.endswith('/value'):
       key = key[:-len('/value')]  # 'embed/embedding/value' names the same leaf
+    if key not in leaf_paths and isinstance(value, (list, tuple)):
+      # Not a leaf's list of numbers but a part of the tree (list-of-scalar
+      # parameters, an empty subtree): matched item by item.
+      for index, item in enumerate(value):
+        add(f'{key}/{index}' if key else str(index), item)
+      return
     by_path[key] = value
+
+  for path, value in flat_arg:
+    if value is not None:
+      add(path_to_str(path), value)
   unknown = sorted(set(by_path) - leaf_paths)
   if unknown:
     known = [path for path, leaf in leaves if not _is_masked(leaf)]
@@ -137,8 +146,9 @@ def per_leaf(
     hint = ''
     if under_a_leaf:
       hint = (f' Entries under the leaves {under_a_leaf} split one leaf\'s '
-              'entry in parts: for several lookups of one table, pass their '
-              'ids as one array (e.g. jnp.concatenate of the raveled arrays).')
+              'entry in parts: give each leaf one array (for several lookups '
+              'of one table, their ids as one array, e.g. jnp.concatenate of '
+              'the raveled arrays).')
     raise ValueError(
         f'`{arg_name}` does not match the parameters: entries {unknown} match '
         f'no parameter leaf. Parameter leaves are {known}. Pass a pytree '
