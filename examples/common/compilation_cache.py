@@ -44,6 +44,8 @@ DEFAULT_DIR = os.path.join('~', '.cache', 'fasgd_optax',
                            'jax_compilation_cache')
 # Programs that compile faster than this are not written to the cache.
 MIN_COMPILE_SECONDS = 0.1
+# How JAX's cache names an entry's file (jax/_src/lru_cache.py).
+_ENTRY_SUFFIX = '-cache'
 
 
 def runtime_fingerprint() -> str:
@@ -90,11 +92,16 @@ def enable(directory: str,
 
 
 def _remove_empty_entries(path: str) -> None:
-  """Deletes empty cache entries: JAX would warn about each at every run."""
+  """Deletes empty cache entries: JAX would warn about each at every run.
+
+  Only entries (`<key>-cache`): JAX's lock file is empty by design, and its
+  `-atime` files are read by its eviction.
+  """
   with os.scandir(path) as entries:
     for entry in entries:
       try:
-        if entry.is_file() and entry.stat().st_size == 0:
+        if (entry.name.endswith(_ENTRY_SUFFIX) and entry.is_file()
+            and entry.stat().st_size == 0):
           os.remove(entry.path)
       except FileNotFoundError:  # Another process removed it first.
         pass

@@ -88,7 +88,11 @@ class CompilationCacheTest(absltest.TestCase):
              for name in os.listdir(folder)}
     for name in sizes:
       open(os.path.join(folder, name), 'wb').close()
+    lock = os.path.join(folder, '.lockfile')  # JAX's, empty by design.
+    open(lock, 'wb').close()
     second = _run(cache_dir)
+    self.assertTrue(os.path.exists(lock))
+    os.remove(lock)
     self.assertEqual(second['value'], first['value'])
     # Written again, whole.
     self.assertCountEqual(os.listdir(folder), sizes)

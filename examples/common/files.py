@@ -5,19 +5,25 @@ then leaves an empty or cut `results.json`, and a killed rerun of a finished
 run destroys the good one it had. Here each file is written to a temporary
 name in the same folder and renamed over the old one (`os.replace`, atomic on
 POSIX), so the path holds the old file or the new one, whole. Each process
-writes its own temporary file, so two runs writing the same report (a rerun
-beside a finishing run) cannot mix their bytes; one whole file wins.
-Temporary files of processes that no longer exist (killed mid-write) are
-removed by the next write of the same path.
+writes its own temporary file (named by host and process id), so two runs
+writing the same report (a rerun beside a finishing run) cannot mix their
+bytes; one whole file wins. Temporary files that processes of this host left
+(killed mid-write) are removed by the next write of the same path; other
+hosts' are left alone, since whether their writers live cannot be told here.
+The new file keeps the old one's permissions.
 """
 
 import contextlib
 import glob
 import json
 import os
+import socket
+import stat
 from typing import Any, Iterator
 
 _SUFFIX = '.partial'
+# Dots would blur where the host ends and the process id begins.
+_HOST = socket.gethostname().replace('.', '_')
 
 
 def _process_exists(pid: int) -> bool:
@@ -31,9 +37,10 @@ def _process_exists(pid: int) -> bool:
 
 
 def _remove_stale(path: str) -> None:
-  """Removes ``path``'s temporary files left by processes that are gone."""
-  for stale in glob.glob(glob.escape(path) + '.*' + _SUFFIX):
-    pid = stale[len(path) + 1:-len(_SUFFIX)]
+  """Removes ``path``'s temporary files left by this host's dead processes."""
+  prefix = f'{path}.{_HOST}.'
+  for stale in glob.glob(glob.escape(prefix) + '*' + _SUFFIX):
+    pid = stale[len(prefix):-len(_SUFFIX)]
     if pid.isdigit() and not _process_exists(int(pid)):
       with contextlib.suppress(FileNotFoundError):
         os.remove(stale)
@@ -48,9 +55,11 @@ def replacing(path: str) -> Iterator[str]:
     ...   figure.savefig(temporary, format='png')
   """
   _remove_stale(path)
-  temporary = f'{path}.{os.getpid()}{_SUFFIX}'
+  temporary = f'{path}.{_HOST}.{os.getpid()}{_SUFFIX}'
   try:
     yield temporary
+    with contextlib.suppress(FileNotFoundError):
+      os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
     os.replace(temporary, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

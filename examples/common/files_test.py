@@ -62,12 +62,21 @@ class FilesTest(absltest.TestCase):
     files.write_json(self.path, {'auc': 0.9})  # The rerun's write.
     self.assertEqual(os.listdir(self.directory), ['results.json'])
 
-  def test_a_live_process_file_is_left_alone(self):
-    live = f'{self.path}.{os.getppid()}.partial'  # Another live process.
-    with open(live, 'w') as f:
-      f.write('{')
+  def test_live_processes_and_other_hosts_files_are_left_alone(self):
+    live = f'{self.path}.{files._HOST}.{os.getppid()}.partial'  # pylint: disable=protected-access
+    other_host = f'{self.path}.another_host.{os.getpid() + 1000000}.partial'
+    for path in (live, other_host):
+      with open(path, 'w') as f:
+        f.write('{')
     files.write_json(self.path, {'auc': 0.9})
     self.assertTrue(os.path.exists(live))
+    self.assertTrue(os.path.exists(other_host))
+
+  def test_the_old_files_permissions_are_kept(self):
+    files.write_text(self.path, 'old')
+    os.chmod(self.path, 0o640)
+    files.write_text(self.path, 'new')
+    self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o640)
 
 
 if __name__ == '__main__':
