@@ -101,6 +101,13 @@ class MainTest(absltest.TestCase):
       self.run_main(workdir=os.path.join(self.tmp, 'run'),
                     synthetic_lines=2000, synthetic_vocabulary=300,
                     learning_rate=1e9, update='dense', optimizer='sgd')
+    # Also when the run stops before its first log point (the throughput
+    # script's end-to-end runs log nothing).
+    with self.assertRaisesRegex(MainFailed, 'diverged.*at step 5'):
+      self.run_main(workdir=os.path.join(self.tmp, 'stopped'),
+                    synthetic_lines=2000, synthetic_vocabulary=300,
+                    learning_rate=1e9, update='dense', optimizer='sgd',
+                    stop_after_step=5)
 
   def test_divergence_needs_a_non_finite_loss_or_two_far_off_in_a_row(self):
     # The AUC study's Adagrad at 3.16 and SGD at 3.16: one spike, then NaN.

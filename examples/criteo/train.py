@@ -377,15 +377,18 @@ def train_and_evaluate(
       positions = batch.positions
       window.append(loss)
       # Logged where an uninterrupted run logs: a stop (`stop_after_step`)
-      # keeps its window in the checkpoint instead.
-      if step % log_every == 0 or step == config.num_steps:
+      # keeps its window in the checkpoint instead, and only checks it.
+      logs = step % log_every == 0 or step == config.num_steps
+      if logs or step == last_step:
         mean_loss = float(np.mean(jax.device_get(window)))
-        window = []
-        train_loss.append([step, mean_loss])
-        bar.set_postfix(train_loss=f'{mean_loss:.4f}')
-        if jax.process_index() == 0:
-          logging.info('step %d: train loss %.5f', step, mean_loss)
-        if diverged([loss for _, loss in train_loss[-2:]]):
+        recent = [loss for _, loss in train_loss[-1:]] + [mean_loss]
+        if logs:
+          window = []
+          train_loss.append([step, mean_loss])
+          bar.set_postfix(train_loss=f'{mean_loss:.4f}')
+          if jax.process_index() == 0:
+            logging.info('step %d: train loss %.5f', step, mean_loss)
+        if diverged(recent):
           raise training.Diverged(
               f'{config.optimizer} with learning_rate={config.learning_rate} '
               f'diverged (mean train loss {mean_loss:.4g} at step {step}); '
