@@ -17,7 +17,6 @@ or fails never loses the others' results. Results go to ``<output>/<name>.json``
       --optimizers=sparse_cf_sgd,no_update --num_rows=1e5,1e7 --name=dup
 """
 
-import json
 import os
 import platform
 import sys
@@ -40,6 +39,7 @@ from benchmarks import plotting
 from benchmarks import timing
 from benchmarks import workload
 from benchmarks import workload_flags
+from examples.common import files
 from examples.common import machine
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -205,10 +205,7 @@ def write_report(json_path: str, results: list[dict[str, Any]],
       },
       'results': results,
   }
-  partial = json_path + '.partial'
-  with open(partial, 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(partial, json_path)
+  files.write_json(json_path, report, indent=1)
   return report
 
 

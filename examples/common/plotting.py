@@ -52,7 +52,7 @@ def line_plot(
   axes.grid(alpha=0.3)
   axes.legend(fontsize='small')
   figure.tight_layout()
-  _save(figure, path)
+  save(figure, path)
 
 
 def grouped_bar_plot(
@@ -97,11 +97,11 @@ def grouped_bar_plot(
   axes.grid(alpha=0.3, axis='y')
   axes.legend(fontsize='small')
   figure.tight_layout()
-  _save(figure, path)
+  save(figure, path)
 
 
-def _save(figure, path: str) -> None:
+def save(figure, path: str, dpi: int = 110) -> None:
   """Saves `figure` as a PNG at `path`, all or nothing, and closes it."""
   with files.replacing(path) as temporary:
-    figure.savefig(temporary, dpi=110, format='png')
+    figure.savefig(temporary, dpi=dpi, format='png')
   plt.close(figure)

@@ -174,9 +174,7 @@ class Study:
     return summary
 
   def _save(self, path: str, summary: dict) -> None:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(summary, f)
-    os.replace(path + '.tmp', path)
+    files.write_json(path, summary)
 
 
 def _score(summary) -> float:

@@ -15,7 +15,6 @@ sizes on Criteo 1TB (config.MLPERF_TABLE_ROWS, 2.04·10^8 rows in all) or all
   python -m examples.criteo.memory --output_dir=examples/criteo/results
 """
 
-import json
 import os
 import sys
 
@@ -41,6 +40,7 @@ if __name__ == '__main__':
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+from examples.common import files  # pylint: disable=g-import-not-at-top
 from examples.common import machine  # pylint: disable=g-import-not-at-top
 from examples.common import optimizers  # pylint: disable=g-import-not-at-top
 from examples.criteo import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -161,11 +161,10 @@ def main(argv):
   print(table)
   if _OUTPUT_DIR.value:
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    with open(os.path.join(_OUTPUT_DIR.value, 'memory.json'), 'w') as f:
-      json.dump({'command': command, 'machine': machine_name,
-                 'batch_size': _BATCH_SIZE.value, 'rows': rows}, f, indent=1)
-    with open(os.path.join(_OUTPUT_DIR.value, 'memory.md'), 'w') as f:
-      f.write(table)
+    files.write_json(os.path.join(_OUTPUT_DIR.value, 'memory.json'),
+                     {'command': command, 'machine': machine_name,
+                      'batch_size': _BATCH_SIZE.value, 'rows': rows}, indent=1)
+    files.write_text(os.path.join(_OUTPUT_DIR.value, 'memory.md'), table)
 
 
 if __name__ == '__main__':

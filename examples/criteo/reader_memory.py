@@ -67,6 +67,7 @@ def main(argv):
   if _READ.value:
     print(json.dumps(read(_READ.value, _BATCH_SIZE.value, _TRACE.value)))
     return
+  from examples.common import files  # pylint: disable=g-import-not-at-top
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
   # Removed when the program ends, whichever way (weakref.finalize).
@@ -108,11 +109,10 @@ def main(argv):
   print(text)
   if _OUTPUT_DIR.value:
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    with open(os.path.join(_OUTPUT_DIR.value, 'reader_memory.json'), 'w') as f:
-      json.dump({'command': command, 'machine': machine.describe_machine(),
-                 'rows': rows}, f, indent=1)
-    with open(os.path.join(_OUTPUT_DIR.value, 'reader_memory.md'), 'w') as f:
-      f.write(text)
+    files.write_json(os.path.join(_OUTPUT_DIR.value, 'reader_memory.json'),
+                     {'command': command, 'machine': machine.describe_machine(),
+                      'rows': rows}, indent=1)
+    files.write_text(os.path.join(_OUTPUT_DIR.value, 'reader_memory.md'), text)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,6 @@ and, for each, three numbers (examples per second, steady state):
       --variants=cf_sgd/sparse --batch_size=16384 --platform=gpu
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -68,6 +67,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from examples.common import files  # pylint: disable=g-import-not-at-top
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.common import optimizers  # pylint: disable=g-import-not-at-top
   from examples.common import plotting  # pylint: disable=g-import-not-at-top
@@ -180,10 +180,9 @@ def main(argv):
   if _OUTPUT_DIR.value:
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     name = f'throughput_{device.platform}'
-    with open(os.path.join(_OUTPUT_DIR.value, name + '.json'), 'w') as f:
-      json.dump(report, f, indent=1)
-    with open(os.path.join(_OUTPUT_DIR.value, name + '.md'), 'w') as f:
-      f.write(table)
+    files.write_json(os.path.join(_OUTPUT_DIR.value, name + '.json'), report,
+                     indent=1)
+    files.write_text(os.path.join(_OUTPUT_DIR.value, name + '.md'), table)
     series = {}
     for run in runs:
       for kind in ('step', 'end_to_end'):

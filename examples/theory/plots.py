@@ -8,7 +8,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from examples.common import files
+from examples.common import plotting
 from examples.theory import analysis
 
 _COLORS = {'sgd': 'tab:gray', 'fa_sgd': 'tab:blue', 'cf_sgd': 'tab:orange'}
@@ -79,9 +79,7 @@ def plot_ratio_vs_rank(results: dict[str, Any], path: str) -> None:
   axes[0].legend(fontsize=7, loc='upper left')
   fig.suptitle(_title(results), fontsize=10)
   fig.tight_layout()
-  with files.replacing(path) as temporary:
-    fig.savefig(temporary, dpi=120, format='png')
-  plt.close(fig)
+  plotting.save(fig, path, dpi=120)
 
 
 def plot_grad_norms_by_rank(results: dict[str, Any], path: str) -> None:
@@ -135,6 +133,4 @@ def plot_grad_norms_by_rank(results: dict[str, Any], path: str) -> None:
   ax.legend(fontsize=7)
   fig.suptitle(_title(results), fontsize=10)
   fig.tight_layout()
-  with files.replacing(path) as temporary:
-    fig.savefig(temporary, dpi=120, format='png')
-  plt.close(fig)
+  plotting.save(fig, path, dpi=120)

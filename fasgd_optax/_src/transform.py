@@ -35,8 +35,7 @@ def _check_common(learning_rate, num_steps, max_learning_rate):
 
 def _check_counted_state(state: Any, count_half_life: Optional[float]) -> None:
   """Raises unless `state` is a `ScaleByCountedFrequencyState` of this kind."""
-  if not all(hasattr(state, field)
-             for field in ScaleByCountedFrequencyState._fields):
+  if not isinstance(state, ScaleByCountedFrequencyState):
     raise TypeError(
         'scale_by_counted_frequency (cf_sgd) needs the state its `init` made, '
         f'a ScaleByCountedFrequencyState; got {type(state).__name__}.')
