@@ -4,8 +4,10 @@
 # against gensim on the machine's CPU cores. Each part
 # logs to OUTDIR; a part that fails or runs out of time does not stop the
 # others; a summary with each part's time ends the output (and summary.txt).
-# Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores
-# (an estimate; DEVICE_CHECK_BUDGET below bounds it whatever happens).
+# Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores.
+# On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
+# 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
+# 37 s, profile 15 s; DEVICE_CHECK_BUDGET below bounds it whatever happens.
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]
 #
@@ -115,13 +117,16 @@ part_tests() {
 }
 
 # The step benchmark, back to back timing, both ways of combining duplicate
-# ids (auto is the backend's own: reduce on GPU and TPU).
+# ids (auto is the backend's own: reduce on GPU and TPU). Three rounds: on an
+# H200 one round took 113 s, and `no_update`, whose step is dispatch-bound
+# (about 4 µs of GPU work), varied 0.039-0.071 ms from round to round, which
+# once put one ratio to it past 2× (benchmarks/results/gpu_h200).
 part_benchmark() {
   # shellcheck disable=SC2086  # BENCHMARK_FLAGS is a list of flags.
   "$PYTHON" benchmarks/embedding_step.py \
     --num_rows=1e5,1e6,1e7,1e8 --duplicates=auto,scatter \
     --steps=10 --warmup=2 --min_seconds=0.2 --max_steps=2000 \
-    --back_to_back_steps=200 --repeats=1 --max_memory_gb=70 --noplot \
+    --back_to_back_steps=200 --repeats=3 --max_memory_gb=70 --noplot \
     --output="$OUTDIR" --name=benchmark ${BENCHMARK_FLAGS:-}
 }
 

@@ -107,6 +107,8 @@ def render(result: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
+  profiling.turn_off_command_buffers()
   try:
     sizes = workload.parse_sizes(_NUM_ROWS.value)
   except ValueError as error:

@@ -4,8 +4,11 @@
 adds up the time of each op of the compiled program (XLA's instruction names,
 e.g. ``sort.11`` or ``loop_scatter_fusion``, with the JAX ops each computes,
 from the HLO's metadata). On an accelerator the times are the device's own:
-kernels on its streams, each tagged by XLA with its op and module (XLA runs
-command buffers thunk by thunk while a profile is on, so each kernel is seen).
+kernels on its streams, each tagged by XLA with its op and module. XLA's GPU
+command buffers (CUDA graphs) must be off, or the trace holds one event per
+command buffer instead of its kernels: on an H200 with JAX 0.11.2 a sparse
+step showed as a single `command_buffer_1`. Call `turn_off_command_buffers()`
+before JAX starts its backend; a trace of command buffers is an error.
 On a CPU they are the host threads' op events, where control flow
 (``while``, ``conditional``, ``call``) is left out: its events span the ops
 inside it, which are counted themselves (on a device, an event named by a
@@ -24,6 +27,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import jax
 
+# XLA's flag that lists what runs as command buffers; empty: nothing does.
+COMMAND_BUFFERS_OFF = '--xla_gpu_enable_command_buffer='
 # Opcodes whose host events span the ops they run, which have events of their
 # own.
 CONTROL_FLOW = ('while', 'conditional', 'call')
@@ -105,6 +110,19 @@ def _op_of(event, line_name: str, module: str) -> Optional[str]:
   return str(op).split('::')[-1]
 
 
+def turn_off_command_buffers() -> None:
+  """Makes XLA run GPU programs kernel by kernel, for a trace that shows them.
+
+  Adds `COMMAND_BUFFERS_OFF` to XLA_FLAGS unless they set the flag already.
+  XLA reads XLA_FLAGS when JAX starts a backend: call this before anything
+  runs on JAX. Steps then launch each kernel themselves, so their wall time
+  may grow a little; per-op times are the kernels' own.
+  """
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_gpu_enable_command_buffer' not in xla_flags:
+    os.environ['XLA_FLAGS'] = f'{xla_flags} {COMMAND_BUFFERS_OFF}'.strip()
+
+
 def op_seconds(planes: Iterable[Any], program: Program, *,
                on_device: bool) -> OpSeconds:
   """Seconds per op of `program` over a trace's planes.
@@ -156,6 +174,11 @@ def op_seconds(planes: Iterable[Any], program: Program, *,
         nanoseconds[op] += event.duration_ns
     if sum(nanoseconds.values()) + unattributed > before:
       sources.append(plane.name)
+  if on_device and any(op.startswith('command_buffer') for op in nanoseconds):
+    raise RuntimeError(
+        'The trace shows XLA command buffers, not their kernels: call '
+        'profiling.turn_off_command_buffers() before JAX starts (XLA_FLAGS='
+        f'{COMMAND_BUFFERS_OFF}).')
   if on_device and not nanoseconds:
     raise RuntimeError(
         f'No device event names an op of {program.module or "the program"} '

@@ -77,6 +77,28 @@ class OpSecondsTest(absltest.TestCase):
                                 'No device event names an op of jit_step'):
       profiling.op_seconds(planes, _PROGRAM, on_device=True)
 
+  def test_a_trace_of_command_buffers_is_an_error(self):
+    # What a GPU trace holds while XLA runs a step as one CUDA graph.
+    planes = [_Plane('/device:GPU:0', [_Line('Stream #1(Compute)', [
+        _op('command_buffer_1', 64_000)])])]
+    with self.assertRaisesRegex(RuntimeError, 'command buffers.*XLA_FLAGS='
+                                '--xla_gpu_enable_command_buffer='):
+      profiling.op_seconds(planes, _PROGRAM, on_device=True)
+
+  def test_turning_command_buffers_off_keeps_other_flags(self):
+    for before, after in (
+        (None, '--xla_gpu_enable_command_buffer='),
+        ('--xla_dump_to=/tmp/d',
+         '--xla_dump_to=/tmp/d --xla_gpu_enable_command_buffer='),
+        ('--xla_gpu_enable_command_buffer=FUSION',
+         '--xla_gpu_enable_command_buffer=FUSION')):  # The caller's choice.
+      with absltest.mock.patch.dict('os.environ', clear=False) as environ:
+        environ.pop('XLA_FLAGS', None)
+        if before is not None:
+          environ['XLA_FLAGS'] = before
+        profiling.turn_off_command_buffers()
+        self.assertEqual(environ['XLA_FLAGS'], after)
+
   def test_an_accelerator_without_device_events_is_an_error(self):
     # Host-side launch times would pass for kernel times.
     planes = [_Plane('/host:CPU', [_Line('t', [_op('sort.1', 5_000)])]),

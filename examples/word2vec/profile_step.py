@@ -102,6 +102,8 @@ def profile(model: str, batch_size: int, sentences) -> dict:
 
 def main(argv):
   del argv
+  # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
+  profiling.turn_off_command_buffers()
   sentences = input_pipeline.read_brown()
   results = {'machine': machine_lib.describe_machine(), 'runs': []}
   for model in _MODELS.value:
