@@ -388,7 +388,10 @@ def train_and_evaluate(
           bar.set_postfix(train_loss=f'{mean_loss:.4f}')
           if jax.process_index() == 0:
             logging.info('step %d: train loss %.5f', step, mean_loss)
-        if diverged(recent):
+        # At a stop, a partial window's mean is checked for a non-finite
+        # loss only: it is not a logged point, and two of them above 100
+        # in a row would not be either.
+        if diverged(recent if logs else [mean_loss]):
           raise training.Diverged(
               f'{config.optimizer} with learning_rate={config.learning_rate} '
               f'diverged (mean train loss {mean_loss:.4g} at step {step}); '

@@ -143,9 +143,20 @@ def _placed(values: jax.Array, like: jax.Array,
 
 
 def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
-  """2^(-steps_elapsed / half_life), as float32."""
-  return jnp.exp2(-jnp.asarray(steps_elapsed, jnp.float32)
-                  / jnp.asarray(half_life, jnp.float32))
+  """f^steps_elapsed, f = 2^(-1/half_life) rounded to float32 (f for 1 step).
+
+  Every decay is a power of the one float32 factor by which a row seen every
+  step decays each step, so rows seen every step and rows seen now and then
+  decay at the same rate, and `decayed_step_count` (the same geometric sum
+  of f) matches both. Powers of the exact 2^(-1/H) would be off f's rate by
+  its rounding, which near 1 is up to 6e-8/(1 - f) relative per count: 0.08%
+  at H = 1e5 for rows not seen every step. f^k is exp(k·log1p(f - 1)),
+  accurate since f - 1 is exact for f ≥ 0.5.
+  """
+  steps = jnp.asarray(steps_elapsed, jnp.float32)
+  per_step = jnp.exp2(-1.0 / jnp.asarray(half_life, jnp.float32))
+  return jnp.where(steps == 1, per_step,
+                   jnp.exp(steps * jnp.log1p(per_step - 1.0)))
 
 
 def decayed_step_count(step: jax.Array, half_life: Any) -> jax.Array:
@@ -160,7 +171,8 @@ def decayed_step_count(step: jax.Array, half_life: Any) -> jax.Array:
   H = 1e6) and broke once f rounds to 1 (H above ln2·2^25, about 2.3e7).
   There, counts do not decay in float32 at all, and neither does t: t is
   the step. Below that, f's rounding makes the half-life in effect differ
-  from H by up to about 4e-8·H relative (4% at 1e6).
+  from H by up to about 6e-8·H relative (3% at 1e6), the same for every row
+  (`decay_factor`).
   """
   steps = jnp.asarray(step, jnp.float32)
   ratio = decay_factor(1, half_life)
