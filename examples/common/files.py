@@ -54,6 +54,7 @@ def replacing(path: str) -> Iterator[str]:
     >>> with replacing('plot.png') as temporary:
     ...   figure.savefig(temporary, format='png')
   """
+  path = os.path.realpath(path)  # Through a symlink, as open() writes.
   _remove_stale(path)
   temporary = f'{path}.{_HOST}.{os.getpid()}{_SUFFIX}'
   try:

@@ -72,6 +72,15 @@ class FilesTest(absltest.TestCase):
     self.assertTrue(os.path.exists(live))
     self.assertTrue(os.path.exists(other_host))
 
+  def test_a_symlink_is_written_through(self):
+    target = os.path.join(self.directory, 'target.json')
+    files.write_text(target, 'old')
+    os.symlink(target, self.path)
+    files.write_text(self.path, 'new')
+    self.assertTrue(os.path.islink(self.path))
+    with open(target) as f:
+      self.assertEqual(f.read(), 'new')
+
   def test_the_old_files_permissions_are_kept(self):
     files.write_text(self.path, 'old')
     os.chmod(self.path, 0o640)
