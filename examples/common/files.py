@@ -68,6 +68,17 @@ def replacing(path: str) -> Iterator[str]:
     raise
 
 
+def remove_temporaries(path: str) -> None:
+  """Removes every temporary file of writes of `path`, any host's.
+
+  Only for a caller that knows no other process is writing `path` now (e.g.
+  one holding the workdir's lock).
+  """
+  for temporary in glob.glob(glob.escape(path) + '.*' + _SUFFIX):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(temporary)
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path`, all or nothing."""
   with replacing(path) as temporary:

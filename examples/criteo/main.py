@@ -191,7 +191,7 @@ def _write_synthetic_data(paths: list[str]) -> None:
     sizes = (_SYNTHETIC_LINES.value, _SYNTHETIC_LINES.value // 10,
              _SYNTHETIC_LINES.value // 10)
     for seed, (path, size) in enumerate(zip(paths, sizes)):
-      synthetic.remove_partial_writes(path)
+      files.remove_temporaries(path)
       if not os.path.exists(path):
         synthetic.write(path, size, seed=seed + 1, model=model)
   if jax.process_count() > 1:

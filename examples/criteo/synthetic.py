@@ -18,7 +18,6 @@ ones do, and the planted logits give the best AUC any model can reach
   python -m examples.criteo.synthetic --output=/tmp/valid.txt.gz --seed=1
 """
 
-import glob
 import gzip
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from examples.common import files
 from examples.criteo import config as config_lib
 
 NUM_INTEGER = config_lib.NUM_INTEGER
@@ -169,9 +169,6 @@ class PlantedModel:
     return b'\n'.join(b'\t'.join(row) for row in columns.tolist()) + b'\n'
 
 
-_TEMPORARY = '.tmp'  # `write` writes `path` + this + its process id first.
-
-
 def write(path: str, num_lines: int, *, seed: int,
           model: Optional[PlantedModel] = None,
           chunk_lines: int = 65_536) -> None:
@@ -188,27 +185,12 @@ def write(path: str, num_lines: int, *, seed: int,
   rng = np.random.default_rng([seed, 7])
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  temporary = f'{path}{_TEMPORARY}{os.getpid()}'
   opener = gzip.open if path.endswith('.gz') else open
-  try:
-    with opener(temporary, 'wb') as f:
-      for first in range(0, num_lines, chunk_lines):
-        f.write(model.format(model.sample(
-            min(chunk_lines, num_lines - first), rng)))
-  except BaseException:
-    os.remove(temporary)
-    raise
-  os.replace(temporary, path)  # A killed write leaves no partial file.
-
-
-def remove_partial_writes(path: str) -> None:
-  """Removes the temporary files of writes of `path` killed midway.
-
-  Only for a caller that knows no other process is writing `path` now (e.g.
-  one holding the workdir's lock).
-  """
-  for leftover in glob.glob(glob.escape(path) + _TEMPORARY + '*'):
-    os.remove(leftover)
+  # A killed write leaves no partial file at `path`.
+  with files.replacing(path) as temporary, opener(temporary, 'wb') as f:
+    for first in range(0, num_lines, chunk_lines):
+      f.write(model.format(model.sample(
+          min(chunk_lines, num_lines - first), rng)))
 
 
 def bayes_auc(num_lines: int, *, seed: int,

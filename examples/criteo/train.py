@@ -381,17 +381,18 @@ def train_and_evaluate(
       logs = step % log_every == 0 or step == config.num_steps
       if logs or step == last_step:
         mean_loss = float(np.mean(jax.device_get(window)))
-        recent = [loss for _, loss in train_loss[-1:]] + [mean_loss]
-        if logs:
-          window = []
-          train_loss.append([step, mean_loss])
-          bar.set_postfix(train_loss=f'{mean_loss:.4f}')
-          if jax.process_index() == 0:
-            logging.info('step %d: train loss %.5f', step, mean_loss)
         # At a stop, a partial window's mean is checked for a non-finite
         # loss only: it is not a logged point, and two of them above 100
         # in a row would not be either.
-        if diverged(recent if logs else [mean_loss]):
+        checked = [mean_loss]
+        if logs:
+          window = []
+          train_loss.append([step, mean_loss])
+          checked = [loss for _, loss in train_loss[-2:]]
+          bar.set_postfix(train_loss=f'{mean_loss:.4f}')
+          if jax.process_index() == 0:
+            logging.info('step %d: train loss %.5f', step, mean_loss)
+        if diverged(checked):
           raise training.Diverged(
               f'{config.optimizer} with learning_rate={config.learning_rate} '
               f'diverged (mean train loss {mean_loss:.4g} at step {step}); '

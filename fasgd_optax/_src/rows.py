@@ -151,20 +151,22 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   # Padding keys of -1 form a run of their own after the real keys.
   keys = jnp.pad(sorted_keys, (0, padding), constant_values=-1)
   values = jnp.pad(values, ((0, padding), (0, 0)))
-  nan = jnp.isnan(values)
-  up = (nan | (values == jnp.inf)).astype(values.dtype)
-  down = (nan | (values == -jnp.inf)).astype(values.dtype)
-  values = jnp.concatenate(
-      [jnp.where(jnp.isfinite(values), values, 0.0), up, down], axis=1)
+  no_flags = jnp.zeros_like(values)
+  values = jnp.concatenate(_flag_non_finite(values, no_flags, no_flags),
+                           axis=1)
   num_blocks = keys.shape[0] // block
   keys = keys.reshape(num_blocks, block)
   values = values.reshape(num_blocks, block, 3 * width)
   position = lax.iota(jnp.int32, block)
   same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
                      & (position[:, None] >= position[None, :]))
-  partial = _with_overflow_flagged(
-      jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype), values,
-                 precision=lax.Precision.HIGHEST), width)
+  partial = jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype),
+                       values, precision=lax.Precision.HIGHEST)
+  # Finite values can sum past float32's range (to ±inf, or NaN both ways):
+  # carried into later blocks by a 0/1 product, that would be NaN for other
+  # runs, so such sums are flagged like non-finite values.
+  partial = jnp.concatenate(
+      _flag_non_finite(*jnp.split(partial, 3, axis=-1)), axis=-1)
   first, last = keys[:, 0], keys[:, -1]
   block_index = lax.iota(jnp.int32, num_blocks)
   # Block b's first run continues every earlier block that ends in its key:
@@ -177,27 +179,23 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   in_first_run = (keys == first[:, None])[:, :, None]
   totals = partial + jnp.where(in_first_run, carried[:, None, :], 0.0)
   totals = totals.reshape(num_blocks * block, 3 * width)[:size]
-  sums = totals[:, :width]
-  up = (totals[:, width:2 * width] > 0) | (sums == jnp.inf)
-  down = (totals[:, 2 * width:] > 0) | (sums == -jnp.inf)
+  sums, up, down = _flag_non_finite(*jnp.split(totals, 3, axis=-1))
+  up, down = up > 0, down > 0
   return jnp.where(up & down, jnp.nan,
                    jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
 
 
-def _with_overflow_flagged(partial: jax.Array, width: int) -> jax.Array:
-  """Partial sums whose finite values overflowed, moved into the flags.
+def _flag_non_finite(sums: jax.Array, up: jax.Array,
+                     down: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`sums` with non-finite values set to 0 and recorded in the flags.
 
-  Finite values can sum past float32's range to ±inf (or NaN, if both ways):
-  carried into later blocks by a 0/1 product, that would be NaN for other
-  runs. Such a sum is set to 0 and flagged as a non-finite value would be.
+  `up` counts +inf or NaN, `down` -inf or NaN (0/1 flags, or sums of them);
+  a NaN sets both, since +inf and -inf together sum to NaN.
   """
-  sums, up, down = (partial[..., :width], partial[..., width:2 * width],
-                    partial[..., 2 * width:])
   nan = jnp.isnan(sums)
   up = jnp.where(nan | (sums == jnp.inf), 1.0, up)
   down = jnp.where(nan | (sums == -jnp.inf), 1.0, down)
-  return jnp.concatenate(
-      [jnp.where(jnp.isfinite(sums), sums, 0.0), up, down], axis=-1)
+  return jnp.where(jnp.isfinite(sums), sums, 0.0), up, down
 
 
 def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
