@@ -28,7 +28,9 @@ the program instead), but JAX never rewrites an entry that exists, so they
 keep warning. `enable` removes empty entries, what a kill right after JAX
 opened the file leaves; one cut later in its write (a much shorter moment)
 warns until its file, named in no message, or the folder is deleted.
-Checking every entry at each start would cost about 3 ms per 40 kB entry.
+Checking every entry at each start would cost a decompression of each: 0.53 s
+for the 159 entries (6.1 MB) of this project's cache on its 2-core CPU, timed
+once on 2026-11-27.
 """
 
 import hashlib

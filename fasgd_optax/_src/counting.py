@@ -149,8 +149,9 @@ def decay_factor(steps_elapsed: jax.Array, half_life: Any) -> jax.Array:
   step decays each step, so rows seen every step and rows seen now and then
   decay at the same rate, and `decayed_step_count` (the same geometric sum
   of f) matches both. Powers of the exact 2^(-1/H) would be off f's rate by
-  its rounding, which near 1 is up to 6e-8/(1 - f) relative per count: 0.08%
-  at H = 1e5 for rows not seen every step. f^k is exp(k·log1p(f - 1)),
+  its rounding, which near 1 is up to 6e-8/(1 - f) relative per count: 0.05%
+  after 60,000 steps at H = 1e5 for rows not seen every step (test_rule's
+  `test_rows_seen_now_and_then_decay_at_the_same_rate`, run on that code). f^k is exp(k·log1p(f - 1)),
   accurate since f - 1 is exact for f ≥ 0.5.
   """
   steps = jnp.asarray(steps_elapsed, jnp.float32)
@@ -168,7 +169,8 @@ def decayed_step_count(step: jax.Array, half_life: Any) -> jax.Array:
   is computed without cancellation: 1 - f is exact in float32 for f ≥ 0.5
   (H ≥ 1), and 1 - f^t = -expm1(t·log1p(f - 1)). Written as
   (1 - 2^(-t/H)) / (1 - f), it lost digits for large H (η 1.5% off at
-  H = 1e6) and broke once f rounds to 1 (H above ln2·2^25, about 2.3e7).
+  H = 1e6 in test_rule's `test_a_row_seen_every_step`, run on that code) and
+  broke once f rounds to 1 (H above ln2·2^25, about 2.3e7).
   There, counts do not decay in float32 at all, and neither does t: t is
   the step. Below that, f's rounding makes the half-life in effect differ
   from H by up to about 6e-8·H relative (3% at 1e6), the same for every row

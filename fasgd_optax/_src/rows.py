@@ -133,8 +133,9 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   of another run would be NaN). Beside the values, in the same products,
   0/1 flags mark +inf or NaN and -inf or NaN in each column; a run whose
   column has flags of either kind totals +inf or -inf there, of both, NaN.
-  That triples the products' width, not their number: on accelerators these
-  small products cost mostly their launch.
+  That triples the products' width, not their number: on an H200 the
+  blocked product took 11.2 µs of a 63 µs step (benchmarks/results/gpu_h200);
+  on a CPU the whole 'reduce' step took twice as long.
 
   Args:
     sorted_keys: (B,) int32, equal keys contiguous, all ≥ 0.
