@@ -166,8 +166,10 @@ def run_ours(config, data, sentences, wordsim_rows, repeat, cache_events):
   hits, misses = (cache_events.snapshot()[name] - before[name]
                   for name in ('hits', 'misses'))
   row = {
-      'system': (f'fasgd_optax {config.optimizer} ({config.update})' +
+      'system': (f'fasgd_optax {config.optimizer} ({config.update}, '
+                 f'{ours["input_pipeline"]} passes)' +
                  compile_label(hits, misses)),
+      'input_pipeline': ours['input_pipeline'],
       'compilation_cache': {'hits': hits, 'misses': misses},
       'model': config.model, 'repeat': repeat,
       'config': dataclasses.asdict(config),
@@ -240,6 +242,7 @@ def main(argv):
     cache_dir = tempfile.mkdtemp(prefix='gensim_peer_jax_cache_')
   compilation_cache.enable(cache_dir)
   cache_events = CacheEvents()
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_SWEEP.value) as f:
     sweep = json.load(f)
   sentences = input_pipeline.read_brown(_NLTK_DATA.value,
@@ -254,7 +257,8 @@ def main(argv):
   for model in _MODELS.value:
     settings = dict(sweep['settings'][model], model=model,
                     optimizer=_OPTIMIZER.value, update=_UPDATE.value,
-                    cbow_gradient=_CBOW_GRADIENT.value)
+                    cbow_gradient=_CBOW_GRADIENT.value,
+                    input_pipeline=_INPUT_PIPELINE.value)
     if _EPOCHS.value:
       settings['epochs'] = _EPOCHS.value
     best = best_run(sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value,
@@ -288,6 +292,9 @@ if __name__ == '__main__':
                                    'Our optimizer in the comparison.')
   _UPDATE = flags.DEFINE_enum('update', 'sparse', train.UPDATES,
                               'How our tables are updated.')
+  _INPUT_PIPELINE = flags.DEFINE_enum(
+      'input_pipeline', 'auto', train.PIPELINES,
+      'Where our passes are made (train.Config.input_pipeline).')
   _CBOW_GRADIENT = flags.DEFINE_enum(
       'cbow_gradient', 'word2vec', model_lib.CBOW_GRADIENTS,
       'CBOW\'s gradient convention (and the sweep runs it takes the '

@@ -409,6 +409,20 @@ def cbow_examples(corpus: EncodedCorpus, window: int,
   return words[has_context].astype(np.int32), contexts[has_context]
 
 
+def pass_draws(corpus: EncodedCorpus, *, window: int,
+               keep_probability: np.ndarray, seed: int, epoch: int
+               ) -> tuple[EncodedCorpus, np.ndarray]:
+  """Pass `epoch`'s random draws: the words it keeps and their window radii.
+
+  The same draws, from the same generator in the same order, as
+  `make_epoch`'s, which lists every example they allow: so does
+  `device_pipeline.make_pass`, and `count_examples` counts them.
+  """
+  rng = np.random.default_rng([seed, epoch])
+  corpus = subsample(corpus, keep_probability, rng)
+  return corpus, _reduced_windows(corpus.word_ids.shape[0], window, rng)
+
+
 def count_examples(corpus: EncodedCorpus, *, model: str, window: int,
                    keep_probability: np.ndarray, seed: int,
                    epoch: int) -> int:
@@ -418,9 +432,9 @@ def count_examples(corpus: EncodedCorpus, *, model: str, window: int,
   about 10 times faster than making the pass: a run learns its number of
   steps (the horizon of FA-SGD and CF-SGD) before its first pass is built.
   """
-  rng = np.random.default_rng([seed, epoch])
-  corpus = subsample(corpus, keep_probability, rng)
-  radius = _reduced_windows(corpus.word_ids.shape[0], window, rng)
+  corpus, radius = pass_draws(corpus, window=window,
+                              keep_probability=keep_probability, seed=seed,
+                              epoch=epoch)
   if model == 'skipgram':
     return int(sum(right.sum() + left.sum() for _, right, left in
                    _skipgram_windows(corpus, radius, window)))

@@ -62,6 +62,11 @@ _CBOW_GRADIENT = flags.DEFINE_enum(
     'CBOW: word2vec gives each context row the hidden vector\'s gradient '
     '(word2vec.c, gensim); autodiff differentiates the mean (each row gets '
     '1/|context| of it).')
+_INPUT_PIPELINE = flags.DEFINE_enum(
+    'input_pipeline', 'auto', train.PIPELINES,
+    'Where each pass\'s examples are listed and shuffled: host (NumPy), '
+    'device (the accelerator; the host only draws subsampling and windows), '
+    'auto (device unless the backend is a CPU, where NumPy is faster).')
 _EVALS_PER_EPOCH = flags.DEFINE_integer(
     'evals_per_epoch', 4, 'Held-out evaluations (and checkpoints) per pass.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -96,6 +101,7 @@ def main(argv):
       min_count=_MIN_COUNT.value, sample=_SAMPLE.value, epochs=_EPOCHS.value,
       batch_size=_BATCH_SIZE.value, seed=_SEED.value, update=_UPDATE.value,
       duplicates=_DUPLICATES.value, cbow_gradient=_CBOW_GRADIENT.value,
+      input_pipeline=_INPUT_PIPELINE.value,
       evals_per_epoch=_EVALS_PER_EPOCH.value)
   try:
     train.check_config(config)

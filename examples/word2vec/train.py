@@ -11,7 +11,9 @@ loss is measured, and a checkpoint written, several times a pass.
 Host work stays off the critical path: the number of steps is counted
 before the first pass is built, so the step compiles while that pass is made
 in a background thread, and each later pass is made while the one before it
-trains (`input_pipeline.Prefetcher`).
+trains (`input_pipeline.Prefetcher`). On an accelerator the host only draws
+a pass's subsampling and windows; the device lists and shuffles its examples
+(`device_pipeline`, --input_pipeline).
 """
 
 import dataclasses
@@ -30,6 +32,7 @@ from examples.common import checkpointing
 from examples.common import files
 from examples.common import optimizers
 from examples.common import training
+from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import negatives as negatives_lib
@@ -40,6 +43,7 @@ INPUT_TABLE = model_lib.INPUT_TABLE
 OUTPUT_TABLE = model_lib.OUTPUT_TABLE
 UPDATES = steps_lib.UPDATES
 SPARSE_OPTIMIZERS = steps_lib.SPARSE_OPTIMIZERS
+PIPELINES = device_pipeline.PIPELINES
 
 
 @dataclasses.dataclass
@@ -67,6 +71,9 @@ class Config:
   cbow_gradient: str = 'word2vec'
   # How the sparse path combines repeated ids (fasgd_optax's `duplicates`).
   duplicates: str = 'auto'
+  # Where passes are made: 'host' (NumPy), 'device' (the accelerator,
+  # `device_pipeline`), 'auto' (the device unless it is a CPU).
+  input_pipeline: str = 'auto'
   evals_per_epoch: int = 4
   test_fraction: float = 0.1
   max_test_examples: int = 200_000
@@ -77,6 +84,7 @@ def check_config(config: Config) -> None:
   model_lib.check_model(config.model, config.cbow_gradient)
   steps_lib.check_update(config.update, config.optimizer, config.duplicates)
   steps_lib.check_cap(config.optimizer, config.max_learning_rate)
+  device_pipeline.check_pipeline(config.input_pipeline)
   if not config.learning_rate > 0:
     raise ValueError(f'learning_rate must be > 0; got {config.learning_rate}.')
   if config.learning_rate_schedule not in optimizers.SCHEDULES:
@@ -192,7 +200,7 @@ def steps_per_epoch(data: Data, config: Config) -> int:
 
 
 def table_frequencies(data: Data, config: Config,
-                      epoch_data: input_pipeline.EpochData) -> dict:
+                      first_pass: device_pipeline.DevicePass) -> dict:
   """FA-SGD's p_k per table: expected reads of row k per step.
 
   Input table: occurrences as center (skip-gram) or context word (CBOW).
@@ -201,24 +209,17 @@ def table_frequencies(data: Data, config: Config,
   Counted on the first pass's examples.
   """
   vocab_size = len(data.vocab)
-  inputs = epoch_data.inputs.ravel()
+  inputs = np.asarray(first_pass.inputs).ravel()
   input_counts = fasgd_optax.count_ids(inputs[inputs >= 0], vocab_size)
-  output_counts = fasgd_optax.count_ids(epoch_data.targets, vocab_size)
+  output_counts = fasgd_optax.count_ids(np.asarray(first_pass.targets),
+                                        vocab_size)
   noise = input_pipeline.noise_distribution(data.vocab.counts)
-  expected_negatives = (epoch_data.num_batches * config.batch_size *
+  expected_negatives = (first_pass.num_batches * config.batch_size *
                         config.negatives * noise)
   return optimizers.frequencies_for_tables(
       {INPUT_TABLE: input_counts,
        OUTPUT_TABLE: output_counts + expected_negatives},
-      epoch_data.num_batches)
-
-
-@dataclasses.dataclass(frozen=True)
-class _DevicePass:
-  """A pass's batches on the device, and what the host keeps of it."""
-  inputs: jax.Array
-  targets: jax.Array
-  num_words: int
+      first_pass.num_batches)
 
 
 # --------------------------------------------------------------------------
@@ -288,24 +289,35 @@ def train_and_evaluate(
   round_bounds = [num_batches * r // rounds_per_epoch
                   for r in range(rounds_per_epoch + 1)]
 
-  def make_pass(epoch):
-    epoch_data = make_epoch(data, config, epoch, num_batches)
-    return epoch_data, _DevicePass(jnp.asarray(epoch_data.inputs),
-                                   jnp.asarray(epoch_data.targets),
-                                   epoch_data.num_words)
+  pipeline = device_pipeline.resolve(config.input_pipeline)
 
-  prefetcher = input_pipeline.Prefetcher(
-      make_pass, config.epochs, depth=input_pipeline.prefetch_depth())
+  def make_pass(epoch):
+    if pipeline == 'device':
+      return device_pipeline.make_pass(
+          data.train, model=config.model, window=config.window,
+          keep_probability=data.keep_probability,
+          batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+          num_batches=num_batches)
+    epoch_data = make_epoch(data, config, epoch, num_batches)
+    return device_pipeline.DevicePass(jnp.asarray(epoch_data.inputs),
+                                      jnp.asarray(epoch_data.targets),
+                                      epoch_data.num_words)
+
+  # A device pass takes the host a few hundredths of a second: one ahead is
+  # enough.
+  depth = 1 if pipeline == 'device' else input_pipeline.prefetch_depth()
+  prefetcher = input_pipeline.Prefetcher(make_pass, config.epochs,
+                                         depth=depth)
   checkpointer = None
   try:
     frequencies = None
     current_pass = {}  # The pass being trained on, on the device.
     if config.optimizer == 'fa_sgd':
       # FA-SGD's frequencies are counted on the first pass: wait for it.
-      first_pass, current_pass[0] = prefetcher.get(0)
-      frequencies = table_frequencies(data, config, first_pass)
+      current_pass[0] = prefetcher.get(0)
+      frequencies = table_frequencies(data, config, current_pass[0])
     else:
-      for epoch in range(input_pipeline.prefetch_depth()):
+      for epoch in range(depth):
         prefetcher.start(epoch)
     step_fn, opt_state = steps_lib.make_step(
         config, graphdef, params, num_steps=num_steps,
@@ -336,7 +348,7 @@ def train_and_evaluate(
       round_start = time.perf_counter()
       if epoch not in current_pass:
         current_pass.clear()
-        current_pass[epoch] = prefetcher.get(epoch)[1]
+        current_pass[epoch] = prefetcher.get(epoch)
       device_pass = current_pass[epoch]
       begin, end = round_bounds[part], round_bounds[part + 1]
       train_state, losses = train_round_fn(
@@ -406,6 +418,7 @@ def train_and_evaluate(
       'validation_examples': data.heldout['validation'].size,
       'test_examples': data.heldout['test'].size,
       'steps_per_epoch': num_batches,
+      'input_pipeline': pipeline,
       'initial_validation_loss': initial_losses['validation'],
       'initial_test_loss': initial_losses['test'],
       'first_step_loss': history[0]['step_losses'][0],

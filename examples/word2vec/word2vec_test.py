@@ -1,6 +1,7 @@
 """Tests of the Word2Vec example on a small generated corpus."""
 
 import base64
+import collections
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 from examples.common import optimizers
+from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import negatives as negatives_lib
@@ -367,11 +369,15 @@ class TrainTest(parameterized.TestCase):
       train.train_and_evaluate(tiny_config(optimizer=optimizer, update=update),
                                generated_corpus(200), show_progress=False)
 
-  @parameterized.parameters(('skipgram', 'cf_sgd', 'scatter'),
-                            ('cbow', 'adam', 'dense'))
-  def test_resume_equals_uninterrupted(self, model, optimizer, update):
+  @parameterized.parameters(('skipgram', 'cf_sgd', 'scatter', 'host'),
+                            ('cbow', 'adam', 'dense', 'host'),
+                            ('skipgram', 'fa_sgd', 'sparse', 'device'),
+                            ('cbow', 'cf_sgd', 'sparse', 'device'))
+  def test_resume_equals_uninterrupted(self, model, optimizer, update,
+                                       pipeline):
     config = tiny_config(model=model, optimizer=optimizer, update=update,
-                         learning_rate=LEARNING_RATES[optimizer], epochs=2)
+                         learning_rate=LEARNING_RATES[optimizer], epochs=2,
+                         input_pipeline=pipeline)
     sentences = generated_corpus(300)
     with tempfile.TemporaryDirectory() as workdir:
       with self.assertRaises(train.Interrupted):
@@ -385,6 +391,7 @@ class TrainTest(parameterized.TestCase):
     chex.assert_trees_all_equal(resumed['train_state'],
                                 uninterrupted['train_state'])
     self.assertEqual(resumed['test_loss'], uninterrupted['test_loss'])
+    self.assertEqual(uninterrupted['input_pipeline'], pipeline)
 
   def test_diverging_learning_rate_is_reported(self):
     with self.assertRaisesRegex(FloatingPointError, 'smaller --learning_rate'):
@@ -623,6 +630,74 @@ class EpochTest(parameterized.TestCase):
     self.assertEqual(input_pipeline.prefetch_depth(16), 4)
 
 
+class DevicePipelineTest(parameterized.TestCase):
+  """Passes made on the device against those made by NumPy (on the CPU)."""
+
+  def _make(self, pipeline, model, epoch=1, batch_size=1, num_batches=None):
+    sentences = generated_corpus(200)
+    vocab = input_pipeline.build_vocabulary(sentences, 2)
+    corpus = input_pipeline.encode(sentences, vocab)
+    settings = dict(model=model, window=3, seed=5, epoch=epoch,
+                    keep_probability=input_pipeline.keep_probabilities(
+                        vocab.counts, 1e-2))
+    if num_batches is None:
+      num_batches = input_pipeline.count_examples(corpus, **settings)
+    if pipeline == 'host':
+      made = input_pipeline.make_epoch(corpus, batch_size=batch_size,
+                                       num_batches=num_batches, **settings)
+    else:
+      made = device_pipeline.make_pass(corpus, batch_size=batch_size,
+                                       num_batches=num_batches, **settings)
+    inputs = np.asarray(made.inputs)
+    examples = list(zip(map(tuple, inputs.reshape(-1, inputs[0, 0].size)),
+                        np.asarray(made.targets).ravel().tolist()))
+    return made, examples
+
+  @parameterized.parameters('skipgram', 'cbow')
+  def test_a_device_pass_holds_the_host_pass_examples(self, model):
+    for epoch in (0, 3):
+      host, host_examples = self._make('host', model, epoch)
+      device, device_examples = self._make('device', model, epoch)
+      self.assertEqual(device.num_words, host.num_words)
+      self.assertEqual(device.inputs.shape, host.inputs.shape)
+      self.assertEqual(device.inputs.dtype, host.inputs.dtype)
+      self.assertCountEqual(device_examples, host_examples)
+      self.assertNotEqual(device_examples, host_examples)  # Its own order.
+
+  @parameterized.parameters('skipgram', 'cbow')
+  def test_a_device_pass_is_cut_or_repeated_to_its_batches(self, model):
+    _, every_example = self._make('host', model)
+    count = len(every_example)
+    # Fewer: distinct examples of the pass, none twice.
+    _, fewer = self._make('device', model, batch_size=16,
+                          num_batches=count // 16 - 3)
+    self.assertEmpty(collections.Counter(fewer) -
+                     collections.Counter(every_example))
+    # More: every example once, then repeats of chosen ones.
+    _, more = self._make('device', model, batch_size=16,
+                         num_batches=count // 16 + 5)
+    self.assertEmpty(collections.Counter(every_example) -
+                     collections.Counter(more))
+    self.assertLen(more, (count // 16 + 5) * 16)
+    self.assertTrue(set(more) <= set(every_example))
+
+  def test_device_passes_are_reproducible_and_differ(self):
+    _, first = self._make('device', 'skipgram', epoch=2)
+    _, again = self._make('device', 'skipgram', epoch=2)
+    _, other = self._make('device', 'skipgram', epoch=4)
+    self.assertEqual(first, again)
+    self.assertNotEqual(first, other)
+
+  def test_auto_makes_passes_on_accelerators_only(self):
+    self.assertEqual(device_pipeline.resolve('auto', 'cpu'), 'host')
+    self.assertEqual(device_pipeline.resolve('auto', 'gpu'), 'device')
+    self.assertEqual(device_pipeline.resolve('auto', 'tpu'), 'device')
+    self.assertEqual(device_pipeline.resolve('host', 'gpu'), 'host')
+    self.assertEqual(device_pipeline.resolve('device', 'cpu'), 'device')
+    self.assertEqual(device_pipeline.resolve('auto'),
+                     'host' if jax.default_backend() == 'cpu' else 'device')
+
+
 class ConfigTest(parameterized.TestCase):
 
   @parameterized.parameters(
@@ -633,6 +708,8 @@ class ConfigTest(parameterized.TestCase):
       ({'batch_size': 0}, 'batch_size must be >= 1'),
       ({'learning_rate': -1.0}, 'learning_rate must be > 0'),
       ({'model': 'glove'}, "model must be skipgram or cbow; got 'glove'"),
+      ({'input_pipeline': 'gpu'},
+       "input_pipeline must be one of auto, host, device; got 'gpu'"),
       ({'learning_rate_schedule': 'cosine'},
        "learning_rate_schedule must be one of constant, linear; got 'cosine'"))
   def test_bad_settings_are_named(self, overrides, message):
