@@ -130,12 +130,14 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
 
   A non-finite value stays in its own run and column, as a sum would leave
   it: the products see only finite values (a mask's 0 times an inf or NaN
-  of another run would be NaN). Beside the values, in the same products,
-  0/1 flags mark +inf or NaN and -inf or NaN in each column; a run whose
-  column has flags of either kind totals +inf or -inf there, of both, NaN.
-  That triples the products' width, not their number: on an H200 the
-  blocked product took 11.2 µs of a 63 µs step (benchmarks/results/gpu_h200);
-  on a CPU the whole 'reduce' step took twice as long.
+  of another run would be NaN). Beside the values, 0/1 flags mark +inf or
+  NaN and -inf or NaN in each column; a run whose column has flags of either
+  kind totals +inf or -inf there, of both, NaN. The flags go through the
+  same masks in products of their own in bfloat16, exact for 0/1 operands
+  with float32 sums, which an accelerator's matrix units run several times
+  faster than the values' float32 products: on an H200, with the flags in
+  the float32 products (3× their width), those took 0.26 of a Word2Vec
+  step's 0.59 ms (examples/word2vec/profile_step.py, batch 16384).
 
   Args:
     sorted_keys: (B,) int32, equal keys contiguous, all ≥ 0.
@@ -153,21 +155,24 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   keys = jnp.pad(sorted_keys, (0, padding), constant_values=-1)
   values = jnp.pad(values, ((0, padding), (0, 0)))
   no_flags = jnp.zeros_like(values)
-  values = jnp.concatenate(_flag_non_finite(values, no_flags, no_flags),
-                           axis=1)
+  values, up, down = _flag_non_finite(values, no_flags, no_flags)
   num_blocks = keys.shape[0] // block
   keys = keys.reshape(num_blocks, block)
-  values = values.reshape(num_blocks, block, 3 * width)
+  values = values.reshape(num_blocks, block, width)
+  flags = jnp.concatenate([up, down], axis=1).reshape(num_blocks, block,
+                                                      2 * width)
   position = lax.iota(jnp.int32, block)
   same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
                      & (position[:, None] >= position[None, :]))
   partial = jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype),
                        values, precision=lax.Precision.HIGHEST)
+  partial_flags = _count_flags('bij,bjw->biw', same_run_so_far, flags)
   # Finite values can sum past float32's range (to ±inf, or NaN both ways):
   # carried into later blocks by a 0/1 product, that would be NaN for other
   # runs, so such sums are flagged like non-finite values.
-  partial = jnp.concatenate(
-      _flag_non_finite(*jnp.split(partial, 3, axis=-1)), axis=-1)
+  partial, up, down = _flag_non_finite(
+      partial, *jnp.split(partial_flags, 2, axis=-1))
+  partial_flags = jnp.concatenate([up, down], axis=-1)
   first, last = keys[:, 0], keys[:, -1]
   block_index = lax.iota(jnp.int32, num_blocks)
   # Block b's first run continues every earlier block that ends in its key:
@@ -177,13 +182,31 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
                & (block_index[None, :] < block_index[:, None]))
   carried = jnp.matmul(continues.astype(values.dtype), partial[:, -1, :],
                        precision=lax.Precision.HIGHEST)
+  carried_flags = _count_flags('ij,jw->iw', continues,
+                               partial_flags[:, -1, :])
   in_first_run = (keys == first[:, None])[:, :, None]
   totals = partial + jnp.where(in_first_run, carried[:, None, :], 0.0)
-  totals = totals.reshape(num_blocks * block, 3 * width)[:size]
-  sums, up, down = _flag_non_finite(*jnp.split(totals, 3, axis=-1))
+  total_flags = partial_flags + jnp.where(in_first_run,
+                                          carried_flags[:, None, :], 0.0)
+  sums, up, down = _flag_non_finite(
+      totals.reshape(num_blocks * block, width)[:size],
+      *jnp.split(total_flags.reshape(num_blocks * block, 2 * width)[:size],
+                 2, axis=-1))
   up, down = up > 0, down > 0
   return jnp.where(up & down, jnp.nan,
                    jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
+
+
+def _count_flags(subscripts: str, mask: jax.Array,
+                 flags: jax.Array) -> jax.Array:
+  """`einsum(subscripts, mask, flags)` > 0 where any flag is set, in float32.
+
+  Flags (counts) are clipped to 0/1, exact in bfloat16 like the 0/1 mask;
+  the products sum in float32, exactly while under 2^24 terms.
+  """
+  return jnp.einsum(subscripts, mask.astype(jnp.bfloat16),
+                    jnp.minimum(flags, 1.0).astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
 
 
 def _flag_non_finite(sums: jax.Array, up: jax.Array,
