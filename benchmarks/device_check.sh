@@ -54,10 +54,12 @@
 #       GENSIM_WHEELS=data_cache/wheels.
 #   WORD2VEC_SWEEPS  (word2vec) the sweeps whose settings (epochs included)
 #       and tuned learning rates the comparisons take, one comparison each;
-#       default examples/word2vec/results/batch16384/sweep.json (2 passes)
-#       and batch16384_5_epochs/sweep.json (5, word2vec.c's and gensim's
-#       default, over which fixed costs weigh less): CF-SGD tuned at batch
-#       16384, as on a GPU a batch of 1024 is mostly kernel-launch overhead.
+#       default examples/word2vec/results/batch16384/sweep.json (2 passes),
+#       batch16384_5_epochs/sweep.json (5, word2vec.c's and gensim's
+#       default, over which fixed costs weigh less) and
+#       batch16384_5_epochs_linear/sweep.json (5, with their linear decay):
+#       CF-SGD tuned at batch 16384, as on a GPU a batch of 1024 is mostly
+#       kernel-launch overhead.
 #   WORD2VEC_FLAGS  more flags for examples.word2vec.gensim_peer.
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
 #       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=240,
@@ -170,8 +172,8 @@ part_movielens() {
 }
 
 # Word2Vec against gensim on this machine (examples.word2vec.gensim_peer):
-# Skip-gram, then CBOW (word2vec.c's gradient), 2 and then 5 passes over Brown
-# (WORD2VEC_SWEEPS), ours on the accelerator with a recorded sweep's settings
+# Skip-gram, then CBOW (word2vec.c's gradient), 2 and then 5 passes over Brown,
+# the 5 with a constant and a linear schedule (WORD2VEC_SWEEPS), ours on the accelerator with a recorded sweep's settings
 # and tuned CF-SGD rates, gensim 4.4.0 with one worker thread per CPU core,
 # back to back in one process; words/s, held-out loss and WordSim-353 of
 # both. Reports land in the log (the table, then the JSON of every run) and
@@ -206,7 +208,9 @@ print(datapath("wordsim353.tsv"))') || return 1
   mkdir -p "$WORKDIR/word2vec"
   local sweep status=0 out
   for sweep in ${WORD2VEC_SWEEPS:-examples/word2vec/results/batch16384/sweep.json
-                examples/word2vec/results/batch16384_5_epochs/sweep.json}; do
+                examples/word2vec/results/batch16384_5_epochs/sweep.json
+                examples/word2vec/results/batch16384_5_epochs_linear/sweep.json}
+  do
     out=$WORKDIR/word2vec/peer_$(basename "$(dirname "$sweep")")
     echo "--- $sweep"
     # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
