@@ -417,6 +417,27 @@ class DistinctRowsTest(parameterized.TestCase):
     self.assertLen(set(rows.tolist()), size)
 
 
+  def test_both_ways_of_summing_runs_agree_on_finite_values(self):
+    """`run_totals` sums finite batches without flags, others with them."""
+    rng = np.random.default_rng(4)
+    keys = np.sort(np.minimum(rng.zipf(1.5, size=700) - 1, 40)).astype(
+        np.int32)
+    values = rng.normal(size=(700, 3)).astype(np.float32)
+    starts = np.r_[0, np.flatnonzero(np.diff(keys)) + 1]
+    expected = np.concatenate([np.cumsum(run, axis=0) for run in
+                               np.split(values, starts[1:])])
+    got = rows_lib.run_totals(jnp.asarray(keys), jnp.asarray(values))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # One NaN takes the flags' way: the other runs' sums stay as they were.
+    values[np.flatnonzero(keys == 0)[-1], 1] = np.nan
+    with_nan = np.asarray(rows_lib.run_totals(jnp.asarray(keys),
+                                              jnp.asarray(values)))
+    other_runs = keys != 0
+    np.testing.assert_allclose(with_nan[other_runs], expected[other_runs],
+                               rtol=1e-5, atol=1e-5)
+    self.assertTrue(np.isnan(with_nan[np.flatnonzero(keys == 0)[-1], 1]))
+    self.assertTrue(np.isfinite(with_nan[keys == 0][:, [0, 2]]).all())
+
   @parameterized.parameters(*DUPLICATE_MODES)
   def test_non_finite_gradients_stay_in_their_row_and_column(self, duplicates):
     """NaN and ±inf sum as NumPy sums them, never into another row.

@@ -129,15 +129,14 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   product. Work O(B · block · width), all of it dense matrix products.
 
   A non-finite value stays in its own run and column, as a sum would leave
-  it: the products see only finite values (a mask's 0 times an inf or NaN
-  of another run would be NaN). Beside the values, 0/1 flags mark +inf or
-  NaN and -inf or NaN in each column; a run whose column has flags of either
-  kind totals +inf or -inf there, of both, NaN. The flags go through the
-  same masks in products of their own in bfloat16, exact for 0/1 operands
-  with float32 sums, which an accelerator's matrix units run several times
-  faster than the values' float32 products: on an H200, with the flags in
-  the float32 products (3× their width), those took 0.26 of a Word2Vec
-  step's 0.59 ms (examples/word2vec/profile_step.py, batch 16384).
+  it, though in a product a mask's 0 times another run's inf or NaN is NaN.
+  So the products run on the values as they are, and only when that left a
+  non-finite total (a non-finite value, a sum past float32's range, or what
+  they spread: every such case leaves one) are the sums made again, by
+  `_sums_with_flags`, which keeps each in its own run and column. A finite
+  batch, the usual one, pays for the check and not for the flags: on an
+  H200 the flags took 0.25 of a CBOW step's 0.87 ms
+  (examples/word2vec/profile_step.py, batch 16384).
 
   Args:
     sorted_keys: (B,) int32, equal keys contiguous, all ≥ 0.
@@ -153,45 +152,76 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   padding = -size % block
   # Padding keys of -1 form a run of their own after the real keys.
   keys = jnp.pad(sorted_keys, (0, padding), constant_values=-1)
-  values = jnp.pad(values, ((0, padding), (0, 0)))
-  no_flags = jnp.zeros_like(values)
-  values, up, down = _flag_non_finite(values, no_flags, no_flags)
   num_blocks = keys.shape[0] // block
   keys = keys.reshape(num_blocks, block)
-  values = values.reshape(num_blocks, block, width)
-  flags = jnp.concatenate([up, down], axis=1).reshape(num_blocks, block,
-                                                      2 * width)
+  values = jnp.pad(values, ((0, padding), (0, 0))).reshape(
+      num_blocks, block, width)
   position = lax.iota(jnp.int32, block)
-  same_run_so_far = ((keys[:, :, None] == keys[:, None, :])
-                     & (position[:, None] >= position[None, :]))
-  partial = jnp.einsum('bij,bjw->biw', same_run_so_far.astype(values.dtype),
-                       values, precision=lax.Precision.HIGHEST)
-  partial_flags = _count_flags('bij,bjw->biw', same_run_so_far, flags)
+  first, last = keys[:, 0], keys[:, -1]
+  block_index = lax.iota(jnp.int32, num_blocks)
+  masks = _RunMasks(
+      same_run_so_far=((keys[:, :, None] == keys[:, None, :])
+                       & (position[:, None] >= position[None, :])),
+      # Block b's first run continues every earlier block that ends in its
+      # key: with contiguous keys, those blocks hold nothing but that run
+      # after its start, so their last partial sums add up to what came
+      # before block b.
+      continues=((last[None, :] == first[:, None])
+                 & (block_index[None, :] < block_index[:, None])),
+      in_first_run=(keys == first[:, None])[:, :, None])
+  partial = _masked_sums('bij,bjw->biw', masks.same_run_so_far, values)
+  totals = masks.add_carried(
+      partial, _masked_sums('ij,jw->iw', masks.continues, partial[:, -1, :]))
+  totals = lax.cond(jnp.isfinite(totals).all(), lambda: totals,
+                    lambda: _sums_with_flags(masks, values))
+  return totals.reshape(num_blocks * block, width)[:size]
+
+
+class _RunMasks(NamedTuple):
+  """`run_totals`' 0/1 masks over a batch cut into blocks."""
+  same_run_so_far: jax.Array  # (blocks, block, block): same key, not later
+  continues: jax.Array  # (blocks, blocks): block b's first run began in b'
+  in_first_run: jax.Array  # (blocks, block, 1): in its block's first run
+
+  def add_carried(self, partial: jax.Array, carried: jax.Array) -> jax.Array:
+    """Partial sums plus what each block's first run carries in."""
+    return partial + jnp.where(self.in_first_run, carried[:, None, :], 0.0)
+
+
+def _masked_sums(subscripts: str, mask: jax.Array,
+                 values: jax.Array) -> jax.Array:
+  """`einsum(subscripts, mask, values)` in full float32 precision."""
+  return jnp.einsum(subscripts, mask.astype(values.dtype), values,
+                    precision=lax.Precision.HIGHEST)
+
+
+def _sums_with_flags(masks: _RunMasks, values: jax.Array) -> jax.Array:
+  """`run_totals`' sums of values that are not all finite.
+
+  The products see only finite values. Beside them, 0/1 flags mark +inf or
+  NaN and -inf or NaN in each column; a run whose column has flags of either
+  kind totals +inf or -inf there, of both, NaN. The flags go through the
+  same masks in products of their own in bfloat16, exact for 0/1 operands
+  with float32 sums.
+  """
+  no_flags = jnp.zeros_like(values)
+  values, up, down = _flag_non_finite(values, no_flags, no_flags)
+  flags = jnp.concatenate([up, down], axis=-1)
+  partial = _masked_sums('bij,bjw->biw', masks.same_run_so_far, values)
+  partial_flags = _count_flags('bij,bjw->biw', masks.same_run_so_far, flags)
   # Finite values can sum past float32's range (to ±inf, or NaN both ways):
   # carried into later blocks by a 0/1 product, that would be NaN for other
   # runs, so such sums are flagged like non-finite values.
   partial, up, down = _flag_non_finite(
       partial, *jnp.split(partial_flags, 2, axis=-1))
   partial_flags = jnp.concatenate([up, down], axis=-1)
-  first, last = keys[:, 0], keys[:, -1]
-  block_index = lax.iota(jnp.int32, num_blocks)
-  # Block b's first run continues every earlier block that ends in its key:
-  # with contiguous keys, those blocks hold nothing but that run after its
-  # start, so their last partial sums add up to what came before block b.
-  continues = ((last[None, :] == first[:, None])
-               & (block_index[None, :] < block_index[:, None]))
-  carried = jnp.matmul(continues.astype(values.dtype), partial[:, -1, :],
-                       precision=lax.Precision.HIGHEST)
-  carried_flags = _count_flags('ij,jw->iw', continues,
-                               partial_flags[:, -1, :])
-  in_first_run = (keys == first[:, None])[:, :, None]
-  totals = partial + jnp.where(in_first_run, carried[:, None, :], 0.0)
-  total_flags = partial_flags + jnp.where(in_first_run,
-                                          carried_flags[:, None, :], 0.0)
-  sums, up, down = _flag_non_finite(
-      totals.reshape(num_blocks * block, width)[:size],
-      *jnp.split(total_flags.reshape(num_blocks * block, 2 * width)[:size],
-                 2, axis=-1))
+  totals = masks.add_carried(
+      partial, _masked_sums('ij,jw->iw', masks.continues, partial[:, -1, :]))
+  total_flags = masks.add_carried(
+      partial_flags,
+      _count_flags('ij,jw->iw', masks.continues, partial_flags[:, -1, :]))
+  sums, up, down = _flag_non_finite(totals,
+                                    *jnp.split(total_flags, 2, axis=-1))
   up, down = up > 0, down > 0
   return jnp.where(up & down, jnp.nan,
                    jnp.where(up, jnp.inf, jnp.where(down, -jnp.inf, sums)))
