@@ -81,6 +81,17 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
   more examples drops a random subset of them, one with fewer repeats
   randomly chosen ones of its own, as `make_epoch` does.
   """
+  # Candidates are numbered in int32, as are the pass's examples.
+  candidates = (2 * window if model == 'skipgram' else 1) * (
+      corpus.word_ids.shape[0])
+  for name, count in (('window candidates', candidates),
+                      ('examples (num_batches × batch_size)',
+                       num_batches * batch_size)):
+    if count >= 2**31:
+      raise ValueError(
+          f'A pass made on the device numbers its {name} in int32: '
+          f'{count:,} is too many. Use --input_pipeline=host, or a smaller '
+          'corpus, window or pass.')
   kept, radius = input_pipeline.pass_draws(
       corpus, window=window, keep_probability=keep_probability, seed=seed,
       epoch=epoch)

@@ -261,6 +261,8 @@ def main(argv):
                     input_pipeline=_INPUT_PIPELINE.value)
     if _EPOCHS.value:
       settings['epochs'] = _EPOCHS.value
+    if _SEED.value is not None:
+      settings['seed'] = _SEED.value
     best = best_run(sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value,
                     capped=_CAPPED.value)
     config = train.Config(**dict(
@@ -305,6 +307,9 @@ if __name__ == '__main__':
       'uncapped one.')
   _EPOCHS = flags.DEFINE_integer(
       'epochs', None, 'Passes for both systems; default the sweep\'s.')
+  _SEED = flags.DEFINE_integer(
+      'seed', None, 'Seed for both systems (gensim\'s, and ours: held-out '
+      'examples, initialisation, passes); default the sweep\'s.')
   _OUT = flags.DEFINE_string(
       'out', None, 'JSON file to write; the table goes beside it (.md).')
   _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')

@@ -688,6 +688,23 @@ class DevicePipelineTest(parameterized.TestCase):
     self.assertEqual(first, again)
     self.assertNotEqual(first, other)
 
+  def test_too_many_candidates_for_int32_are_refused(self):
+    # 2^28 words without their memory (a broadcast view): the check comes
+    # before any work.
+    words = np.broadcast_to(np.int32(0), (2**28,))
+    big = input_pipeline.EncodedCorpus(words, words, 2**28)
+    corpus = input_pipeline.EncodedCorpus(words[:10], words[:10], 10)
+    with self.assertRaisesRegex(ValueError, 'window candidates.*int32.*'
+                                '--input_pipeline=host'):
+      device_pipeline.make_pass(big, model='skipgram', window=5,
+                                keep_probability=np.ones(1), batch_size=4,
+                                seed=0, epoch=0, num_batches=1)
+    with self.assertRaisesRegex(ValueError, r'examples \(num_batches'):
+      device_pipeline.make_pass(corpus, model='cbow', window=5,
+                                keep_probability=np.ones(1),
+                                batch_size=2**16, seed=0, epoch=0,
+                                num_batches=2**15)
+
   def test_auto_makes_passes_on_accelerators_only(self):
     self.assertEqual(device_pipeline.resolve('auto', 'cpu'), 'host')
     self.assertEqual(device_pipeline.resolve('auto', 'gpu'), 'device')
