@@ -103,10 +103,15 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
   def padded(values):
     return np.pad(values.astype(np.int32), (0, length - num_words))
 
-  inputs, targets = _expand(
+  inputs, targets, available = _expand(
       padded(kept.word_ids), padded(kept.sentence_ids), padded(radius),
       np.int32(num_words), np.uint32(seed), np.int32(epoch), model=model,
       window=window, num_batches=num_batches, batch_size=batch_size)
+  # Waits for the device (in the prefetcher's thread, not the training's).
+  if int(available) == 0:
+    raise input_pipeline.CorpusError(
+        f'Pass {epoch} has no examples: use a larger corpus or a smaller '
+        '--sample (subsampling).')
   return DevicePass(inputs, targets, num_words)
 
 
@@ -114,7 +119,7 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
                                              'batch_size'))
 def _expand(word_ids, sentence_ids, radius, num_words, seed, epoch, *,
             model, window, num_batches, batch_size):
-  """Lists, shuffles and batches a pass's examples; see `make_pass`.
+  """A pass's (inputs, targets) and its count of examples; see `make_pass`.
 
   Positions past `num_words` are padding. Every candidate example (a
   position and an offset for Skip-gram, a position for CBOW) gets a random
@@ -182,4 +187,4 @@ def _expand(word_ids, sentence_ids, radius, num_words, seed, epoch, *,
     inputs = contexts[chosen]
     targets = word_ids[chosen]
   return (inputs.reshape((num_batches, batch_size) + inputs.shape[1:]),
-          targets.reshape(num_batches, batch_size))
+          targets.reshape(num_batches, batch_size), available)

@@ -705,6 +705,15 @@ class DevicePipelineTest(parameterized.TestCase):
                                 batch_size=2**16, seed=0, epoch=0,
                                 num_batches=2**15)
 
+  def test_a_pass_without_examples_is_a_clear_error(self):
+    corpus = input_pipeline.EncodedCorpus(
+        np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32), 4)
+    with self.assertRaisesRegex(input_pipeline.CorpusError,
+                                'Pass 2 has no examples'):
+      device_pipeline.make_pass(corpus, model='skipgram', window=2,
+                                keep_probability=np.ones(4), batch_size=1,
+                                seed=0, epoch=2, num_batches=1)
+
   def test_auto_makes_passes_on_accelerators_only(self):
     self.assertEqual(device_pipeline.resolve('auto', 'cpu'), 'host')
     self.assertEqual(device_pipeline.resolve('auto', 'gpu'), 'device')
