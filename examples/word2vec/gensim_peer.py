@@ -121,7 +121,8 @@ def run_gensim(config, data, train_sentences, wordsim_rows, repeat,
   input_table, output_table = gensim_tables(gensim_model, data.vocab)
   losses = heldout_losses(config, data, input_table, output_table)
   row = dict(
-      stats, system='gensim', model=config.model, repeat=repeat,
+      stats, system='gensim', model=config.model, seed=config.seed,
+      repeat=repeat,
       load_average_before=load_before,
       validation_loss=losses['validation'], test_loss=losses['test'],
       wordsim353=quality.wordsim_spearman(input_table, data.vocab,
@@ -171,7 +172,7 @@ def run_ours(config, data, sentences, wordsim_rows, repeat, cache_events):
                  compile_label(hits, misses)),
       'input_pipeline': ours['input_pipeline'],
       'compilation_cache': {'hits': hits, 'misses': misses},
-      'model': config.model, 'repeat': repeat,
+      'model': config.model, 'seed': config.seed, 'repeat': repeat,
       'config': dataclasses.asdict(config),
       'load_average_before': load_before,
       'train_seconds': ours['train_seconds'],
@@ -235,6 +236,44 @@ def peer_table(peer: dict) -> list[str]:
   return lines + ['']
 
 
+def seed_table(peer: dict) -> list[str]:
+  """Markdown: each seed's held-out loss and WordSim-353, gensim and ours.
+
+  Medians over a seed's repeats; empty for a single seed. The seed changes
+  both systems' initialisation and order, and our held-out examples.
+  """
+  seeds = sorted({r.get('seed') for r in peer['runs']})
+  if len(seeds) < 2:
+    return []
+  lines = ['## Quality by seed (medians over each seed\'s repeats)', '',
+           '| model | seed | test loss gensim / ours | '
+           'WordSim-353 ρ gensim / ours |', '|---|---|---|---|']
+  for model in dict.fromkeys(r['model'] for r in peer['runs']):
+    wins, rows = 0, []
+    for seed in seeds:
+      runs = [r for r in peer['runs']
+              if r['model'] == model and r.get('seed') == seed]
+      quality = {}
+      for system in ('gensim', 'ours'):
+        mine = [r for r in runs if (r['system'] == 'gensim') ==
+                (system == 'gensim')]
+        quality[system] = (
+            np.median([r['test_loss'] for r in mine]),
+            np.median([r['wordsim353']['spearman'] for r in mine]))
+      wins += quality['ours'][1] >= quality['gensim'][1]
+      rows.append(quality)
+      lines.append(f'| {model} | {seed} | {quality["gensim"][0]:.4f} / '
+                   f'{quality["ours"][0]:.4f} | {quality["gensim"][1]:.3f} '
+                   f'/ {quality["ours"][1]:.3f} |')
+    loss, rho = ({system: np.mean([q[system][column] for q in rows])
+                  for system in ('gensim', 'ours')} for column in (0, 1))
+    lines.append(f'| {model} | mean | {loss["gensim"]:.4f} / '
+                 f'{loss["ours"]:.4f} | {rho["gensim"]:.3f} / '
+                 f'{rho["ours"]:.3f} (ours ≥ gensim in {wins} of '
+                 f'{len(seeds)}) |')
+  return lines + ['']
+
+
 def main(argv):
   del argv
   cache_dir = _COMPILATION_CACHE_DIR.value
@@ -261,26 +300,25 @@ def main(argv):
                     input_pipeline=_INPUT_PIPELINE.value)
     if _EPOCHS.value:
       settings['epochs'] = _EPOCHS.value
-    if _SEED.value is not None:
-      settings['seed'] = _SEED.value
     best = best_run(sweep, model, _OPTIMIZER.value, _CBOW_GRADIENT.value,
                     capped=_CAPPED.value)
-    config = train.Config(**dict(
-        settings, learning_rate=best['learning_rate'],
-        max_learning_rate=best.get('max_learning_rate')))
-    data = train.prepare_data(config, sentences)
-    train_sentences, _ = input_pipeline.split_sentences(
-        sentences, test_fraction=config.test_fraction)
-    for repeat in range(_REPEATS.value):
-      results['runs'] += [
-          run_gensim(config, data, train_sentences, wordsim_rows, repeat,
-                     _WORKERS.value),
-          run_ours(config, data, sentences, wordsim_rows, repeat,
-                   cache_events)]
-      files.write_json(_OUT.value, results, indent=1)
-  table = os.path.splitext(_OUT.value)[0] + '.md'
-  files.write_text(table, '\n'.join(peer_table(results)))
-  print('\n'.join(peer_table(results)))
+    for seed in _SEEDS.value or [settings['seed']]:
+      config = train.Config(**dict(
+          settings, seed=int(seed), learning_rate=best['learning_rate'],
+          max_learning_rate=best.get('max_learning_rate')))
+      data = train.prepare_data(config, sentences)
+      train_sentences, _ = input_pipeline.split_sentences(
+          sentences, test_fraction=config.test_fraction)
+      for repeat in range(_REPEATS.value):
+        results['runs'] += [
+            run_gensim(config, data, train_sentences, wordsim_rows, repeat,
+                       _WORKERS.value),
+            run_ours(config, data, sentences, wordsim_rows, repeat,
+                     cache_events)]
+        files.write_json(_OUT.value, results, indent=1)
+  lines = peer_table(results) + seed_table(results)
+  files.write_text(os.path.splitext(_OUT.value)[0] + '.md', '\n'.join(lines))
+  print('\n'.join(lines))
 
 
 if __name__ == '__main__':
@@ -307,9 +345,11 @@ if __name__ == '__main__':
       'uncapped one.')
   _EPOCHS = flags.DEFINE_integer(
       'epochs', None, 'Passes for both systems; default the sweep\'s.')
-  _SEED = flags.DEFINE_integer(
-      'seed', None, 'Seed for both systems (gensim\'s, and ours: held-out '
-      'examples, initialisation, passes); default the sweep\'s.')
+  _SEEDS = flags.DEFINE_list(
+      'seeds', None, 'Seeds for both systems (gensim\'s, and ours: held-out '
+      'examples, initialisation, passes), each with --repeats pairs; '
+      'default the sweep\'s one. With several, the table is followed by '
+      'one of each seed\'s quality.')
   _OUT = flags.DEFINE_string(
       'out', None, 'JSON file to write; the table goes beside it (.md).')
   _WORKERS = flags.DEFINE_integer('workers', 2, 'gensim worker threads.')

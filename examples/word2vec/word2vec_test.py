@@ -830,6 +830,23 @@ class PeerTableTest(absltest.TestCase):
     self.assertEqual(lines['ours, compile cached'][6], '0.50')
     self.assertTrue(lines['ours, compile cached'][2].startswith('1,000 '))
 
+  def test_quality_by_seed(self):
+    from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
+
+    def row(system, seed, rho, loss):
+      return dict(system=system, model='cbow', seed=seed, test_loss=loss,
+                  wordsim353={'spearman': rho})
+
+    peer = {'runs': [row('gensim', 0, 0.10, 2.4), row('ours', 0, 0.08, 2.2),
+                     row('gensim', 0, 0.12, 2.4), row('ours', 0, 0.08, 2.2),
+                     row('gensim', 1, 0.05, 2.5), row('ours', 1, 0.09, 2.3)]}
+    lines = gensim_peer.seed_table(peer)
+    self.assertIn('| cbow | 0 | 2.4000 / 2.2000 | 0.110 / 0.080 |', lines)
+    self.assertIn('| cbow | 1 | 2.5000 / 2.3000 | 0.050 / 0.090 |', lines)
+    self.assertIn('| cbow | mean | 2.4500 / 2.2500 | 0.080 / 0.085 (ours ≥ '
+                  'gensim in 1 of 2) |', lines)
+    self.assertEqual(gensim_peer.seed_table({'runs': peer['runs'][:4]}), [])
+
 
 if __name__ == '__main__':
   absltest.main()
