@@ -20,7 +20,6 @@ On a CPU, XLA's sort of the candidates is slower than NumPy's shuffle:
 is an accelerator.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -52,28 +51,10 @@ def resolve(pipeline: str, backend: str | None = None) -> str:
   return 'host' if (backend or jax.default_backend()) == 'cpu' else 'device'
 
 
-@dataclasses.dataclass(frozen=True)
-class DevicePass:
-  """A pass's batches on the device (as `input_pipeline.EpochData`'s).
-
-  Attributes:
-    inputs: int32 (num_batches, batch) centers (skip-gram) or
-      (num_batches, batch, 2·window) contexts, -1 padded (CBOW).
-    targets: int32 (num_batches, batch).
-    num_words: in-vocabulary words left after subsampling.
-  """
-  inputs: jax.Array
-  targets: jax.Array
-  num_words: int
-
-  @property
-  def num_batches(self) -> int:
-    return self.targets.shape[0]
-
-
 def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
               window: int, keep_probability: np.ndarray, batch_size: int,
-              seed: int, epoch: int, num_batches: int) -> DevicePass:
+              seed: int, epoch: int, num_batches: int
+              ) -> input_pipeline.EpochData:
   """Pass `epoch` (0-based), made on the default device.
 
   Args as `input_pipeline.make_epoch`'s, except that `num_batches` is
@@ -112,7 +93,7 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
     raise input_pipeline.CorpusError(
         f'Pass {epoch} has no examples: use a larger corpus or a smaller '
         '--sample (subsampling).')
-  return DevicePass(inputs, targets, num_words)
+  return input_pipeline.EpochData(inputs, targets, num_words)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'window', 'num_batches',

@@ -467,6 +467,9 @@ def noise_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
 class EpochData:
   """One epoch's shuffled examples, cut into full batches.
 
+  The arrays are NumPy's as `make_epoch` makes them, JAX's on the device
+  (`device_pipeline.make_pass`, or a host pass moved there).
+
   Attributes:
     inputs: int32 (num_batches, batch) center ids (skip-gram) or
       (num_batches, batch, 2·window) context ids, -1 padded (CBOW): the ids
@@ -476,8 +479,8 @@ class EpochData:
     num_words: in-vocabulary words left after subsampling (what gensim calls
       "effective words").
   """
-  inputs: np.ndarray
-  targets: np.ndarray
+  inputs: Any  # np.ndarray or jax.Array
+  targets: Any
   num_words: int
 
   @property

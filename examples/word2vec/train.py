@@ -200,7 +200,7 @@ def steps_per_epoch(data: Data, config: Config) -> int:
 
 
 def table_frequencies(data: Data, config: Config,
-                      first_pass: device_pipeline.DevicePass) -> dict:
+                      first_pass: input_pipeline.EpochData) -> dict:
   """FA-SGD's p_k per table: expected reads of row k per step.
 
   Input table: occurrences as center (skip-gram) or context word (CBOW).
@@ -299,9 +299,9 @@ def train_and_evaluate(
           batch_size=config.batch_size, seed=config.seed, epoch=epoch,
           num_batches=num_batches)
     epoch_data = make_epoch(data, config, epoch, num_batches)
-    return device_pipeline.DevicePass(jnp.asarray(epoch_data.inputs),
-                                      jnp.asarray(epoch_data.targets),
-                                      epoch_data.num_words)
+    return input_pipeline.EpochData(jnp.asarray(epoch_data.inputs),
+                                    jnp.asarray(epoch_data.targets),
+                                    epoch_data.num_words)
 
   # A device pass takes the host a few hundredths of a second: one ahead is
   # enough.
