@@ -294,6 +294,10 @@ def main(argv):
              'machine_info': machine_lib.machine_info(),
              'workers': _WORKERS.value, 'runs': []}
   for model in _MODELS.value:
+    if model not in sweep['settings']:
+      logging.warning('%s has no %s runs: %s is left out.', _SWEEP.value,
+                      model, model)
+      continue
     settings = dict(sweep['settings'][model], model=model,
                     optimizer=_OPTIMIZER.value, update=_UPDATE.value,
                     cbow_gradient=_CBOW_GRADIENT.value,
