@@ -8,7 +8,7 @@
 # On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
 # 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
 # 37 s (2 passes only), profile 15 s; the next day (gpu_h200_word2vec) tests
-# 137 s and word2vec 134 s with three sweeps (now two by default).
+# 137 s and word2vec 134 s with three sweeps (another three by default now).
 # DEVICE_CHECK_BUDGET below bounds it whatever happens.
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]
@@ -210,6 +210,11 @@ part_word2vec() {
   local wordsim
   wordsim=$("$PYTHON" -c 'from gensim.test.utils import datapath
 print(datapath("wordsim353.tsv"))') || return 1
+  if [[ -n ${WORD2VEC_SWEEP:-} ]]; then
+    echo "WORD2VEC_SWEEP is now WORD2VEC_SWEEPS (a list of sweeps)."
+    echo "WORD2VEC_SWEEP is set: use WORD2VEC_SWEEPS" > "$OUTDIR/word2vec.summary"
+    return 2
+  fi
   mkdir -p "$WORKDIR/word2vec"
   local sweep status=0 out
   for sweep in ${WORD2VEC_SWEEPS:-examples/word2vec/results/batch16384/sweep.json
@@ -217,6 +222,7 @@ print(datapath("wordsim353.tsv"))') || return 1
                 examples/word2vec/results/cbow_batch8192_5_epochs_linear/sweep.json}
   do
     out=$WORKDIR/word2vec/peer_$(basename "$(dirname "$sweep")")
+    rm -f "$out.json" "$out.md"  # A reused WORKDIR's, from an earlier check.
     echo "--- $sweep"
     # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
     "$PYTHON" -m examples.word2vec.gensim_peer --sweep="$sweep" \
@@ -227,8 +233,9 @@ print(datapath("wordsim353.tsv"))') || return 1
     cat "$out.json"
     # Sweep, model, system, words/s, compile s, ours/gensim, WordSim ρ, test
     # loss (medians of the repeats: 2 unless WORD2VEC_FLAGS says otherwise).
+    # (Not the per-seed quality table's rows: their second column is a seed.)
     awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
-        '/^[|] (skipgram|cbow) [|]/ {
+        '/^[|] (skipgram|cbow) [|]/ && $2 !~ /^([0-9]+|mean)$/ {
         split($3, speed, " "); split($8, rho, " ")
         printf "%s %-8s %-48s %11s words/s  compile %4s s  ratio %4s  rho %s  loss %s\n",
           sweep, substr($1, 3), $2, speed[1], $6, $7, rho[1], $9}' \

@@ -73,6 +73,8 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
           f'A pass made on the device numbers its {name} in int32: '
           f'{count:,} is too many. Use --input_pipeline=host, or a smaller '
           'corpus, window or pass.')
+  if corpus.word_ids.shape[0] == 0:
+    raise input_pipeline.CorpusError('The corpus has no in-vocabulary words.')
   kept, radius = input_pipeline.pass_draws(
       corpus, window=window, keep_probability=keep_probability, seed=seed,
       epoch=epoch)
@@ -84,10 +86,14 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
   def padded(values):
     return np.pad(values.astype(np.int32), (0, length - num_words))
 
+  # The key is made here, not in `_expand`: any seed JAX takes, as NumPy's
+  # generator takes any seed on the host.
+  key = jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(seed), _SHUFFLE_STREAM), epoch)
   inputs, targets, available = _expand(
       padded(kept.word_ids), padded(kept.sentence_ids), padded(radius),
-      np.int32(num_words), np.uint32(seed), np.int32(epoch), model=model,
-      window=window, num_batches=num_batches, batch_size=batch_size)
+      np.int32(num_words), key, model=model, window=window,
+      num_batches=num_batches, batch_size=batch_size)
   # Waits for the device (in the prefetcher's thread, not the training's).
   if int(available) == 0:
     raise input_pipeline.CorpusError(
@@ -98,8 +104,8 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
 
 @functools.partial(jax.jit, static_argnames=('model', 'window', 'num_batches',
                                              'batch_size'))
-def _expand(word_ids, sentence_ids, radius, num_words, seed, epoch, *,
-            model, window, num_batches, batch_size):
+def _expand(word_ids, sentence_ids, radius, num_words, key, *, model,
+            window, num_batches, batch_size):
   """A pass's (inputs, targets) and its count of examples; see `make_pass`.
 
   Positions past `num_words` are padding. Every candidate example (a
@@ -140,8 +146,6 @@ def _expand(word_ids, sentence_ids, radius, num_words, seed, epoch, *,
   else:
     raise ValueError(f'model must be skipgram or cbow; got {model!r}.')
 
-  key = jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(seed), _SHUFFLE_STREAM), epoch)
   shuffle_key, repeat_key = jax.random.split(key)
   sort_keys = jnp.where(
       valid,

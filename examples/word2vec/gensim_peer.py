@@ -191,6 +191,8 @@ def run_ours(config, data, sentences, wordsim_rows, repeat, cache_events):
 def peer_table(peer: dict) -> list[str]:
   """Markdown: gensim vs ours, medians over the back-to-back repeats."""
   loads = [r['load_average_before'] for r in peer['runs']]
+  over = ('seeds and their repeats'
+          if len({r.get('seed') for r in peer['runs']}) > 1 else 'repeats')
   lines = [
       '## Against gensim (same split, settings and process, back to back)',
       '',
@@ -202,8 +204,8 @@ def peer_table(peer: dict) -> list[str]:
       '(ours also includes compiling the step: "compile" column); '
       '"effective" counts the words left after min count and subsampling '
       '(gensim\'s log line); "steady" leaves out our first round. Medians '
-      'over the repeats, [min, max] in brackets; ratio = ours / gensim of the '
-      'medians. "compiled": our step compiled from scratch in that run; '
+      f'over the {over}, [min, max] in brackets; ratio = ours / gensim of '
+      'the medians. "compiled": our step compiled from scratch in that run; '
       '"compile cached": loaded from JAX\'s persistent compilation cache, as '
       'on a rerun.', '',
       '| model | system | words/s | effective words/s | steady words/s | '
@@ -293,6 +295,10 @@ def main(argv):
              'compilation_cache_dir': cache_dir,
              'machine_info': machine_lib.machine_info(),
              'workers': _WORKERS.value, 'runs': []}
+  unknown = set(_MODELS.value) - set(model_lib.MODELS)
+  if unknown:
+    raise app.UsageError(f'--models: unknown {sorted(unknown)}; models are '
+                         f'{", ".join(model_lib.MODELS)}.')
   for model in _MODELS.value:
     if model not in sweep['settings']:
       logging.warning('%s has no %s runs: %s is left out.', _SWEEP.value,

@@ -385,8 +385,11 @@ def train_and_evaluate(
 
     if workdir is not None:
       os.makedirs(workdir, exist_ok=True)
+      # The pipeline as resolved: 'auto' makes other passes on another
+      # backend, which a resumed run must not take for the same ones.
       checkpointer = checkpointing.EpochCheckpointer(
-          os.path.join(workdir, 'checkpoints'), dataclasses.asdict(config),
+          os.path.join(workdir, 'checkpoints'),
+          dict(dataclasses.asdict(config), input_pipeline=pipeline),
           options=checkpoint_options, unit='round')
     train_state, history = training.run_epochs(
         train_state, num_epochs=config.epochs * rounds_per_epoch,

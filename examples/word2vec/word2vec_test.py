@@ -393,6 +393,25 @@ class TrainTest(parameterized.TestCase):
     self.assertEqual(resumed['test_loss'], uninterrupted['test_loss'])
     self.assertEqual(uninterrupted['input_pipeline'], pipeline)
 
+  def test_resume_where_auto_means_another_pipeline_is_refused(self):
+    # A pass made elsewhere has its examples in another order: resuming on
+    # it would train some twice and skip others.
+    config = tiny_config(optimizer='sgd', learning_rate=LEARNING_RATES['sgd'],
+                         epochs=2)
+    sentences = generated_corpus(200)
+    with tempfile.TemporaryDirectory() as workdir:
+      with mock.patch.object(device_pipeline, 'resolve',
+                             return_value='host'):
+        with self.assertRaises(train.Interrupted):
+          train.train_and_evaluate(config, sentences, workdir,
+                                   show_progress=False, stop_after_rounds=1)
+      with mock.patch.object(device_pipeline, 'resolve',
+                             return_value='device'):
+        with self.assertRaisesRegex(
+            Exception, r"other settings \(input_pipeline: 'host' -> 'device'"):
+          train.train_and_evaluate(config, sentences, workdir,
+                                   show_progress=False)
+
   def test_diverging_learning_rate_is_reported(self):
     with self.assertRaisesRegex(FloatingPointError, 'smaller --learning_rate'):
       train.train_and_evaluate(
@@ -704,6 +723,25 @@ class DevicePipelineTest(parameterized.TestCase):
                                 keep_probability=np.ones(1),
                                 batch_size=2**16, seed=0, epoch=0,
                                 num_batches=2**15)
+
+  def test_any_seed_numpy_takes_and_an_empty_corpus(self):
+    corpus, keep = self._corpus_and_keep()
+    made = device_pipeline.make_pass(
+        corpus, model='cbow', window=2, keep_probability=keep, batch_size=4,
+        seed=2**40, epoch=0, num_batches=3)
+    self.assertEqual(made.targets.shape, (3, 4))
+    empty = input_pipeline.EncodedCorpus(np.zeros(0, np.int32),
+                                         np.zeros(0, np.int32), 0)
+    with self.assertRaisesRegex(input_pipeline.CorpusError, 'no in-vocabulary'):
+      device_pipeline.make_pass(empty, model='skipgram', window=2,
+                                keep_probability=keep, batch_size=1, seed=0,
+                                epoch=0, num_batches=1)
+
+  def _corpus_and_keep(self):
+    sentences = generated_corpus(50)
+    vocab = input_pipeline.build_vocabulary(sentences, 2)
+    return (input_pipeline.encode(sentences, vocab),
+            input_pipeline.keep_probabilities(vocab.counts, 1e-2))
 
   def test_a_pass_without_examples_is_a_clear_error(self):
     corpus = input_pipeline.EncodedCorpus(
