@@ -202,7 +202,10 @@ def _sums_with_flags(masks: _RunMasks, values: jax.Array) -> jax.Array:
   NaN and -inf or NaN in each column; a run whose column has flags of either
   kind totals +inf or -inf there, of both, NaN. The flags go through the
   same masks in products of their own in bfloat16, exact for 0/1 operands
-  with float32 sums.
+  with float32 sums. Finite values that sum past float32's range total what
+  the products' order of summation gives (±inf, NaN, or a finite value when
+  they cancel), as a float32 sum in some order would; no other run is
+  touched.
   """
   no_flags = jnp.zeros_like(values)
   values, up, down = _flag_non_finite(values, no_flags, no_flags)
