@@ -91,6 +91,9 @@ class MainTest(absltest.TestCase):
     split = os.path.join(self.tmp, 'split')
     first = self.run_main(workdir=split, stop_after_step=25, **data)
     self.assertEqual([step for step, _ in first['train_loss']], [10, 20])
+    with self.assertRaisesRegex(MainFailed, r'other settings.*log_every: 10 '
+                                '-> 5'):
+      self.run_main(workdir=split, log_every=5, **data)
     resumed = self.run_main(workdir=split, **data)
     self.assertEqual(resumed['train_loss'], whole['train_loss'])
     self.assertEqual(resumed['test'], whole['test'])
