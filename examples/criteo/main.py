@@ -269,10 +269,7 @@ def main(argv):
   if jax.process_index() == 0:
     logging.info('%s on %s, mesh %s', config, machine.describe_machine(),
                  dict(mesh.shape))
-  record = config.record()
-  # The training-loss window in a checkpoint is `log_every` steps long: a
-  # resume with another would log means over mixed windows.
-  record['log_every'] = _LOG_EVERY.value
+  record = train.checkpoint_record(config, _LOG_EVERY.value)
   if not _DATA.value:
     record['synthetic_data'] = {'lines': _SYNTHETIC_LINES.value,
                                 'vocabulary': _SYNTHETIC_VOCABULARY.value}

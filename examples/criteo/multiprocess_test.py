@@ -85,10 +85,10 @@ class MultiProcessTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, self.tmp)
 
   def restore(self, workdir, config, like_state):
-    # main.py's record: the config's, and --log_every (FLAGS).
-    with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    dict(config.record(), log_every=1)
-                                    ) as checkpointer:
+    # --log_every=1, as in FLAGS.
+    with checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints'),
+        train.checkpoint_record(config, log_every=1)) as checkpointer:
       restored = checkpointer.restore(like_state)
     self.assertEqual(restored.step, NUM_STEPS)
     return restored

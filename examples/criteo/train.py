@@ -273,6 +273,16 @@ def _gather_positions(shards: Sequence[int],
   return local.tolist()
 
 
+def checkpoint_record(config: config_lib.Config, log_every: int) -> dict:
+  """The settings a checkpoint of `train_and_evaluate` must be resumed with.
+
+  The config's, and `log_every`: the losses since the last log point are in
+  the checkpoint, so a resume with another interval would log means over
+  mixed windows.
+  """
+  return dict(config.record(), log_every=log_every)
+
+
 def train_and_evaluate(
     config: config_lib.Config,
     data: Data,

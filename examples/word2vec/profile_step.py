@@ -5,8 +5,11 @@ Times making Brown's first pass on the host and on the device
 the run's own update path) on it, times rounds of steps back to back with
 one sync at the end, and, with --ops, reads a `jax.profiler` trace of one
 round and lists the compiled program's costliest operations (XLA's fusion
-names, with what each computes). Nothing is written but the JSON of
---out:
+names, with what each computes). --ops turns XLA's GPU command buffers off
+for the whole process (a trace of them shows no kernels), so its step times
+are of kernels launched one by one; without --ops they are the default
+runtime's, as a training run sees them (each run's `command_buffers` says
+which). Nothing is written but the JSON of --out:
 
   python -m examples.word2vec.profile_step --models=skipgram,cbow \
       --batch_sizes=256,1024,4096 --ops --out=/tmp/profile.json
@@ -106,6 +109,7 @@ def profile(model: str, batch_size: int, sentences) -> dict:
       'steady_raw_words_per_second': data.train.num_raw_words / (
           step_seconds * num_batches),
       'pass_seconds': pass_seconds,
+      'command_buffers': 'off' if _OPS.value else 'default',
       'load_average_before': os.getloadavg()[0]}
   if _OPS.value:
     traced = profiling.profile_ops(run_round, num_steps, compiled.as_text(),
@@ -119,8 +123,9 @@ def profile(model: str, batch_size: int, sentences) -> dict:
 
 def main(argv):
   del argv
-  # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
-  profiling.turn_off_command_buffers()
+  if _OPS.value:
+    # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
+    profiling.turn_off_command_buffers()
   sentences = input_pipeline.read_brown(None, _BROWN_CACHE_DIR.value)
   results = {'machine': machine_lib.describe_machine(), 'runs': []}
   for model in _MODELS.value:
