@@ -39,7 +39,8 @@ _OPS_LINE = 'XLA Ops'
 _STREAM_LINE = 'Stream'
 
 _INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT )?%(\S+) = .*? ([a-z][a-z0-9-]*)\((.*)$', re.MULTILINE)
+    r'^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9-]*)\((.*)$', re.MULTILINE)
+_LAYOUT = re.compile(r'\{[^{}]*\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _MODULE = re.compile(r'^HloModule ([^\s,]+)', re.MULTILINE)
 
@@ -47,6 +48,9 @@ _MODULE = re.compile(r'^HloModule ([^\s,]+)', re.MULTILINE)
 class Instruction(NamedTuple):
   opcode: str  # e.g. 'fusion', 'sort', 'while'.
   what: str  # The JAX op it computes (its metadata's op_name), or ''.
+  # What it returns, without layouts, e.g. 'f32[768,128,101]': tells apart
+  # ops that compute the same JAX op on different operands.
+  result: str = ''
 
 
 class OpTime(NamedTuple):
@@ -79,11 +83,13 @@ def parse_program(hlo_text: str) -> Program:
   module = _MODULE.search(hlo_text)
   found = {}
   for match in _INSTRUCTION.finditer(hlo_text):
-    op_name = _OP_NAME.search(match.group(3))
+    op_name = _OP_NAME.search(match.group(4))
     what = op_name.group(1).split('/body/')[-1] if op_name else ''
     # `fasgd_optax`'s sparse apply lowers to a one-branch conditional.
-    found[match.group(1)] = Instruction(match.group(2), what.replace(
-        'cond/branch_0_fun/', 'fasgd_optax sparse update: '))
+    found[match.group(1)] = Instruction(
+        match.group(3),
+        what.replace('cond/branch_0_fun/', 'fasgd_optax sparse update: '),
+        _LAYOUT.sub('', match.group(2)))
   return Program(module.group(1) if module else '', found)
 
 
@@ -213,9 +219,13 @@ def profile_ops(run: Callable[[], Any], num_steps: int, hlo_text: str,
       raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}')
     profile = jax.profiler.ProfileData.from_file(paths[0])
     seconds = op_seconds(profile.planes, program, on_device=on_device)
-  ops = [OpTime(name, 1e3 * value / num_steps,
-                program.instructions[name].what
-                if name in program.instructions else '')
+  def what(name):
+    instruction = program.instructions.get(name)
+    if instruction is None:
+      return ''
+    return ' -> '.join(filter(None, (instruction.what, instruction.result)))
+
+  ops = [OpTime(name, 1e3 * value / num_steps, what(name))
          for name, value in collections.Counter(seconds.ops).most_common(top)]
   return Profile(1e3 * sum(seconds.ops.values()) / num_steps, ops,
                  1e3 * seconds.unattributed / num_steps, seconds.source)

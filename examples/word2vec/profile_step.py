@@ -141,7 +141,7 @@ def main(argv):
             f'{run["pass_seconds"]["device"]:.3f} s (first call '
             f'{run["pass_seconds"]["device_first"]:.3f} s)', flush=True)
       for name, milliseconds, what in run.get('ops', []):
-        print(f'  {milliseconds:7.3f} ms  {name:32s} {what[:70]}')
+        print(f'  {milliseconds:7.3f} ms  {name:32s} {what}')
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       json.dump(results, f, indent=1)
