@@ -8,7 +8,8 @@
 # On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
 # 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
 # 37 s (2 passes only), profile 15 s; the next day (gpu_h200_word2vec) tests
-# 137 s and word2vec 134 s with three sweeps (another three by default now).
+# 137 s and word2vec 134 s with three sweeps (another three by default now;
+# the 134 s from the device tool's report, device_tool_output.md there).
 # DEVICE_CHECK_BUDGET below bounds it whatever happens.
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]

@@ -2,12 +2,13 @@
 
 Making a pass (`input_pipeline.make_epoch`) is two jobs. The draws, which
 words subsampling keeps and each kept word's window radius, are one random
-number or two per word: about 0.03 s of NumPy for Brown's 1M words. Listing
-every (center, context) example those draws allow, shuffling them and
-cutting them into batches is millions of elements: about 0.3 s of NumPy on
-this project's CPU, 0.12-0.23 s on an H200's host, about as long as the H200
-takes to train on the pass (Skip-gram at batch 16,384: 209 steps of 0.52
-ms), and before the first round can start.
+number or two per word: 0.014-0.017 s of NumPy for Brown's 1M words on this
+project's CPU. Listing every (center, context) example those draws allow,
+shuffling them and cutting them into batches is millions of elements: 0.28 s
+of NumPy there for a Skip-gram pass (examples/word2vec/results/
+profile_step_cpu.json), 0.12-0.23 s on an H200's host, about as long as the
+H200 takes to train on the pass (Skip-gram at batch 16,384: 209 steps of
+0.52 ms), and before the first round can start.
 
 Here the host makes the same draws from the same generator
 (`input_pipeline.pass_draws`), and one jitted call lists, shuffles and
@@ -16,7 +17,8 @@ batches the examples on the device: a pass holds exactly the examples that
 counts), in another order, shuffled by a JAX key of (seed, pass). A pass is
 still a pure function of (seed, pass), so a resumed run repeats it exactly.
 
-On a CPU, XLA's sort of the candidates is slower than NumPy's shuffle:
+On a CPU, XLA's sort of the candidates is slower than NumPy's shuffle (2.49
+s against 0.28 s a Skip-gram pass there):
 `resolve('auto')` makes passes on the device only where the default backend
 is an accelerator.
 """

@@ -134,9 +134,11 @@ def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:
   non-finite total (a non-finite value, a sum past float32's range, or what
   they spread: every such case leaves one) are the sums made again, by
   `_sums_with_flags`, which keeps each in its own run and column. A finite
-  batch, the usual one, pays for the check and not for the flags: on an
-  H200 the flags took 0.25 of a CBOW step's 0.87 ms
-  (examples/word2vec/profile_step.py, batch 16384).
+  batch, the usual one, pays for the check and not for the flags. On an
+  H200, a CBOW step at batch 16384 (examples/word2vec/profile_step.py,
+  0.87 ms of traced ops) had four such products of 0.05-0.15 ms and two
+  conversions of 0.05-0.08 ms (benchmarks/results/gpu_h200_word2vec); which
+  of them were the flags' the profile did not say.
 
   Args:
     sorted_keys: (B,) int32, equal keys contiguous, all ≥ 0.
