@@ -1,7 +1,9 @@
 """Tests for the shared examples module."""
 
+import gc
 import shutil
 import tempfile
+import weakref
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -202,6 +204,41 @@ class CheckpointingTest(absltest.TestCase):
       with self.assertRaisesRegex(checkpointing.CheckpointError,
                                   r'other settings \(lr: 0.1 -> 0.2\)'):
         other.restore_latest(self._state(0.0))
+
+
+class FrozenHeapTest(absltest.TestCase):
+
+  def test_freezes_live_objects_and_counts_collections(self):
+    self.assertEqual(gc.get_freeze_count(), 0)
+    kept = [[i] for i in range(1000)]
+    callbacks = list(gc.callbacks)
+    with training.frozen_heap() as collector:
+      # Alive on entry: frozen, so out of collections.
+      self.assertGreaterEqual(gc.get_freeze_count(), len(kept))
+      gc.collect(0)
+      gc.collect()
+    self.assertEqual(gc.get_freeze_count(), 0)
+    self.assertEqual(gc.callbacks, callbacks)
+    self.assertEqual(collector.collections, 2)
+    self.assertEqual(collector.full_collections, 1)
+    self.assertGreater(collector.seconds, 0.0)
+    self.assertEqual(collector.as_dict()['collections'], 2)
+
+  def test_collects_garbage_first_and_unfreezes_on_error(self):
+    cycle = _Node()
+    cycle.next = cycle  # Only a collection frees a cycle.
+    ref = weakref.ref(cycle)
+    del cycle
+    with self.assertRaises(KeyError):
+      with training.frozen_heap():
+        # Garbage from before the context is collected, not frozen.
+        self.assertIsNone(ref())
+        raise KeyError('stop')
+    self.assertEqual(gc.get_freeze_count(), 0)
+
+
+class _Node:
+  next = None
 
 
 if __name__ == '__main__':

@@ -14,8 +14,10 @@ and the epoch number, a run killed and restarted ends with exactly the state of
 an uninterrupted one.
 """
 
+import contextlib
+import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from absl import logging
@@ -37,6 +39,56 @@ class Diverged(FloatingPointError):
     super().__init__(message)
     self.step = step
     self.loss = loss
+
+
+class CollectorActivity:
+  """Python's garbage collections seen inside `frozen_heap`."""
+
+  def __init__(self):
+    self.collections = 0
+    self.full_collections = 0  # Of the oldest generation, the slow kind.
+    self.seconds = 0.0
+    self._started = None
+
+  def _record(self, phase: str, info: dict[str, int]) -> None:
+    if phase == 'start':
+      self._started = time.perf_counter()
+    elif self._started is not None:
+      self.collections += 1
+      self.full_collections += info['generation'] == 2
+      self.seconds += time.perf_counter() - self._started
+      self._started = None
+
+  def as_dict(self) -> dict[str, float]:
+    return {'collections': self.collections,
+            'full_collections': self.full_collections,
+            'seconds': self.seconds}
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[CollectorActivity]:
+  """Keeps Python's full garbage collections off the objects alive now.
+
+  A full collection walks every container object the process holds: with
+  Word2Vec's corpus and vocabulary loaded, 0.1-0.2 s on this project's
+  2-core CPU. Tracing a step allocates enough to set one off, and where one
+  lands is up to the allocation counts: inside a timed run it adds that
+  much to the run. Inside this context, what was alive on entry (collected
+  first, so no garbage is kept) is left out of collections (`gc.freeze`);
+  on exit it is handed back. Objects made inside are collected as usual.
+
+  Yields:
+    The collections made inside the context, counted as they happen.
+  """
+  gc.collect()
+  gc.freeze()
+  activity = CollectorActivity()
+  gc.callbacks.append(activity._record)  # pylint: disable=protected-access
+  try:
+    yield activity
+  finally:
+    gc.callbacks.remove(activity._record)  # pylint: disable=protected-access
+    gc.unfreeze()
 
 
 TrainEpochFn = Callable[[Any, int], tuple[Any, Sequence[float]]]

@@ -281,125 +281,129 @@ def train_and_evaluate(
   initial_losses = {split: evaluate(params, heldout)
                     for split, heldout in data.heldout.items()}
 
-  # From here on the clock runs for throughput (see the docstring).
-  clock_start = time.perf_counter()
-  num_batches = steps_per_epoch(data, config)
-  num_steps = config.epochs * num_batches
-  rounds_per_epoch = max(1, min(config.evals_per_epoch, num_batches))
-  round_bounds = [num_batches * r // rounds_per_epoch
-                  for r in range(rounds_per_epoch + 1)]
+  # Full garbage collections would walk the corpus and vocabulary, alive for
+  # the whole run, inside the timed rounds (see `training.frozen_heap`).
+  with training.frozen_heap() as collector:
+    # From here on the clock runs for throughput (see the docstring).
+    clock_start = time.perf_counter()
+    num_batches = steps_per_epoch(data, config)
+    num_steps = config.epochs * num_batches
+    rounds_per_epoch = max(1, min(config.evals_per_epoch, num_batches))
+    round_bounds = [num_batches * r // rounds_per_epoch
+                    for r in range(rounds_per_epoch + 1)]
 
-  pipeline = device_pipeline.resolve(config.input_pipeline)
+    pipeline = device_pipeline.resolve(config.input_pipeline)
 
-  def make_pass(epoch):
-    if pipeline == 'device':
-      return device_pipeline.make_pass(
-          data.train, model=config.model, window=config.window,
-          keep_probability=data.keep_probability,
-          batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-          num_batches=num_batches)
-    epoch_data = make_epoch(data, config, epoch, num_batches)
-    return input_pipeline.EpochData(jnp.asarray(epoch_data.inputs),
-                                    jnp.asarray(epoch_data.targets),
-                                    epoch_data.num_words)
+    def make_pass(epoch):
+      if pipeline == 'device':
+        return device_pipeline.make_pass(
+            data.train, model=config.model, window=config.window,
+            keep_probability=data.keep_probability,
+            batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+            num_batches=num_batches)
+      epoch_data = make_epoch(data, config, epoch, num_batches)
+      return input_pipeline.EpochData(jnp.asarray(epoch_data.inputs),
+                                      jnp.asarray(epoch_data.targets),
+                                      epoch_data.num_words)
 
-  # A device pass takes the host a few hundredths of a second: one ahead is
-  # enough.
-  depth = 1 if pipeline == 'device' else input_pipeline.prefetch_depth()
-  prefetcher = input_pipeline.Prefetcher(make_pass, config.epochs,
-                                         depth=depth)
-  checkpointer = None
-  try:
-    frequencies = None
-    current_pass = {}  # The pass being trained on, on the device.
-    if config.optimizer == 'fa_sgd':
-      # FA-SGD's frequencies are counted on the first pass: wait for it.
-      current_pass[0] = prefetcher.get(0)
-      frequencies = table_frequencies(data, config, current_pass[0])
-    else:
-      for epoch in range(depth):
-        prefetcher.start(epoch)
-    step_fn, opt_state = steps_lib.make_step(
-        config, graphdef, params, num_steps=num_steps,
-        frequencies=frequencies)
-    train_state = {'params': params, 'opt_state': opt_state}
-    key = jax.random.key(config.seed)
-    accept = jnp.asarray(data.noise.accept)
-    alias = jnp.asarray(data.noise.alias)
-    batch_shape = jax.ShapeDtypeStruct(
-        (num_batches, config.batch_size) + (
-            () if config.model == 'skipgram' else (2 * config.window,)),
-        jnp.int32)
-    # Compiled ahead, while the first pass is being built.
-    compile_start = time.perf_counter()
-    train_round_fn = steps_lib.make_train_round(
-        step_fn, config.negatives).lower(
-            train_state, batch_shape,
-            jax.ShapeDtypeStruct(batch_shape.shape[:2], jnp.int32),
-            np.int32(0), np.int32(0), key, accept, alias).compile()
-    compile_seconds = time.perf_counter() - compile_start
+    # A device pass takes the host a few hundredths of a second: one ahead is
+    # enough.
+    depth = 1 if pipeline == 'device' else input_pipeline.prefetch_depth()
+    prefetcher = input_pipeline.Prefetcher(make_pass, config.epochs,
+                                           depth=depth)
+    checkpointer = None
+    try:
+      frequencies = None
+      current_pass = {}  # The pass being trained on, on the device.
+      if config.optimizer == 'fa_sgd':
+        # FA-SGD's frequencies are counted on the first pass: wait for it.
+        current_pass[0] = prefetcher.get(0)
+        frequencies = table_frequencies(data, config, current_pass[0])
+      else:
+        for epoch in range(depth):
+          prefetcher.start(epoch)
+      step_fn, opt_state = steps_lib.make_step(
+          config, graphdef, params, num_steps=num_steps,
+          frequencies=frequencies)
+      train_state = {'params': params, 'opt_state': opt_state}
+      key = jax.random.key(config.seed)
+      accept = jnp.asarray(data.noise.accept)
+      alias = jnp.asarray(data.noise.alias)
+      batch_shape = jax.ShapeDtypeStruct(
+          (num_batches, config.batch_size) + (
+              () if config.model == 'skipgram' else (2 * config.window,)),
+          jnp.int32)
+      # Compiled ahead, while the first pass is being built.
+      compile_start = time.perf_counter()
+      lowered = steps_lib.make_train_round(step_fn, config.negatives).lower(
+          train_state, batch_shape,
+          jax.ShapeDtypeStruct(batch_shape.shape[:2], jnp.int32),
+          np.int32(0), np.int32(0), key, accept, alias)
+      lower_seconds = time.perf_counter() - compile_start
+      train_round_fn = lowered.compile()
+      compile_seconds = time.perf_counter() - compile_start
 
-    timing = {'pending': time.perf_counter() - clock_start}
+      timing = {'pending': time.perf_counter() - clock_start}
 
-    def train_round(train_state, round_number):
-      epoch, part = divmod(round_number - 1, rounds_per_epoch)
-      if stop_after_rounds is not None and round_number > stop_after_rounds:
-        raise Interrupted(round_number)
-      round_start = time.perf_counter()
-      if epoch not in current_pass:
-        current_pass.clear()
-        current_pass[epoch] = prefetcher.get(epoch)
-      device_pass = current_pass[epoch]
-      begin, end = round_bounds[part], round_bounds[part + 1]
-      train_state, losses = train_round_fn(
-          train_state, device_pass.inputs, device_pass.targets,
-          np.int32(begin), np.int32(end),
-          jax.random.fold_in(key, epoch), accept, alias)
-      losses = np.asarray(losses)[begin:end]
-      fraction = (end - begin) / num_batches
-      # The time before the first round (counting, compiling, building the
-      # first pass) belongs to the first round this process runs.
-      seconds = time.perf_counter() - round_start + timing.pop('pending', 0.0)
-      timing.update(
-          seconds=seconds,
-          raw_words=fraction * data.train.num_raw_words,
-          effective_words=fraction * device_pass.num_words,
-          step=epoch * num_batches + end)
-      return train_state, losses
+      def train_round(train_state, round_number):
+        epoch, part = divmod(round_number - 1, rounds_per_epoch)
+        if stop_after_rounds is not None and round_number > stop_after_rounds:
+          raise Interrupted(round_number)
+        round_start = time.perf_counter()
+        if epoch not in current_pass:
+          current_pass.clear()
+          current_pass[epoch] = prefetcher.get(epoch)
+        device_pass = current_pass[epoch]
+        begin, end = round_bounds[part], round_bounds[part + 1]
+        train_state, losses = train_round_fn(
+            train_state, device_pass.inputs, device_pass.targets,
+            np.int32(begin), np.int32(end),
+            jax.random.fold_in(key, epoch), accept, alias)
+        losses = np.asarray(losses)[begin:end]
+        fraction = (end - begin) / num_batches
+        # The time before the first round (counting, compiling, building the
+        # first pass) belongs to the first round this process runs.
+        seconds = time.perf_counter() - round_start + timing.pop('pending', 0.0)
+        timing.update(
+            seconds=seconds,
+            raw_words=fraction * data.train.num_raw_words,
+            effective_words=fraction * device_pass.num_words,
+            step=epoch * num_batches + end)
+        return train_state, losses
 
-    def evaluate_round(train_state):
-      losses = {split: evaluate(train_state['params'], heldout)
-                for split, heldout in data.heldout.items()}
-      if not np.isfinite(losses['validation']):
-        raise training.Diverged(
-            f'{config.optimizer} with learning_rate={config.learning_rate} '
-            f'diverged (held-out loss {losses["validation"]} at step '
-            f'{timing["step"]}); use a smaller --learning_rate.',
-            step=timing['step'], loss=losses['validation'])
-      return {**{split: {'loss': loss} for split, loss in losses.items()},
-              'progress': {'step': timing['step'],
-                           'epoch': timing['step'] / num_batches},
-              'throughput': {key: float(value)
-                             for key, value in timing.items()
-                             if key != 'step'}}
+      def evaluate_round(train_state):
+        losses = {split: evaluate(train_state['params'], heldout)
+                  for split, heldout in data.heldout.items()}
+        if not np.isfinite(losses['validation']):
+          raise training.Diverged(
+              f'{config.optimizer} with learning_rate={config.learning_rate} '
+              f'diverged (held-out loss {losses["validation"]} at step '
+              f'{timing["step"]}); use a smaller --learning_rate.',
+              step=timing['step'], loss=losses['validation'])
+        return {**{split: {'loss': loss} for split, loss in losses.items()},
+                'progress': {'step': timing['step'],
+                             'epoch': timing['step'] / num_batches},
+                'throughput': {key: float(value)
+                               for key, value in timing.items()
+                               if key != 'step'}}
 
-    if workdir is not None:
-      os.makedirs(workdir, exist_ok=True)
-      # The pipeline as resolved: 'auto' makes other passes on another
-      # backend, which a resumed run must not take for the same ones.
-      checkpointer = checkpointing.EpochCheckpointer(
-          os.path.join(workdir, 'checkpoints'),
-          dict(dataclasses.asdict(config), input_pipeline=pipeline),
-          options=checkpoint_options, unit='round')
-    train_state, history = training.run_epochs(
-        train_state, num_epochs=config.epochs * rounds_per_epoch,
-        train_epoch=train_round, evaluate=evaluate_round,
-        checkpointer=checkpointer, show_progress=show_progress,
-        desc=f'{config.model} {config.optimizer}')
-  finally:
-    prefetcher.close()
-    if checkpointer is not None:
-      checkpointer.close()
+      if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+        # The pipeline as resolved: 'auto' makes other passes on another
+        # backend, which a resumed run must not take for the same ones.
+        checkpointer = checkpointing.EpochCheckpointer(
+            os.path.join(workdir, 'checkpoints'),
+            dict(dataclasses.asdict(config), input_pipeline=pipeline),
+            options=checkpoint_options, unit='round')
+      train_state, history = training.run_epochs(
+          train_state, num_epochs=config.epochs * rounds_per_epoch,
+          train_epoch=train_round, evaluate=evaluate_round,
+          checkpointer=checkpointer, show_progress=show_progress,
+          desc=f'{config.model} {config.optimizer}')
+    finally:
+      prefetcher.close()
+      if checkpointer is not None:
+        checkpointer.close()
 
   # Throughput counts the rounds this process ran: a resumed run's earlier
   # rounds were timed by the process that ran them, and are in the history.
@@ -433,7 +437,17 @@ def train_and_evaluate(
       'final_validation_loss': history[-1]['validation']['loss'],
       'final_test_loss': history[-1]['test']['loss'],
       'train_seconds': seconds,
+      # Each round's, timed by the process that ran it; the first round a
+      # process runs also counts the examples, compiles the step and waits
+      # for its pass.
+      'round_seconds': [r['throughput']['seconds'] for r in history],
+      # Tracing and lowering included; `lower_seconds` is that part (the rest
+      # is XLA's compile, or loading it from the cache).
       'compile_seconds': compile_seconds,
+      'lower_seconds': lower_seconds,
+      # Python's garbage collections from the clock's start to the last
+      # evaluation (`training.frozen_heap`).
+      'garbage_collection': collector.as_dict(),
       'words_per_second': raw_words / seconds,
       'effective_words_per_second': effective_words / seconds,
       'steady_words_per_second': steady_words_per_second,

@@ -292,6 +292,14 @@ class TrainTest(parameterized.TestCase):
     self.assertLess(results['train_loss'][-1],
                     0.95 * results['first_step_loss'])
     self.assertLen(results['test_loss'], 2)
+    # The timing record: a round each, lowering a part of the compile.
+    self.assertLen(results['round_seconds'], 2)
+    self.assertAlmostEqual(sum(results['round_seconds']),
+                           results['train_seconds'])
+    self.assertLess(0, results['lower_seconds'])
+    self.assertLess(results['lower_seconds'], results['compile_seconds'])
+    self.assertCountEqual(results['garbage_collection'],
+                          ('collections', 'full_collections', 'seconds'))
 
   @parameterized.parameters(
       ('skipgram', 'cf_sgd', 'sparse', {}),
