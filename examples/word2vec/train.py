@@ -343,7 +343,8 @@ def train_and_evaluate(
       train_round_fn = lowered.compile()
       compile_seconds = time.perf_counter() - compile_start
 
-      timing = {'pending': time.perf_counter() - clock_start}
+      setup_seconds = time.perf_counter() - clock_start
+      timing = {'pending': setup_seconds}
 
       def train_round(train_state, round_number):
         epoch, part = divmod(round_number - 1, rounds_per_epoch)
@@ -353,6 +354,7 @@ def train_and_evaluate(
         if epoch not in current_pass:
           current_pass.clear()
           current_pass[epoch] = prefetcher.get(epoch)
+        pass_wait = time.perf_counter() - round_start
         device_pass = current_pass[epoch]
         begin, end = round_bounds[part], round_bounds[part + 1]
         train_state, losses = train_round_fn(
@@ -365,7 +367,7 @@ def train_and_evaluate(
         # first pass) belongs to the first round this process runs.
         seconds = time.perf_counter() - round_start + timing.pop('pending', 0.0)
         timing.update(
-            seconds=seconds,
+            seconds=seconds, pass_wait_seconds=pass_wait,
             raw_words=fraction * data.train.num_raw_words,
             effective_words=fraction * device_pass.num_words,
             step=epoch * num_batches + end)
@@ -441,6 +443,13 @@ def train_and_evaluate(
       # process runs also counts the examples, compiles the step and waits
       # for its pass.
       'round_seconds': [r['throughput']['seconds'] for r in history],
+      # Of those, the time each round waited for its pass to be made.
+      'pass_wait_seconds': [r['throughput'].get('pass_wait_seconds')
+                            for r in history],
+      # This process's time from the clock's start to the compiled step:
+      # counting the examples, the optimizer's state, lowering, compiling
+      # (the first pass is made meanwhile, in the background).
+      'setup_seconds': setup_seconds,
       # Tracing and lowering included; `lower_seconds` is that part (the rest
       # is XLA's compile, or loading it from the cache).
       'compile_seconds': compile_seconds,

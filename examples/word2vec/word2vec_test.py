@@ -298,6 +298,11 @@ class TrainTest(parameterized.TestCase):
                            results['train_seconds'])
     self.assertLess(0, results['lower_seconds'])
     self.assertLess(results['lower_seconds'], results['compile_seconds'])
+    self.assertLess(results['compile_seconds'], results['setup_seconds'])
+    self.assertLess(results['setup_seconds'], results['round_seconds'][0])
+    self.assertLen(results['pass_wait_seconds'], 2)
+    self.assertTrue(all(0 <= wait < seconds for wait, seconds in zip(
+        results['pass_wait_seconds'], results['round_seconds'])))
     self.assertCountEqual(results['garbage_collection'],
                           ('collections', 'full_collections', 'seconds'))
 
