@@ -7,6 +7,7 @@ from fasgd_optax._src.frequencies import frequencies_from_counts
 from fasgd_optax._src.rowwise_adagrad import rowwise_adagrad
 from fasgd_optax._src.rowwise_adagrad import scale_by_rowwise_adagrad
 from fasgd_optax._src.rowwise_adagrad import ScaleByRowwiseAdagradState
+from fasgd_optax._src.rows import resolve_duplicates
 from fasgd_optax._src.sparse import sparse_cf_sgd
 from fasgd_optax._src.sparse import sparse_fa_sgd
 from fasgd_optax._src.sparse import sparse_rowwise_adagrad
@@ -24,6 +25,7 @@ __all__ = (
     'count_ids',
     'fa_sgd',
     'frequencies_from_counts',
+    'resolve_duplicates',
     'rowwise_adagrad',
     'scale_by_rowwise_adagrad',
     'ScaleByRowwiseAdagradState',

@@ -233,6 +233,43 @@ class ProfileOpsScriptTest(absltest.TestCase):
       self.assertNotIn('Traceback', completed.stderr)
 
 
+class TraceCostScriptTest(absltest.TestCase):
+  """benchmarks/trace_cost.py runs end to end and names bad flags."""
+
+  def _run(self, *flags_):
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+    return subprocess.run(
+        [sys.executable, os.path.join(_ROOT, 'benchmarks', 'trace_cost.py'),
+         '--dim=8', '--batch=64', '--repeats=2', *flags_],
+        check=False, env=env, capture_output=True, text=True, timeout=300)
+
+  def test_tiny_run_times_each_optimizer(self):
+    with tempfile.TemporaryDirectory() as output:
+      path = os.path.join(output, 'trace.json')
+      completed = self._run('--num_rows=1000', f'--output={path}')
+      self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
+      with open(path) as f:
+        report = json.load(f)
+    self.assertEqual([r['optimizer'] for r in report['runs']],
+                     ['sparse_cf_sgd', 'sparse_cf_sgd@scatter',
+                      'sparse_cf_sgd@reduce'])
+    self.assertEqual((report['batch'], report['dim']), (64, 8))
+    for run in report['runs']:
+      self.assertLen(run['trace_seconds'], 2)
+      for trace, lower in zip(run['trace_seconds'],
+                              run['trace_and_lower_seconds']):
+        self.assertBetween(trace, 0.0, lower)
+    self.assertIn('sparse_cf_sgd@reduce', completed.stdout)
+
+  def test_bad_flags_are_usage_errors(self):
+    for flag, message in (('--num_rows=1e6x', "'1e6x' is not a number"),
+                          ('--optimizers=momentum', 'unknown optimizer')):
+      completed = self._run(flag)
+      self.assertNotEqual(completed.returncode, 0)
+      self.assertIn(message, completed.stderr)
+      self.assertNotIn('Traceback', completed.stderr)
+
+
 class _Device:
   """A stand-in device whose memory_stats() a test chooses."""
   device_kind = 'Test GPU'

@@ -638,6 +638,46 @@ class DuplicateModesTest(parameterized.TestCase):
       for line in self._scatters(text, num_rows):
         self.assertIn('unique_indices = true', line)
 
+  @parameterized.parameters('cf_sgd', 'rowwise_adagrad')
+  def test_resolve_duplicates_names_the_design_auto_takes(self, name):
+    num_rows = 100_003
+
+    def design(text):  # A sort, and whether the table's writes are unique.
+      return ('stablehlo.sort' in text,
+              ['unique_indices = true' in line
+               for line in self._scatters(text, num_rows)])
+
+    for platform in ('cpu', 'cuda', 'rocm', 'tpu'):
+      resolved = fasgd_optax.resolve_duplicates('auto', platform)
+      self.assertEqual(resolved, 'scatter' if platform == 'cpu' else 'reduce')
+      self.assertEqual(
+          design(self._lowered(name, resolved, num_rows, platform)),
+          design(self._lowered(name, 'auto', num_rows, platform)), platform)
+    # A backend's name as jax.default_backend() gives it; None is that.
+    self.assertEqual(fasgd_optax.resolve_duplicates('auto', 'gpu'), 'reduce')
+    self.assertEqual(fasgd_optax.resolve_duplicates(),
+                     fasgd_optax.resolve_duplicates('auto',
+                                                    jax.default_backend()))
+    for named in DUPLICATE_MODES:
+      self.assertEqual(fasgd_optax.resolve_duplicates(named, 'cpu'), named)
+      self.assertEqual(fasgd_optax.resolve_duplicates(named, 'gpu'), named)
+    with self.assertRaisesRegex(ValueError, "`duplicates`.*got 'sorted'"):
+      fasgd_optax.resolve_duplicates('sorted')
+
+  def test_resolved_design_runs_as_auto_does_here(self):
+    # Bit for bit on this backend; the other design sums in another order.
+    ids, targets = next(iter(cases.batches(1, shape=(200, 4), seed=3)))
+    results = {}
+    for duplicates in ('auto',) + DUPLICATE_MODES:
+      _, sparse, _ = cases.optimizers('cf_sgd', duplicates)
+      table = jnp.asarray(cases.initial_table())
+      step = jax.jit(functools.partial(cases.sparse_step, sparse))
+      results[duplicates] = step(table, sparse.init(table), ids, targets)
+    resolved = fasgd_optax.resolve_duplicates()
+    other = 'reduce' if resolved == 'scatter' else 'scatter'
+    chex.assert_trees_all_equal(results['auto'], results[resolved])
+    self.assertFalse(np.array_equal(results['auto'][0], results[other][0]))
+
   def test_bad_duplicates_argument(self):
     with self.assertRaisesRegex(ValueError, "`duplicates`.*got 'sorted'"):
       fasgd_optax.sparse_cf_sgd(1.0, num_steps=10, duplicates='sorted')
