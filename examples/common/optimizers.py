@@ -150,7 +150,9 @@ def make_sparse_optimizer(
     frequencies: fa_sgd's per-row frequencies of this table, shape (N,).
     max_learning_rate: fa_sgd's and cf_sgd's cap η_max (None: no cap).
     duplicates: how repeated ids are combined ('auto', 'scatter', 'reduce';
-      see `fasgd_optax.sparse_cf_sgd`).
+      see `fasgd_optax.sparse_cf_sgd`). 'auto' is resolved here, for the
+      default backend, where the examples' steps run: their steps then trace
+      one design, not both (`fasgd_optax.resolve_duplicates`).
     schedule: the learning rate's schedule (see `make_optimizer`).
 
   Returns:
@@ -176,6 +178,7 @@ def make_sparse_optimizer(
         f'optimizer {name!r}.'
     )
   learning_rate = learning_rate_schedule(schedule, learning_rate, num_steps)
+  duplicates = fasgd_optax.resolve_duplicates(duplicates)
   if name == 'sgd':
     return fasgd_optax.sparse_sgd(learning_rate, duplicates=duplicates)
   if name == 'rowwise_adagrad':
