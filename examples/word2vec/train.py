@@ -302,9 +302,11 @@ def train_and_evaluate(
             batch_size=config.batch_size, seed=config.seed, epoch=epoch,
             num_batches=num_batches)
       epoch_data = make_epoch(data, config, epoch, num_batches)
-      return input_pipeline.EpochData(jnp.asarray(epoch_data.inputs),
-                                      jnp.asarray(epoch_data.targets),
-                                      epoch_data.num_words)
+      # `device_put`, not `jnp.asarray`: on this project's CPU the latter
+      # took 0.014-0.066 s to bring a CBOW pass (27 MB) to the device, the
+      # former 0.5-3 ms (timed ad hoc, 4 tries each, 2026-11-27).
+      return input_pipeline.EpochData(*jax.device_put(
+          (epoch_data.inputs, epoch_data.targets)), epoch_data.num_words)
 
     # A device pass takes the host a few hundredths of a second: one ahead is
     # enough.
