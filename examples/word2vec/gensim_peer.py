@@ -243,6 +243,37 @@ def peer_table(peer: dict) -> list[str]:
   return lines + ['']
 
 
+def setup_table(peer: dict) -> list[str]:
+  """Markdown: where our first round's time went, medians per system.
+
+  Empty for runs recorded before these fields were.
+  """
+  groups = {}
+  for row in peer['runs']:
+    if 'setup_seconds' in row:
+      groups.setdefault((row['model'], row['system']), []).append(row)
+  if not groups:
+    return []
+  lines = ['## Our first round (medians)', '',
+           'setup = from the clock\'s start to the compiled step (counting '
+           'the pass\'s examples, the optimizer\'s state, tracing and '
+           'lowering, compiling or loading it); then the round waits for its '
+           'pass, made meanwhile in the background, and trains. Full '
+           'collections: Python\'s, in the whole run.', '',
+           '| model | system | first round s | setup s | lowering s | '
+           'pass wait s | full collections |', '|---|---|---|---|---|---|---|']
+  for (model, system), rows in groups.items():
+    def median(key):
+      return np.median([r[key] for r in rows])
+    collections = np.median([r['garbage_collection']['full_collections']
+                             for r in rows])
+    lines.append(
+        f'| {model} | {system} | {median("first_round_seconds"):.3f} | '
+        f'{median("setup_seconds"):.3f} | {median("lower_seconds"):.3f} | '
+        f'{median("first_pass_wait_seconds"):.3f} | {collections:g} |')
+  return lines + ['']
+
+
 def seed_table(peer: dict) -> list[str]:
   """Markdown: each seed's held-out loss and WordSim-353, gensim and ours.
 
@@ -331,7 +362,7 @@ def main(argv):
             run_ours(config, data, sentences, wordsim_rows, repeat,
                      cache_events)]
         files.write_json(_OUT.value, results, indent=1)
-  lines = peer_table(results) + seed_table(results)
+  lines = peer_table(results) + setup_table(results) + seed_table(results)
   files.write_text(os.path.splitext(_OUT.value)[0] + '.md', '\n'.join(lines))
   print('\n'.join(lines))
 

@@ -880,6 +880,26 @@ class PeerTableTest(absltest.TestCase):
     self.assertEqual(lines['ours, compiled'][6], '0.25')
     self.assertEqual(lines['ours, compile cached'][6], '0.50')
     self.assertTrue(lines['ours, compile cached'][2].startswith('1,000 '))
+    # Runs from before the first round's fields were kept: no such table.
+    self.assertEqual(gensim_peer.setup_table(peer), [])
+
+  def test_first_round_table(self):
+    from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
+
+    def row(system, seconds, collections):
+      return dict(system=system, model='skipgram', first_round_seconds=seconds,
+                  setup_seconds=seconds / 2, lower_seconds=seconds / 4,
+                  first_pass_wait_seconds=seconds / 10,
+                  garbage_collection={'full_collections': collections})
+
+    peer = {'runs': [dict(system='gensim', model='skipgram'),
+                     row('ours', 1.0, 0), row('ours', 2.0, 1),
+                     row('ours', 4.0, 1)]}
+    lines = gensim_peer.setup_table(peer)
+    self.assertIn('| skipgram | ours | 2.000 | 1.000 | 0.500 | 0.200 | 1 |',
+                  lines)
+    self.assertLen([line for line in lines if line.startswith('| skipgram')],
+                   1)
 
   def test_quality_by_seed(self):
     from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
