@@ -7,7 +7,7 @@
 # Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores.
 # On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
 # 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
-# 37 s (2 passes only), profile 15 s; the next day (gpu_h200_word2vec) tests
+# 37 s (2 passes only), profile 15 s (without trace_cost.py); the next day (gpu_h200_word2vec) tests
 # 137 s and word2vec 134 s with three sweeps (another three by default now;
 # the 134 s from the device tool's report, device_tool_output.md there).
 # DEVICE_CHECK_BUDGET below bounds it whatever happens.
@@ -68,13 +68,14 @@
 #   WORD2VEC_FLAGS  more flags for examples.word2vec.gensim_peer.
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
 #       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=240,
-#       PROFILE_TIMEOUT=60 by default).
+#       PROFILE_TIMEOUT=75 by default).
 #   DEVICE_CHECK_BUDGET  seconds for all parts together (default 570, so that
 #       the summary comes out within a 10-minute limit on the whole command):
 #       a part gets at most what is left, and none starts with under 20 s.
-#   BENCHMARK_FLAGS, MOVIELENS_FLAGS, PROFILE_FLAGS  extra flags for the
-#       benchmark (benchmarks/embedding_step.py), the MovieLens run and the
-#       per-op profile (benchmarks/profile_ops.py); they win.
+#   BENCHMARK_FLAGS, MOVIELENS_FLAGS, PROFILE_FLAGS, TRACE_COST_FLAGS  extra
+#       flags for the benchmark (benchmarks/embedding_step.py), the MovieLens
+#       run, the per-op profile (benchmarks/profile_ops.py) and the profile
+#       part's tracing times (benchmarks/trace_cost.py); they win.
 #   PYTHON  the interpreter (default python3).
 #
 # To add a part: write `part_<name>() { ...; }` below (run from the repository
@@ -109,7 +110,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 DEFAULT_PARTS=(tests benchmark movielens word2vec profile)
 declare -A TIMEOUTS=([tests]=330 [benchmark]=240 [movielens]=180
-  [word2vec]=240 [profile]=60)
+  [word2vec]=240 [profile]=75)
 declare -A SIGNALS=([tests]=INT)  # What stops a part at its limit (TERM).
 FINISH_TIMEOUT=30  # make_table.py takes about a second
 BUDGET=${DEVICE_CHECK_BUDGET:-570}
@@ -245,19 +246,25 @@ print(datapath("wordsim353.tsv"))') || return 1
   return $status
 }
 
-# Where the sparse steps' time goes, kernel by kernel (benchmarks/
-# profile_ops.py, N = 1e6, the benchmark's batch and Zipf ids): what a missed
-# target is made of. Last, with what time is left: it measures no target.
+# What tracing a sparse step costs by duplicates mode (benchmarks/
+# trace_cost.py: part of a short run's fixed cost, cache or not), then where
+# the sparse steps' time goes, kernel by kernel (benchmarks/profile_ops.py,
+# N = 1e6, the benchmark's batch and Zipf ids): what a missed target is made
+# of. Last, with what time is left: it measures no target.
 part_profile() {
+  # shellcheck disable=SC2086  # TRACE_COST_FLAGS is a list of flags.
+  "$PYTHON" benchmarks/trace_cost.py --num_rows=1e6 --repeats=5 \
+    --output="$WORKDIR/trace_cost.json" ${TRACE_COST_FLAGS:-} || return
   # shellcheck disable=SC2086  # PROFILE_FLAGS is a list of flags.
   "$PYTHON" benchmarks/profile_ops.py --num_rows=1e6 \
     --output="$OUTDIR/profile.json" ${PROFILE_FLAGS:-}
 }
 
-# Each optimizer's line (profile.json holds those finished), even if the part
-# ran out of time.
+# Each optimizer's lines (profile.json holds those finished), even if the
+# part ran out of time.
 finish_profile() {
-  grep -E '^[a-z_@]+, N = ' "$OUTDIR/profile.log" >> "$OUTDIR/profile.summary"
+  grep -E '^[a-z_@]+ +N=|^[a-z_@]+, N = ' "$OUTDIR/profile.log" \
+    >> "$OUTDIR/profile.summary"
 }
 
 # Each part runs in its own bash (under `timeout`), which needs them.

@@ -25,7 +25,7 @@ class DeviceCheckTest(absltest.TestCase):
     # Not the settings of a device_check.sh that may be running this suite.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(
         ('DEVICE_CHECK_', 'BENCHMARK_', 'MOVIELENS_', 'TESTS_', 'WORD2VEC_',
-         'PROFILE_'))}
+         'PROFILE_', 'TRACE_COST_'))}
     return subprocess.run(
         ['bash', _SCRIPT, outdir, *parts], capture_output=True, text=True,
         timeout=300, check=False,
@@ -41,7 +41,8 @@ class DeviceCheckTest(absltest.TestCase):
           DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
           BENCHMARK_FLAGS=_TINY_BENCHMARK,
           PROFILE_FLAGS='--num_rows=1000 --dim=8 --batch=64 --steps=2 '
-          '--optimizers=sparse_cf_sgd,no_update')
+          '--optimizers=sparse_cf_sgd,no_update',
+          TRACE_COST_FLAGS='--num_rows=1000 --dim=8 --batch=64 --repeats=1')
       self.assertEqual(completed.returncode, 1, completed.stdout)
       with open(os.path.join(outdir, 'summary.txt')) as f:
         summary = f.read()
@@ -61,6 +62,9 @@ class DeviceCheckTest(absltest.TestCase):
       self.assertRegex(summary, r'sparse_cf_sgd, N = 1,000: [0-9.]+ ms per '
                        r'step back to back; ops [0-9.]+ ms per step')
       self.assertIn('no_update, N = 1,000:', summary)
+      # And what tracing each duplicates mode's step cost.
+      self.assertRegex(summary, r'sparse_cf_sgd@reduce +N=1e\+03: trace '
+                       r'[0-9.]+ ms')
       with open(os.path.join(outdir, 'profile.json')) as f:
         self.assertLen(json.load(f)['results'], 2)
       # Only reports in OUTDIR: no checkpoints, no leftover part summaries.
