@@ -109,14 +109,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
   profiling.turn_off_command_buffers()
-  try:
-    sizes = workload.parse_sizes(_NUM_ROWS.value)
-  except ValueError as error:
-    raise app.UsageError(f'--num_rows: {error}') from None
-  try:
-    optimizers = [workload.parse(name) for name in _OPTIMIZERS.value]
-  except ValueError as error:
-    raise app.UsageError(f'--optimizers: {error}') from None
+  sizes, optimizers = workload_flags.sizes_and_optimizers(
+      _NUM_ROWS.value, _OPTIMIZERS.value)
   dim = workload_flags.DIM.value
   batch = workload_flags.BATCH.value
   zipf_exponent = workload_flags.ZIPF_EXPONENT.value

@@ -75,14 +75,8 @@ def summary_line(result: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    sizes = workload.parse_sizes(_NUM_ROWS.value)
-  except ValueError as error:
-    raise app.UsageError(f'--num_rows: {error}') from None
-  try:
-    optimizers = [workload.parse(name) for name in _OPTIMIZERS.value]
-  except ValueError as error:
-    raise app.UsageError(f'--optimizers: {error}') from None
+  sizes, optimizers = workload_flags.sizes_and_optimizers(
+      _NUM_ROWS.value, _OPTIMIZERS.value)
   results = {'machine': machine.machine_info(), 'backend': jax.default_backend(),
              'jax': jax.__version__, 'repeats': _REPEATS.value,
              'batch': workload_flags.BATCH.value,

@@ -1,12 +1,15 @@
 """The step's workload as flags: one definition for every benchmark script.
 
-`embedding_step.py` times the step that `profile_ops.py` takes apart; both
-build it (`workload.py`) from these, with the same defaults (`timing.Settings`).
+`embedding_step.py` times the step that `profile_ops.py` takes apart and
+`trace_cost.py` traces; all build it (`workload.py`) from these, with the
+same defaults (`timing.Settings`).
 """
 
+from absl import app
 from absl import flags
 
 from benchmarks import timing
+from benchmarks import workload
 
 _DEFAULTS = timing.Settings()
 
@@ -23,3 +26,18 @@ NUM_BATCHES = flags.DEFINE_integer(
     'Distinct id batches cycled through.', lower_bound=1)
 SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed,
                             'Seed for ids and targets.')
+
+
+def sizes_and_optimizers(
+    num_rows: list[str], optimizers: list[str]
+) -> tuple[list[int], list[workload.Optimizer]]:
+  """--num_rows and --optimizers parsed; a bad value is a usage error."""
+  try:
+    sizes = workload.parse_sizes(num_rows)
+  except ValueError as error:
+    raise app.UsageError(f'--num_rows: {error}') from None
+  try:
+    parsed = [workload.parse(name) for name in optimizers]
+  except ValueError as error:
+    raise app.UsageError(f'--optimizers: {error}') from None
+  return sizes, parsed

@@ -187,15 +187,20 @@ class BenchmarkScriptTest(absltest.TestCase):
     self.assertIn('**not** donated', markdown)
 
 
+def _run_script(name: str, *flags_: str) -> subprocess.CompletedProcess:
+  """Runs benchmarks/`name` on the CPU with `flags_`; never raises on exit."""
+  env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+  return subprocess.run(
+      [sys.executable, os.path.join(_ROOT, 'benchmarks', name), *flags_],
+      check=False, env=env, capture_output=True, text=True, timeout=300)
+
+
 class ProfileOpsScriptTest(absltest.TestCase):
   """benchmarks/profile_ops.py runs end to end and names bad flags."""
 
   def _run(self, *flags_):
-    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
-    return subprocess.run(
-        [sys.executable, os.path.join(_ROOT, 'benchmarks', 'profile_ops.py'),
-         '--dim=8', '--batch=64', '--steps=3', *flags_],
-        check=False, env=env, capture_output=True, text=True, timeout=300)
+    return _run_script('profile_ops.py', '--dim=8', '--batch=64', '--steps=3',
+                       *flags_)
 
   def test_tiny_profile_lists_each_steps_ops(self):
     with tempfile.TemporaryDirectory() as output:
@@ -237,11 +242,8 @@ class TraceCostScriptTest(absltest.TestCase):
   """benchmarks/trace_cost.py runs end to end and names bad flags."""
 
   def _run(self, *flags_):
-    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
-    return subprocess.run(
-        [sys.executable, os.path.join(_ROOT, 'benchmarks', 'trace_cost.py'),
-         '--dim=8', '--batch=64', '--repeats=2', *flags_],
-        check=False, env=env, capture_output=True, text=True, timeout=300)
+    return _run_script('trace_cost.py', '--dim=8', '--batch=64',
+                       '--repeats=2', *flags_)
 
   def test_tiny_run_times_each_optimizer(self):
     with tempfile.TemporaryDirectory() as output:
