@@ -75,7 +75,9 @@ def frozen_heap() -> Iterator[CollectorActivity]:
   lands is up to the allocation counts: inside a timed run it adds that
   much to the run. Inside this context, what was alive on entry (collected
   first, so no garbage is kept) is left out of collections (`gc.freeze`);
-  on exit it is handed back. Objects made inside are collected as usual.
+  on exit it is handed back (`gc.unfreeze`, which also hands back whatever
+  the process had frozen before). Objects made inside are collected as
+  usual.
 
   Yields:
     The collections made inside the context, counted as they happen.
