@@ -252,12 +252,14 @@ print(datapath("wordsim353.tsv"))') || return 1
 # N = 1e6, the benchmark's batch and Zipf ids): what a missed target is made
 # of. Last, with what time is left: it measures no target.
 part_profile() {
+  local status=0
   # shellcheck disable=SC2086  # TRACE_COST_FLAGS is a list of flags.
   "$PYTHON" benchmarks/trace_cost.py --num_rows=1e6 --repeats=5 \
-    --output="$WORKDIR/trace_cost.json" ${TRACE_COST_FLAGS:-} || return
+    --output="$WORKDIR/trace_cost.json" ${TRACE_COST_FLAGS:-} || status=$?
   # shellcheck disable=SC2086  # PROFILE_FLAGS is a list of flags.
   "$PYTHON" benchmarks/profile_ops.py --num_rows=1e6 \
-    --output="$OUTDIR/profile.json" ${PROFILE_FLAGS:-}
+    --output="$OUTDIR/profile.json" ${PROFILE_FLAGS:-} || status=$?
+  return $status
 }
 
 # Each optimizer's lines (profile.json holds those finished), even if the

@@ -10,7 +10,7 @@ transformation, so no trace is reused), timed from `jit(...).trace` and
 `.lower()` on the size's table, state and first batch, after an untimed
 round; medians and ranges:
 
-  python benchmarks/trace_cost.py --num_rows=1e6 \
+  python benchmarks/trace_cost.py --num_rows=1e6 --repeats=9 \
       --optimizers=sparse_cf_sgd,sparse_cf_sgd@scatter,sparse_cf_sgd@reduce \
       --output=benchmarks/results/trace_cost_cpu.json
 """

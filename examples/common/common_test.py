@@ -1,5 +1,6 @@
 """Tests for the shared examples module."""
 
+import contextlib
 import gc
 import shutil
 import tempfile
@@ -208,8 +209,12 @@ class CheckpointingTest(absltest.TestCase):
 
 class FrozenHeapTest(absltest.TestCase):
 
+  def setUp(self):
+    super().setUp()
+    gc.unfreeze()  # Whatever an earlier test may have left frozen.
+    self.addCleanup(gc.unfreeze)
+
   def test_freezes_live_objects_and_counts_collections(self):
-    self.assertEqual(gc.get_freeze_count(), 0)
     kept = [[i] for i in range(1000)]
     callbacks = list(gc.callbacks)
     with training.frozen_heap() as collector:
@@ -219,22 +224,44 @@ class FrozenHeapTest(absltest.TestCase):
       gc.collect()
     self.assertEqual(gc.get_freeze_count(), 0)
     self.assertEqual(gc.callbacks, callbacks)
-    self.assertEqual(collector.collections, 2)
-    self.assertEqual(collector.full_collections, 1)
+    # Automatic young collections may add to the two asked for.
+    self.assertGreaterEqual(collector.collections, 2)
+    self.assertGreaterEqual(collector.full_collections, 1)
     self.assertGreater(collector.seconds, 0.0)
-    self.assertEqual(collector.as_dict()['collections'], 2)
+    self.assertEqual(collector.as_dict()['collections'],
+                     collector.collections)
 
   def test_collects_garbage_first_and_unfreezes_on_error(self):
     cycle = _Node()
     cycle.next = cycle  # Only a collection frees a cycle.
     ref = weakref.ref(cycle)
     del cycle
+    callbacks = list(gc.callbacks)
     with self.assertRaises(KeyError):
       with training.frozen_heap():
         # Garbage from before the context is collected, not frozen.
         self.assertIsNone(ref())
         raise KeyError('stop')
     self.assertEqual(gc.get_freeze_count(), 0)
+    self.assertEqual(gc.callbacks, callbacks)
+
+  def test_leaves_what_was_frozen_before_frozen(self):
+    for outer in ('caller', 'frozen_heap'):
+      gc.unfreeze()
+      stack = contextlib.ExitStack()
+      if outer == 'caller':
+        gc.freeze()
+      else:
+        stack.enter_context(training.frozen_heap())
+      with stack:
+        frozen = gc.get_freeze_count()
+        self.assertGreater(frozen, 0)
+        with training.frozen_heap() as collector:
+          gc.collect()
+        self.assertGreaterEqual(collector.full_collections, 1)
+        # Still frozen (gc.unfreeze would leave none; a frozen object can
+        # still be freed when nothing refers to it).
+        self.assertGreater(gc.get_freeze_count(), frozen // 2, outer)
 
 
 class _Node:

@@ -71,26 +71,31 @@ def frozen_heap() -> Iterator[CollectorActivity]:
 
   A full collection walks every container object the process holds: with
   Word2Vec's corpus and vocabulary loaded, 0.1-0.2 s on this project's
-  2-core CPU. Tracing a step allocates enough to set one off, and where one
-  lands is up to the allocation counts: inside a timed run it adds that
-  much to the run. Inside this context, what was alive on entry (collected
-  first, so no garbage is kept) is left out of collections (`gc.freeze`);
-  on exit it is handed back (`gc.unfreeze`, which also hands back whatever
-  the process had frozen before). Objects made inside are collected as
-  usual.
+  2-core CPU (timed ad hoc, 2026-11-27). Tracing a step allocates enough to
+  set one off, and where one lands is up to the allocation counts: inside a
+  timed run it adds that much to the run. Inside this context, what was
+  alive on entry (collected first, so no garbage is kept) is left out of
+  collections (`gc.freeze`); on exit it is handed back (`gc.unfreeze`).
+  Objects made inside are collected as usual. Where the process has frozen
+  objects already (an enclosing `frozen_heap`, or the caller's own
+  `gc.freeze`), nothing is collected, frozen or handed back: `gc.unfreeze`
+  would hand back theirs too.
 
   Yields:
     The collections made inside the context, counted as they happen.
   """
-  gc.collect()
-  gc.freeze()
+  owner = gc.get_freeze_count() == 0
+  if owner:
+    gc.collect()
+    gc.freeze()
   activity = CollectorActivity()
   gc.callbacks.append(activity._record)  # pylint: disable=protected-access
   try:
     yield activity
   finally:
     gc.callbacks.remove(activity._record)  # pylint: disable=protected-access
-    gc.unfreeze()
+    if owner:
+      gc.unfreeze()
 
 
 TrainEpochFn = Callable[[Any, int], tuple[Any, Sequence[float]]]

@@ -258,13 +258,16 @@ def setup_table(peer: dict) -> list[str]:
            'setup = from the clock\'s start to the compiled step (counting '
            'the pass\'s examples, the optimizer\'s state, tracing and '
            'lowering, compiling or loading it); then the round waits for its '
-           'pass, made meanwhile in the background, and trains. Full '
-           'collections: Python\'s, in the whole run.', '',
+           'pass, made meanwhile in the background (FA-SGD waits for it in '
+           'the setup), and trains. Full collections: Python\'s, in the '
+           'whole run.', '',
            '| model | system | first round s | setup s | lowering s | '
            'pass wait s | full collections |', '|---|---|---|---|---|---|---|']
   for (model, system), rows in groups.items():
     def median(key):
-      return np.median([r[key] for r in rows])
+      # None: a round a resumed run took from its checkpoint's history.
+      values = [r[key] for r in rows if r[key] is not None]
+      return np.median(values) if values else np.nan
     collections = np.median([r['garbage_collection']['full_collections']
                              for r in rows])
     lines.append(

@@ -302,9 +302,9 @@ def train_and_evaluate(
             batch_size=config.batch_size, seed=config.seed, epoch=epoch,
             num_batches=num_batches)
       epoch_data = make_epoch(data, config, epoch, num_batches)
-      # `device_put`, not `jnp.asarray`: on this project's CPU the latter
-      # took 0.014-0.066 s to bring a CBOW pass (27 MB) to the device, the
-      # former 0.5-3 ms (timed ad hoc, 4 tries each, 2026-11-27).
+      # `device_put`, not `jnp.asarray`: bringing a CBOW pass (27 MB) to a
+      # CPU device took 0.5-18 ms against 14-66 ms (two ad hoc timings on
+      # this project's CPU, 2026-11-27).
       return input_pipeline.EpochData(*jax.device_put(
           (epoch_data.inputs, epoch_data.targets)), epoch_data.num_words)
 
@@ -450,7 +450,8 @@ def train_and_evaluate(
                             for r in history],
       # This process's time from the clock's start to the compiled step:
       # counting the examples, the optimizer's state, lowering, compiling
-      # (the first pass is made meanwhile, in the background).
+      # (the first pass is made meanwhile, in the background; FA-SGD, which
+      # counts its frequencies on it, waits for it here).
       'setup_seconds': setup_seconds,
       # Tracing and lowering included; `lower_seconds` is that part (the rest
       # is XLA's compile, or loading it from the cache).

