@@ -28,6 +28,7 @@ import fasgd_optax
 from examples.common import checkpointing
 from examples.common import locking
 from examples.common import logs
+from examples.common import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -241,9 +242,14 @@ class CheckpointerTest(parameterized.TestCase):
           locking.DirectoryLock(self.directory)
       self.assertFalse(os.path.exists(path))
       host = socket.gethostname()
+      scope = machine.process_scope()
       cases = [
           ({'pid': sleeper.pid, 'host': host}, f'process {sleeper.pid}'),
           ({'pid': os.getpid(), 'host': 'elsewhere'}, 'on host elsewhere'),
+          # This host's name, but another PID namespace or kernel: its dead-
+          # looking process id cannot be judged here.
+          ({'pid': 2**22 + 7, 'host': host, 'scope': f'{host}~other'},
+           f'process {2**22 + 7} on host {host}'),
       ]
       for holder, message in cases:
         with open(path, 'w') as f:
@@ -253,6 +259,7 @@ class CheckpointerTest(parameterized.TestCase):
       # A holder on this host whose process is gone (pid_start_ticks: the
       # pid now belongs to a process started later), and an empty file.
       for stale in ({'pid': sleeper.pid, 'host': host, 'pid_start_ticks': 1},
+                    {'pid': 2**22 + 7, 'host': host, 'scope': scope},
                     None):
         with open(path, 'w') as f:
           f.write('' if stale is None else json.dumps(stale))

@@ -5,11 +5,13 @@ then leaves an empty or cut `results.json`, and a killed rerun of a finished
 run destroys the good one it had. Here each file is written to a temporary
 name in the same folder and renamed over the old one (`os.replace`, atomic on
 POSIX), so the path holds the old file or the new one, whole. Each process
-writes its own temporary file (named by host and process id), so two runs
-writing the same report (a rerun beside a finishing run) cannot mix their
-bytes; one whole file wins. Temporary files that processes of this host left
-(killed mid-write) are removed by the next write of the same path; other
-hosts' are left alone, since whether their writers live cannot be told here.
+writes its own temporary file (named by its scope, `machine.process_scope`:
+host, kernel and PID namespace, and its process id), so two runs writing the
+same report (a rerun beside a finishing run) cannot mix their bytes; one whole
+file wins. Temporary files that dead processes of this scope left (killed
+mid-write) are removed by the next write of the same path; other scopes'
+(other hosts, or containers that share this host's name but not its process
+ids) are left alone, since whether their writers live cannot be told here.
 The new file keeps the old one's permissions.
 """
 
@@ -17,13 +19,13 @@ import contextlib
 import glob
 import json
 import os
-import socket
 import stat
 from typing import Any, Iterator
 
+from examples.common import machine
+
 _SUFFIX = '.partial'
-# Dots would blur where the host ends and the process id begins.
-_HOST = socket.gethostname().replace('.', '_')
+_SCOPE = machine.process_scope()  # No dots: they end it in a file name.
 
 
 def _process_exists(pid: int) -> bool:
@@ -37,8 +39,8 @@ def _process_exists(pid: int) -> bool:
 
 
 def _remove_stale(path: str) -> None:
-  """Removes ``path``'s temporary files left by this host's dead processes."""
-  prefix = f'{path}.{_HOST}.'
+  """Removes ``path``'s temporary files left by dead processes of this scope."""
+  prefix = f'{path}.{_SCOPE}.'
   for stale in glob.glob(glob.escape(prefix) + '*' + _SUFFIX):
     pid = stale[len(prefix):-len(_SUFFIX)]
     if pid.isdigit() and not _process_exists(int(pid)):
@@ -56,7 +58,7 @@ def replacing(path: str) -> Iterator[str]:
   """
   path = os.path.realpath(path)  # Through a symlink, as open() writes.
   _remove_stale(path)
-  temporary = f'{path}.{_HOST}.{os.getpid()}{_SUFFIX}'
+  temporary = f'{path}.{_SCOPE}.{os.getpid()}{_SUFFIX}'
   try:
     yield temporary
     with contextlib.suppress(FileNotFoundError):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,14 +64,18 @@ class FilesTest(absltest.TestCase):
     self.assertEqual(os.listdir(self.directory), ['results.json'])
 
   def test_live_processes_and_other_hosts_files_are_left_alone(self):
-    live = f'{self.path}.{files._HOST}.{os.getppid()}.partial'  # pylint: disable=protected-access
+    live = f'{self.path}.{files._SCOPE}.{os.getppid()}.partial'  # pylint: disable=protected-access
     other_host = f'{self.path}.another_host.{os.getpid() + 1000000}.partial'
-    for path in (live, other_host):
+    # This host's name in another PID namespace or kernel (a container).
+    other_scope = (f'{self.path}.{socket.gethostname().replace(".", "_")}.'
+                   f'{os.getpid() + 1000000}.partial')
+    for path in (live, other_host, other_scope):
       with open(path, 'w') as f:
         f.write('{')
     files.write_json(self.path, {'auc': 0.9})
     self.assertTrue(os.path.exists(live))
     self.assertTrue(os.path.exists(other_host))
+    self.assertTrue(os.path.exists(other_scope))
 
   def test_a_symlink_is_written_through(self):
     target = os.path.join(self.directory, 'target.json')

@@ -7,10 +7,12 @@ killed run never blocks the next one. The file also records who holds it
 (process id, host, start time, command) for the message a second run gets.
 
 Some network filesystems have no working `flock`. There the file itself is the
-lock: created exclusively, removed on release. A lock left by a dead process on
-this host (its process id gone, or reused by a process started later) is taken
-over; one from another host cannot be checked from here, so the message names
-that host and process, and the file can be deleted once that run is gone.
+lock: created exclusively, removed on release. A lock left by a dead process of
+this scope (`machine.process_scope`: this host, kernel and PID namespace; its
+process id gone, or reused by a process started later) is taken over; one from
+another host, or from a container that shares this host's name but not its
+process ids, cannot be checked from here, so the message names that host and
+process, and the file can be deleted once that run is gone.
 
 In a multi-process JAX run every process of the run shares the directory:
 only process 0 takes the lock, and it tells the others whether it got it, so
@@ -28,6 +30,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+
+from examples.common import machine
 
 LOCK_FILE = 'LOCK'
 # errno values of a filesystem without working flock (the lock is not held by
@@ -55,6 +59,7 @@ def _holder_record() -> dict[str, Any]:
   return {
       'pid': os.getpid(),
       'host': socket.gethostname(),
+      'scope': machine.process_scope(),
       'pid_start_ticks': _process_start_ticks(os.getpid()),
       'started': time.strftime('%Y-%m-%d %H:%M:%S'),
       'command': ' '.join(sys.argv),
@@ -68,8 +73,18 @@ def _describe(holder: Optional[dict[str, Any]]) -> str:
           f'started {holder.get("started")} ({holder.get("command")})')
 
 
+def _in_this_scope(holder: dict[str, Any]) -> bool:
+  """Whether the holder's process id can be checked here.
+
+  Records without a scope (written before it was kept) are judged by host.
+  """
+  if 'scope' in holder:
+    return holder['scope'] == machine.process_scope()
+  return holder.get('host') == socket.gethostname()
+
+
 def _is_alive_here(holder: dict[str, Any]) -> bool:
-  """Whether the holder, a process on this host, still runs."""
+  """Whether the holder, a process of this scope, still runs."""
   pid = holder.get('pid')
   if not isinstance(pid, int):
     return False
@@ -149,7 +164,7 @@ class DirectoryLock:
     is atomic and fails if the lock exists, so a lock file is never seen
     half-written.
     """
-    private = f'{self.path}.{socket.gethostname()}.{os.getpid()}'
+    private = f'{self.path}.{machine.process_scope()}.{os.getpid()}'
     with open(private, 'w') as f:
       f.write(json.dumps(_holder_record()))
     try:
@@ -164,13 +179,12 @@ class DirectoryLock:
         holder = _read_holder(self.path)
         # An empty file is no holder's: a holder's file is complete when it
         # appears. It is left by a try at flock on this filesystem.
-        if holder is not None and (
-            holder.get('host') != socket.gethostname() or
-            _is_alive_here(holder)):
+        if holder is not None and (not _in_this_scope(holder) or
+                                   _is_alive_here(holder)):
           return holder
         # Stale (its process is gone) or empty. Move it away and check that
         # what moved is what was read, not a new holder's lock taken since.
-        stale = f'{self.path}.stale.{socket.gethostname()}.{os.getpid()}'
+        stale = f'{self.path}.stale.{machine.process_scope()}.{os.getpid()}'
         try:
           os.rename(self.path, stale)
         except FileNotFoundError:

@@ -11,8 +11,10 @@ CPU::
   # '2-core CPU (AMD EPYC 7B13), Linux'
 """
 
+import hashlib
 import os
 import platform
+import socket
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -35,6 +37,36 @@ def cpu_name() -> str:
   """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
   return (cpuinfo_field('model name') or platform.processor() or
           platform.machine())
+
+
+def process_scope() -> str:
+  """Where a process id names one process: this host, kernel and PID namespace.
+
+  Code that tells a dead writer's leftovers from a live one's by process id
+  (`files`, `locking`) may only judge processes of its own scope. The host
+  name alone is not enough: containers can share one without sharing a PID
+  namespace (a pod's containers), and machines can share one. So the scope is
+  the host name and a short hash of the kernel's boot id and the PID
+  namespace's inode, where Linux has them; elsewhere the host name alone.
+
+  Returns:
+    E.g. 'worker-3~5f0c2a91'; no dots (file names split on them).
+  """
+  host = socket.gethostname().replace('.', '_')
+  identity = []
+  try:
+    with open('/proc/sys/kernel/random/boot_id') as f:
+      identity.append(f.read().strip())
+  except OSError:
+    pass
+  try:
+    identity.append(str(os.stat('/proc/self/ns/pid').st_ino))
+  except OSError:
+    pass
+  if not identity:
+    return host
+  digest = hashlib.sha256(' '.join(identity).encode()).hexdigest()[:8]
+  return f'{host}~{digest}'
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Tests for examples/common/machine.py."""
 
+import os
+import socket
+from unittest import mock
+
 from absl.testing import absltest
 import jax
 
@@ -35,6 +39,32 @@ class DescribeMachineTest(absltest.TestCase):
     accelerator = f'{info["device_count"]}× {device.device_kind}'
     self.assertEqual(description.startswith(accelerator),
                      device.platform != 'cpu')
+
+
+class ProcessScopeTest(absltest.TestCase):
+
+  def test_host_then_kernel_and_namespace(self):
+    scope = machine.process_scope()
+    host = socket.gethostname().replace('.', '_')
+    self.assertEqual(scope, machine.process_scope())
+    self.assertNotIn('.', scope)
+    if not os.path.exists('/proc/self/ns/pid'):
+      self.assertEqual(scope, host)
+      return
+    self.assertRegex(scope, f'^{host}~[0-9a-f]{{8}}$')
+    # Another PID namespace (a container sharing this host's name) is
+    # another scope.
+    real_stat = os.stat
+
+    def stat_in_another_namespace(path, *args, **kwargs):
+      result = real_stat(path, *args, **kwargs)
+      if path == '/proc/self/ns/pid':
+        return mock.Mock(st_ino=result.st_ino + 1)
+      return result
+
+    with mock.patch.object(os, 'stat', stat_in_another_namespace):
+      self.assertNotEqual(machine.process_scope(), scope)
+      self.assertTrue(machine.process_scope().startswith(f'{host}~'))
 
 
 if __name__ == '__main__':
