@@ -30,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from examples.common import files
+
 RECBOLE_WHEEL = 'recbole-1.2.1-py3-none-any.whl'
 RECBOLE_WHEEL_SHA256 = (
     '9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407'
@@ -351,10 +353,11 @@ def download_ml100k(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   with zipfile.ZipFile(wheel) as archive:
     for name in RECBOLE_FILES:
       data = archive.read(RECBOLE_ML100K_PREFIX + name)
-      partial = os.path.join(cache_dir, name + '.partial')
-      with open(partial, 'wb') as f:
-        f.write(data)
-      os.replace(partial, os.path.join(cache_dir, name))
+      # Whole or not at all, and each process through its own temporary
+      # file: two first runs extracting at once cannot cut each other's.
+      with files.replacing(os.path.join(cache_dir, name)) as temporary:
+        with open(temporary, 'wb') as f:
+          f.write(data)
   os.remove(wheel)
   return cache_dir
 

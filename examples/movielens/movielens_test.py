@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
+import zipfile
 
 from absl import flags
 from absl.testing import absltest
@@ -116,6 +118,27 @@ class MovieLensTestCase(parameterized.TestCase):
 
 
 class InputPipelineTest(MovieLensTestCase):
+
+  def test_the_wheels_files_are_extracted_whole_and_the_wheel_removed(self):
+    # A stand-in for the recbole wheel, in the cache as pip would leave it.
+    source = self.write('recbole')
+    cache = os.path.join(self.tmp, 'cache')
+    os.makedirs(cache)
+    wheel = os.path.join(cache, input_pipeline.RECBOLE_WHEEL)
+    with zipfile.ZipFile(wheel, 'w') as archive:
+      for name in input_pipeline.RECBOLE_FILES:
+        archive.write(os.path.join(source, name),
+                      input_pipeline.RECBOLE_ML100K_PREFIX + name)
+    digest = input_pipeline._sha256(wheel)  # pylint: disable=protected-access
+    with mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256', digest):
+      self.assertEqual(input_pipeline.download_ml100k(cache), cache)
+    self.assertCountEqual(os.listdir(cache), input_pipeline.RECBOLE_FILES)
+    for name in input_pipeline.RECBOLE_FILES:
+      with open(os.path.join(cache, name), 'rb') as got, open(
+          os.path.join(source, name), 'rb') as want:
+        self.assertEqual(got.read(), want.read())
+    np.testing.assert_array_equal(input_pipeline.load(cache).labels,
+                                  input_pipeline.load(source).labels)
 
   def test_all_formats_give_the_same_dataset(self):
     datasets = {fmt: input_pipeline.load(self.write(fmt)) for fmt in WRITERS}
