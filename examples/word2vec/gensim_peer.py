@@ -16,7 +16,9 @@ Our step's compile is part of our time. JAX's persistent compilation cache
 unless --compilation_cache_dir says otherwise, so the first run of each model
 compiles from scratch and later repeats load the compiled step, as a rerun of
 `main.py` does; the table gives the two apart ("compiled" and "compile
-cached": JAX's own cache hit and miss events of the run decide).
+cached": JAX's own cache hit and miss events of the run decide). All runs
+share this process (the target's "back to back in one process"), so later
+ones also skip what a new process pays once for JAX's first traces.
 
   python -m examples.word2vec.gensim_peer \
       --sweep=examples/word2vec/results/sweep.json \
