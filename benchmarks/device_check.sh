@@ -235,13 +235,23 @@ print(datapath("wordsim353.tsv"))') || return 1
     cat "$out.json"
     # Sweep, model, system, words/s, compile s, ours/gensim, WordSim ρ, test
     # loss (medians of the repeats: 2 unless WORD2VEC_FLAGS says otherwise).
-    # (Not the per-seed quality table's rows: their second column is a seed.)
+    # (Only the "Against gensim" table's rows: not the first-round or
+    # per-seed tables', which the log has in full.)
     awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
-        '/^[|] (skipgram|cbow) [|]/ && $2 !~ /^([0-9]+|mean)$/ {
+        '/^## / {peer = /^## Against gensim/}
+         peer && /^[|] (skipgram|cbow) [|]/ {
         split($3, speed, " "); split($8, rho, " ")
         printf "%s %-8s %-48s %11s words/s  compile %4s s  ratio %4s  rho %s  loss %s\n",
           sweep, substr($1, 3), $2, speed[1], $6, $7, rho[1], $9}' \
       "$out.md" | sed 's/ |$//' >> "$OUTDIR/word2vec.summary"
+    # And where our first round went (its table: first round, setup,
+    # lowering, pass wait, full collections).
+    awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
+        '/^## / {first = /^## Our first round/}
+         first && /^[|] (skipgram|cbow) [|]/ {
+        printf "%s %-8s %-48s first round %s s: setup %s, lowering %s, pass wait %s\n",
+          sweep, substr($1, 3), $2, $3, $4, $5, $6}' \
+      "$out.md" >> "$OUTDIR/word2vec.summary"
   done
   return $status
 }

