@@ -5,6 +5,7 @@ import collections
 import hashlib
 import io
 import os
+import sys
 import tarfile
 import tempfile
 from unittest import mock
@@ -646,6 +647,32 @@ class EpochTest(parameterized.TestCase):
     finally:
       prefetcher.close()
     self.assertEqual(made, [0, 1, 2])
+
+  def test_prefetcher_shortens_thread_switches_until_its_first_pass(self):
+    default = sys.getswitchinterval()
+    self.addCleanup(sys.setswitchinterval, default)
+    for ends_with in ('get', 'error', 'close'):
+      def make_pass(index, ends_with=ends_with):
+        if ends_with == 'error':
+          raise ValueError('broken')
+        return index
+
+      prefetcher = input_pipeline.Prefetcher(
+          make_pass, num_passes=2, first_pass_switch_interval=1e-4)
+      self.assertAlmostEqual(sys.getswitchinterval(), 1e-4)
+      if ends_with == 'get':
+        self.assertEqual(prefetcher.get(0), 0)
+      elif ends_with == 'error':
+        with self.assertRaisesRegex(ValueError, 'broken'):
+          prefetcher.get(0)
+      self.assertEqual(sys.getswitchinterval() == default,
+                       ends_with != 'close', ends_with)
+      prefetcher.close()
+      self.assertEqual(sys.getswitchinterval(), default, ends_with)
+    # None leaves the interval alone.
+    input_pipeline.Prefetcher(lambda index: index, num_passes=1,
+                              first_pass_switch_interval=None).close()
+    self.assertEqual(sys.getswitchinterval(), default)
 
   def test_prefetcher_builds_depth_passes_ahead(self):
     prefetcher = input_pipeline.Prefetcher(lambda index: index, num_passes=5,
