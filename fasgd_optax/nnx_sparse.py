@@ -376,14 +376,16 @@ class SparseOptimizer(nnx.Pytree):
     paths = [path for path in table_grads if path in self.transformations]
     states = {path: nnx.as_pure(self.states[path]) for path in paths}
     # Every table's batch is checked before any table changes: a bad id for
-    # one table must not leave the others a step ahead.
+    # one table must not leave the others a step ahead. Each is checked once.
+    checked = {
+        path: sparse_apply.check_apply_arguments(
+            self.transformations[path], tables[path].get_value(),
+            states[path], table_grads[path].ids, table_grads[path].row_grads,
+            name=path)
+        for path in paths}
     for path in paths:
-      sparse_apply.check_apply_arguments(
+      table, state = sparse_apply.apply_checked(
           self.transformations[path], tables[path].get_value(), states[path],
-          table_grads[path].ids, table_grads[path].row_grads, name=path)
-    for path in paths:
-      grad = table_grads[path]
-      table, state = self.transformations[path].apply(
-          tables[path].get_value(), states[path], grad.ids, grad.row_grads)
+          *checked[path])
       tables[path].set_value(table)
       nnx.update(self.states[path], nnx.state(_to_variables(state)))

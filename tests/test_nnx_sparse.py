@@ -1,5 +1,7 @@
 """The Flax NNX helper for the sparse path: same steps as the dense path."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -11,6 +13,7 @@ import optax
 
 import fasgd_optax
 from fasgd_optax import nnx_sparse
+from fasgd_optax._src import checks
 from tests import reference
 
 USERS, ITEMS, DIM, BATCH = 20, 30, 4, 8
@@ -207,6 +210,43 @@ class NnxSparseTest(parameterized.TestCase):
     # The user table, looked up first, did not move, nor did its counts.
     chex.assert_trees_all_equal(
         before, (nnx.state(model), nnx.state(optimizer)))
+
+  def test_eager_update_checks_each_tables_ids_once(self):
+    batch = next(batches(1))
+    results = {}
+    for checkify_ids in (False, True):
+      model = TwoTower(nnx.Rngs(0))
+      optimizer = nnx_sparse.SparseOptimizer(
+          model, fasgd_optax.sparse_cf_sgd(0.5, num_steps=10,
+                                           checkify_ids=checkify_ids))
+      _, _, table_grads = nnx_sparse.value_and_grad(loss_fn)(model, batch)
+      calls = []
+      check = checks.check_ids_in_range
+
+      def counted(*args, **kwargs):
+        calls.append(args[2])  # The table's name.
+        return check(*args, **kwargs)
+
+      with mock.patch.object(checks, 'check_ids_in_range', counted):
+        optimizer.update(model, table_grads)
+      # Checked once per table; a transformation that checks traced ids
+      # itself (checkify_ids) is applied with its own checks.
+      self.assertCountEqual(
+          calls, ['user_embed/embedding', 'item_embed/embedding'] +
+          (['table', 'table'] if checkify_ids else []))
+      results[checkify_ids] = nnx.state(model)
+    # The same update either way, and as each table's own apply gives it.
+    chex.assert_trees_all_equal(results[False], results[True])
+    model = TwoTower(nnx.Rngs(0))
+    _, _, table_grads = nnx_sparse.value_and_grad(loss_fn)(model, batch)
+    for path, embed in (('user_embed/embedding', model.user_embed),
+                        ('item_embed/embedding', model.item_embed)):
+      tx = fasgd_optax.sparse_cf_sgd(0.5, num_steps=10)
+      table = embed.embedding.get_value()
+      table, _ = tx.apply(table, tx.init(table), table_grads[path].ids,
+                          table_grads[path].row_grads)
+      embed.embedding.set_value(table)
+    chex.assert_trees_all_equal(results[False], nnx.state(model))
 
   def test_sparse_embed_is_initialised_like_nnx_embed(self):
     sparse = nnx_sparse.SparseEmbed(50, 8, rngs=nnx.Rngs(3))

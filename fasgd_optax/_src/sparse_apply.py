@@ -74,15 +74,39 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool,
 
 
 def check_apply_arguments(tx: SparseTransformation, table: Any, state: Any,
-                          ids: Any, row_grads: Any, name: str) -> None:
+                          ids: Any, row_grads: Any,
+                          name: str) -> tuple[jax.Array, jax.Array]:
   """Raises what ``tx.apply(table, state, ids, row_grads)`` would reject.
 
   For callers that update several tables in one step (`nnx_sparse`): checking
   every table before applying any keeps a bad batch for one table from
   leaving the others updated. Errors name the table by `name`.
+
+  Returns:
+    ``(ids, row_grads)`` as arrays, for `apply_checked`.
   """
-  _checked_arguments(table, ids, row_grads, checkify_ids=False, name=name)
+  ids, row_grads = _checked_arguments(table, ids, row_grads,
+                                      checkify_ids=False, name=name)
   _check_state(tx.init, table, state)
+  return ids, row_grads
+
+
+# `apply` -> its core without the argument checks (`make_apply`'s, where the
+# checks add nothing under `jit`): for `apply_checked`. Weak keys, as for
+# `_EXPECTED_STATES`.
+_CORES = weakref.WeakKeyDictionary()
+
+
+def apply_checked(tx: SparseTransformation, table: Any, state: Any,
+                  ids: Any, row_grads: Any) -> tuple[Any, Any]:
+  """``tx.apply`` for arguments `check_apply_arguments` has passed.
+
+  Skips the checks `tx.apply` would make again: outside `jit`, one more read
+  of concrete ids from the device per table and step. A transformation that
+  checks ids under `jit` (``checkify_ids=True``), or one not built by
+  `make_apply`, is applied by its own ``apply``, checks and all.
+  """
+  return _CORES.get(tx.apply, tx.apply)(table, state, ids, row_grads)
 
 
 def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
@@ -202,6 +226,9 @@ def make_apply(
     _check_state(init, table, state)
     return jitted(table, state, ids, row_grads, *constants)
 
+  if not checkify_ids:
+    _CORES[apply] = lambda table, state, ids, row_grads: jitted(
+        table, state, ids, row_grads, *constants)
   return apply
 
 
