@@ -246,7 +246,7 @@ class CheckpointerTest(parameterized.TestCase):
       cases = [
           ({'pid': sleeper.pid, 'host': host}, f'process {sleeper.pid}'),
           ({'pid': os.getpid(), 'host': 'elsewhere'}, 'on host elsewhere'),
-          # This host's name, but another PID namespace or kernel: its dead-
+          # This host's name, but another PID namespace: its dead-
           # looking process id cannot be judged here.
           ({'pid': 2**22 + 7, 'host': host, 'scope': f'{host}~other'},
            f'process {2**22 + 7} on host {host}'),

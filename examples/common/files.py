@@ -6,7 +6,7 @@ run destroys the good one it had. Here each file is written to a temporary
 name in the same folder and renamed over the old one (`os.replace`, atomic on
 POSIX), so the path holds the old file or the new one, whole. Each process
 writes its own temporary file (named by its scope, `machine.process_scope`:
-host, kernel and PID namespace, and its process id), so two runs writing the
+host and PID namespace, and its process id), so two runs writing the
 same report (a rerun beside a finishing run) cannot mix their bytes; one whole
 file wins. Temporary files that dead processes of this scope left (killed
 mid-write) are removed by the next write of the same path; other scopes'

@@ -66,7 +66,7 @@ class FilesTest(absltest.TestCase):
   def test_live_processes_and_other_hosts_files_are_left_alone(self):
     live = f'{self.path}.{files._SCOPE}.{os.getppid()}.partial'  # pylint: disable=protected-access
     other_host = f'{self.path}.another_host.{os.getpid() + 1000000}.partial'
-    # This host's name in another PID namespace or kernel (a container).
+    # This host's name in another PID namespace (a container).
     other_scope = (f'{self.path}.{socket.gethostname().replace(".", "_")}.'
                    f'{os.getpid() + 1000000}.partial')
     for path in (live, other_host, other_scope):

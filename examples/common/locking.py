@@ -8,7 +8,7 @@ killed run never blocks the next one. The file also records who holds it
 
 Some network filesystems have no working `flock`. There the file itself is the
 lock: created exclusively, removed on release. A lock left by a dead process of
-this scope (`machine.process_scope`: this host, kernel and PID namespace; its
+this scope (`machine.process_scope`: this host and PID namespace; its
 process id gone, or reused by a process started later) is taken over; one from
 another host, or from a container that shares this host's name but not its
 process ids, cannot be checked from here, so the message names that host and

@@ -40,33 +40,26 @@ def cpu_name() -> str:
 
 
 def process_scope() -> str:
-  """Where a process id names one process: this host, kernel and PID namespace.
+  """Where a process id names one process: this host and PID namespace.
 
   Code that tells a dead writer's leftovers from a live one's by process id
   (`files`, `locking`) may only judge processes of its own scope. The host
   name alone is not enough: containers can share one without sharing a PID
-  namespace (a pod's containers), and machines can share one. So the scope is
-  the host name and a short hash of the kernel's boot id and the PID
-  namespace's inode, where Linux has them; elsewhere the host name alone.
+  namespace (a pod's containers). So the scope is the host name and a short
+  hash of the PID namespace's inode, where Linux has one; elsewhere the host
+  name alone. The kernel's boot is left out: a lock left by a run that a
+  crash or reboot killed must stay in scope, so that the process-id and
+  start-time check finds it dead and takes it over.
 
   Returns:
     E.g. 'worker-3~5f0c2a91'; no dots (file names split on them).
   """
   host = socket.gethostname().replace('.', '_')
-  identity = []
   try:
-    with open('/proc/sys/kernel/random/boot_id') as f:
-      identity.append(f.read().strip())
+    namespace = os.stat('/proc/self/ns/pid').st_ino
   except OSError:
-    pass
-  try:
-    identity.append(str(os.stat('/proc/self/ns/pid').st_ino))
-  except OSError:
-    pass
-  if not identity:
     return host
-  digest = hashlib.sha256(' '.join(identity).encode()).hexdigest()[:8]
-  return f'{host}~{digest}'
+  return f'{host}~{hashlib.sha256(str(namespace).encode()).hexdigest()[:8]}'
 
 
 def machine_info() -> dict[str, Any]:

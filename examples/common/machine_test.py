@@ -43,7 +43,7 @@ class DescribeMachineTest(absltest.TestCase):
 
 class ProcessScopeTest(absltest.TestCase):
 
-  def test_host_then_kernel_and_namespace(self):
+  def test_host_then_namespace(self):
     scope = machine.process_scope()
     host = socket.gethostname().replace('.', '_')
     self.assertEqual(scope, machine.process_scope())
