@@ -306,7 +306,7 @@ def sparse_fa_sgd(
     eta = step_sizes(state, row_frequencies, batch.rows)
     return rows_lib.subtract_scaled_rows(table, batch, eta), next_state(state)
 
-  apply_checked = sparse_apply.make_apply(
+  apply_rows = sparse_apply.make_apply(
       each_row, init=init, each_occurrence=each_occurrence,
       duplicates=duplicates,
       axis_name=axis_name, constants=(frequencies,),
@@ -314,8 +314,12 @@ def sparse_fa_sgd(
 
   def apply(table, state, ids, row_grads):
     check_rows(table)
-    return apply_checked(table, state, ids, row_grads)
+    return apply_rows(table, state, ids, row_grads)
 
+  if hasattr(apply_rows, 'unchecked'):
+    # `check_apply_arguments` checks the rows too: its check of the state
+    # runs `init`, which runs `check_rows`.
+    apply.unchecked = apply_rows.unchecked
   return SparseTransformation(init, apply)
 
 

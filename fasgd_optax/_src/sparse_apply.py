@@ -91,12 +91,6 @@ def check_apply_arguments(tx: SparseTransformation, table: Any, state: Any,
   return ids, row_grads
 
 
-# `apply` -> its core without the argument checks (`make_apply`'s, where the
-# checks add nothing under `jit`): for `apply_checked`. Weak keys, as for
-# `_EXPECTED_STATES`.
-_CORES = weakref.WeakKeyDictionary()
-
-
 def apply_checked(tx: SparseTransformation, table: Any, state: Any,
                   ids: Any, row_grads: Any) -> tuple[Any, Any]:
   """``tx.apply`` for arguments `check_apply_arguments` has passed.
@@ -106,7 +100,9 @@ def apply_checked(tx: SparseTransformation, table: Any, state: Any,
   checks ids under `jit` (``checkify_ids=True``), or one not built by
   `make_apply`, is applied by its own ``apply``, checks and all.
   """
-  return _CORES.get(tx.apply, tx.apply)(table, state, ids, row_grads)
+  # `make_apply` gives its `apply` an `unchecked` attribute: its core.
+  apply = getattr(tx.apply, 'unchecked', tx.apply)
+  return apply(table, state, ids, row_grads)
 
 
 def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
@@ -226,8 +222,8 @@ def make_apply(
     _check_state(init, table, state)
     return jitted(table, state, ids, row_grads, *constants)
 
-  if not checkify_ids:
-    _CORES[apply] = lambda table, state, ids, row_grads: jitted(
+  if not checkify_ids:  # For `apply_checked`.
+    apply.unchecked = lambda table, state, ids, row_grads: jitted(
         table, state, ids, row_grads, *constants)
   return apply
 
