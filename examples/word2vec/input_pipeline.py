@@ -564,7 +564,7 @@ class Prefetcher:
 
   def __init__(self, make_pass: Callable[[int], Any], num_passes: int,
                depth: int = 1,
-               first_pass_switch_interval: Optional[float] = 2e-4):
+               first_pass_switch_interval: Optional[float] = None):
     """Makes nothing yet (see `start` and `get`).
 
     Args:
@@ -572,10 +572,10 @@ class Prefetcher:
       num_passes: passes 0 .. num_passes - 1 exist.
       depth: passes made ahead of the one being trained.
       first_pass_switch_interval: Python's thread switch interval
-        (`sys.setswitchinterval`, seconds) until the first `get` returns, or
-        None to leave it. The first pass is made while the caller traces its
-        step, which holds the GIL; each time a NumPy call of the pass gives
-        the GIL back, the pass's thread may wait up to the interval (5 ms by
+        (`sys.setswitchinterval`, seconds) until the first `get` returns;
+        None (the default) leaves it. For a first pass of NumPy work made
+        while the caller traces its step, which holds the GIL: each time a
+        NumPy call of the pass gives the GIL back, the pass's thread may wait up to the interval (5 ms by
         default) to take it again. In an ad hoc A/B on this project's
         2-core CPU (2026-11-27; 6 new processes each way, batch 1024, step
         cached), 0.2 ms cut the first round's median wait for its pass from

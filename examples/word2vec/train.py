@@ -311,8 +311,11 @@ def train_and_evaluate(
     # A device pass takes the host a few hundredths of a second: one ahead is
     # enough.
     depth = 1 if pipeline == 'device' else input_pipeline.prefetch_depth()
-    prefetcher = input_pipeline.Prefetcher(make_pass, config.epochs,
-                                           depth=depth)
+    # A host pass is NumPy work between which its thread needs the GIL back
+    # while the step is traced (see `Prefetcher`); a device pass is one call.
+    prefetcher = input_pipeline.Prefetcher(
+        make_pass, config.epochs, depth=depth,
+        first_pass_switch_interval=None if pipeline == 'device' else 2e-4)
     checkpointer = None
     try:
       frequencies = None
