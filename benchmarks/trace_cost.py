@@ -15,7 +15,6 @@ round; medians and ranges:
       --output=benchmarks/results/trace_cost_cpu.json
 """
 
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ import jax
 
 from benchmarks import workload
 from benchmarks import workload_flags
+from examples.common import files
 from examples.common import machine
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -107,8 +107,7 @@ def main(argv):
       print(summary_line(run))
       results['runs'].append(run)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(results, f, indent=1)
+    files.write_json(_OUTPUT.value, results, indent=1)
 
 
 if __name__ == '__main__':

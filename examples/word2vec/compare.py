@@ -319,7 +319,7 @@ def report(out: str) -> None:
                       f'{optimizer} at {_rates(lrs)}'
                       for optimizer, lrs in diverged.items()) + '.', '']
   if peer is not None:
-    lines += gensim_peer.peer_table(peer) + gensim_peer.setup_table(peer)
+    lines += gensim_peer.report_lines(peer)
   files.write_text(os.path.join(out, 'RESULTS.md'), '\n'.join(lines))
 
 

@@ -279,6 +279,11 @@ def setup_table(peer: dict) -> list[str]:
   return lines + ['']
 
 
+def report_lines(peer: dict) -> list[str]:
+  """The report's Markdown: the comparison, our first round, quality by seed."""
+  return peer_table(peer) + setup_table(peer) + seed_table(peer)
+
+
 def seed_table(peer: dict) -> list[str]:
   """Markdown: each seed's held-out loss and WordSim-353, gensim and ours.
 
@@ -367,7 +372,7 @@ def main(argv):
             run_ours(config, data, sentences, wordsim_rows, repeat,
                      cache_events)]
         files.write_json(_OUT.value, results, indent=1)
-  lines = peer_table(results) + setup_table(results) + seed_table(results)
+  lines = report_lines(results)
   files.write_text(os.path.splitext(_OUT.value)[0] + '.md', '\n'.join(lines))
   print('\n'.join(lines))
 
