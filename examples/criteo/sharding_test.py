@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from examples.common import checkpointing
 from examples.criteo import config as config_lib
 from examples.criteo import synthetic
 from examples.criteo import placement
@@ -85,6 +86,18 @@ class MeshTest(parameterized.TestCase):
                                        on_step=check_sharding, log_every=2)
     self.assertLen(shardings, config.num_steps)
     return results['state'], num_rows
+
+  def test_a_checkpointer_with_another_log_every_is_refused(self):
+    config = tiny_config()
+    mesh = placement.make_mesh((1,), self.devices[:1])
+    with tempfile.TemporaryDirectory() as workdir:
+      with checkpointing.Checkpointer(
+          workdir, train.checkpoint_record(config, log_every=5)) as saver:
+        with self.assertRaisesRegex(ValueError, 'log_every=2, but the '
+                                    "checkpointer's record says 5"):
+          train.train_and_evaluate(config, self.data, mesh, checkpointer=saver,
+                                   log_every=2)
+        self.assertIsNone(saver.latest_step())
 
   @parameterized.named_parameters(
       ('sparse_cf_sgd', dict(optimizer='cf_sgd', learning_rate=2.0,

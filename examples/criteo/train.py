@@ -322,6 +322,12 @@ def train_and_evaluate(
     training.Diverged: a logged mean train loss was non-finite, or two in a
       row were above 100 (`diverged`).
   """
+  if (checkpointer is not None and
+      checkpointer.config.get('log_every', log_every) != log_every):
+    # The checkpoint's losses are means over its record's windows.
+    raise ValueError(
+        f'log_every={log_every}, but the checkpointer\'s record says '
+        f'{checkpointer.config["log_every"]} (checkpoint_record).')
   trainer = Trainer(config, mesh)
   hashing = criteo_format.Hashing(config.table_rows)
   log = input_pipeline.BadLineLog()
