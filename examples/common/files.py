@@ -13,13 +13,19 @@ mid-write) are removed by the next write of the same path; other scopes'
 (other hosts, or containers that share this host's name but not its process
 ids) are left alone, since whether their writers live cannot be told here.
 The new file keeps the old one's permissions.
+
+`scratch_directory` gives a process a private folder of the same kind, for
+files that a tool writes under names of its own (pip's downloads): removed
+when done, and by a later call if its process was killed.
 """
 
 import contextlib
 import glob
 import json
 import os
+import shutil
 import stat
+import tempfile
 from typing import Any, Iterator
 
 from examples.common import machine
@@ -42,10 +48,20 @@ def _remove_stale(path: str) -> None:
   """Removes ``path``'s temporary files left by dead processes of this scope."""
   prefix = f'{path}.{_SCOPE}.'
   for stale in glob.glob(glob.escape(prefix) + '*' + _SUFFIX):
-    pid = stale[len(prefix):-len(_SUFFIX)]
+    # `replacing`'s names end in the process id; `scratch_directory`'s add
+    # a part of their own after it.
+    pid = stale[len(prefix):-len(_SUFFIX)].split('.')[0]
     if pid.isdigit() and not _process_exists(int(pid)):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(stale)
+      _remove(stale)
+
+
+def _remove(path: str) -> None:
+  """Removes a file or a folder (whole), if it is there."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
 
 
 @contextlib.contextmanager
@@ -70,6 +86,32 @@ def replacing(path: str) -> Iterator[str]:
     raise
 
 
+@contextlib.contextmanager
+def scratch_directory(path: str) -> Iterator[str]:
+  """Yields a new, empty folder of this process's own beside `path`.
+
+  The folder and what is in it are removed when the body ends, whether it
+  succeeds or not. Its name holds this process's scope and id, as
+  `replacing`'s temporary files do: one that a killed process of this scope
+  left is removed by the next call for the same `path`. Two processes, or two
+  threads, never share one.
+
+  Example:
+    >>> with scratch_directory('cache/recbole-wheel') as scratch:
+    ...   subprocess.run(['pip', 'download', '-d', scratch, ...])
+  """
+  path = os.path.realpath(path)
+  _remove_stale(path)
+  # The process id, then a part of its own: two threads get two folders.
+  directory = tempfile.mkdtemp(
+      prefix=f'{os.path.basename(path)}.{_SCOPE}.{os.getpid()}.',
+      suffix=_SUFFIX, dir=os.path.dirname(path))
+  try:
+    yield directory
+  finally:
+    _remove(directory)
+
+
 def remove_temporaries(path: str) -> None:
   """Removes every temporary file of writes of `path`, any host's.
 
@@ -77,8 +119,7 @@ def remove_temporaries(path: str) -> None:
   one holding the workdir's lock).
   """
   for temporary in glob.glob(glob.escape(path) + '.*' + _SUFFIX):
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(temporary)
+    _remove(temporary)
 
 
 def write_text(path: str, text: str) -> None:

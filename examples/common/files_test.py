@@ -77,6 +77,37 @@ class FilesTest(absltest.TestCase):
     self.assertTrue(os.path.exists(other_host))
     self.assertTrue(os.path.exists(other_scope))
 
+  def test_a_scratch_directory_is_private_and_removed(self):
+    with files.scratch_directory(self.path) as first:
+      with files.scratch_directory(self.path) as second:
+        self.assertNotEqual(first, second)
+        self.assertEqual(os.listdir(first), [])
+        with open(os.path.join(first, 'download.whl'), 'w') as f:
+          f.write('PK')
+    with self.assertRaises(KeyError):
+      with files.scratch_directory(self.path) as third:
+        raise KeyError('the body failed')
+    self.assertFalse(os.path.exists(third))
+    self.assertEqual(os.listdir(self.directory), [])
+
+  def test_a_killed_processs_scratch_directory_goes_a_live_ones_stays(self):
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, signal, sys\n'
+         'from examples.common import files\n'
+         'with files.scratch_directory(sys.argv[1]) as scratch:\n'
+         '  open(os.path.join(scratch, "part.whl"), "w").write("PK")\n'
+         '  os.kill(os.getpid(), signal.SIGKILL)\n',
+         self.path],
+        env=dict(os.environ, PYTHONPATH=_ROOT), check=False, timeout=60)
+    self.assertEqual(killed.returncode, -9)
+    (stale,) = os.listdir(self.directory)
+    live = f'{self.path}.{files._SCOPE}.{os.getppid()}.x.partial'  # pylint: disable=protected-access
+    os.makedirs(live)
+    with files.scratch_directory(self.path):
+      self.assertFalse(os.path.exists(os.path.join(self.directory, stale)))
+    self.assertEqual(os.listdir(self.directory), [os.path.basename(live)])
+
   def test_a_symlink_is_written_through(self):
     target = os.path.join(self.directory, 'target.json')
     files.write_text(target, 'old')

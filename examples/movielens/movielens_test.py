@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from examples.common import checkpointing
+from examples.common import files
 from examples.common import locking
 from examples.common import optimizers
 from examples.movielens import config as config_lib
@@ -119,19 +120,50 @@ class MovieLensTestCase(parameterized.TestCase):
 
 class InputPipelineTest(MovieLensTestCase):
 
-  def test_the_wheels_files_are_extracted_whole_and_the_wheel_removed(self):
-    # A stand-in for the recbole wheel, in the cache as pip would leave it.
+  def fake_pip(self, contents=None):
+    """A stand-in for `pip download`: writes a wheel into its -d folder.
+
+    The wheel holds the recbole files of `self.write('recbole')`, or
+    `contents` in place of the whole wheel. Returns (the patched
+    subprocess.run, the folders pip was given, the wheel's sha256).
+    """
     source = self.write('recbole')
-    cache = os.path.join(self.tmp, 'cache')
-    os.makedirs(cache)
-    wheel = os.path.join(cache, input_pipeline.RECBOLE_WHEEL)
-    with zipfile.ZipFile(wheel, 'w') as archive:
+    model = os.path.join(self.tmp, 'model.whl')
+    with zipfile.ZipFile(model, 'w') as archive:
       for name in input_pipeline.RECBOLE_FILES:
         archive.write(os.path.join(source, name),
                       input_pipeline.RECBOLE_ML100K_PREFIX + name)
-    digest = input_pipeline._sha256(wheel)  # pylint: disable=protected-access
-    with mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256', digest):
+    digest = input_pipeline._sha256(model)  # pylint: disable=protected-access
+    folders = []
+
+    def run(command, **unused_kwargs):
+      folder = command[command.index('-d') + 1]
+      folders.append(folder)
+      wheel = os.path.join(folder, input_pipeline.RECBOLE_WHEEL)
+      if contents is None:
+        shutil.copy(model, wheel)
+      else:
+        with open(wheel, 'wb') as f:
+          f.write(contents)
+      return mock.Mock(returncode=0, stderr='')
+
+    return mock.patch.object(input_pipeline.subprocess, 'run',
+                             side_effect=run), folders, digest, source
+
+  def test_the_wheels_files_are_extracted_whole_and_the_wheel_removed(self):
+    cache = os.path.join(self.tmp, 'cache')
+    os.makedirs(cache)
+    # What a run of an earlier version, killed mid-download, left.
+    with open(os.path.join(cache, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
+      f.write(b'PK')
+    pip, folders, digest, source = self.fake_pip()
+    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
+                                digest):
       self.assertEqual(input_pipeline.download_ml100k(cache), cache)
+    self.assertLen(folders, 1)
+    # pip wrote into a folder of this process's own, now gone with the wheel.
+    self.assertEqual(os.path.dirname(folders[0]), os.path.realpath(cache))
+    self.assertNotEqual(folders[0], os.path.realpath(cache))
     self.assertCountEqual(os.listdir(cache), input_pipeline.RECBOLE_FILES)
     for name in input_pipeline.RECBOLE_FILES:
       with open(os.path.join(cache, name), 'rb') as got, open(
@@ -139,6 +171,36 @@ class InputPipelineTest(MovieLensTestCase):
         self.assertEqual(got.read(), want.read())
     np.testing.assert_array_equal(input_pipeline.load(cache).labels,
                                   input_pipeline.load(source).labels)
+
+  def test_a_corrupt_download_raises_and_leaves_nothing(self):
+    cache = os.path.join(self.tmp, 'cache')
+    pip, _, digest, _ = self.fake_pip(contents=b'not the wheel')
+    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
+                                digest):
+      with self.assertRaisesRegex(input_pipeline.DataError,
+                                  'sha256 .* not the pinned'):
+        input_pipeline.download_ml100k(cache)
+    self.assertEqual(os.listdir(cache), [])
+
+  def test_a_killed_downloads_folder_is_removed_by_the_next_run(self):
+    cache = os.path.join(self.tmp, 'cache')
+    os.makedirs(cache)
+    # A dead process's folder (process ids stop below 2^22), and one of a
+    # process on another host, which cannot be told dead from here.
+    scope = files._SCOPE  # pylint: disable=protected-access
+    dead = os.path.join(cache, f'recbole-wheel.{scope}.4194999.abc.partial')
+    other = os.path.join(cache, 'recbole-wheel.another_host.12.abc.partial')
+    for folder in (dead, other):
+      os.makedirs(folder)
+      with open(os.path.join(folder, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
+        f.write(b'PK')
+    pip, _, digest, _ = self.fake_pip()
+    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
+                                digest):
+      input_pipeline.download_ml100k(cache)
+    self.assertCountEqual(
+        os.listdir(cache),
+        list(input_pipeline.RECBOLE_FILES) + [os.path.basename(other)])
 
   def test_all_formats_give_the_same_dataset(self):
     datasets = {fmt: input_pipeline.load(self.write(fmt)) for fmt in WRITERS}
