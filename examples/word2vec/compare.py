@@ -29,8 +29,9 @@ from examples.common import files
 from examples.common import machine as machine_lib
 from examples.common import plotting
 from examples.common import training
+from examples.word2vec import corpora
 from examples.word2vec import gensim_peer
-from examples.word2vec import input_pipeline
+from examples.word2vec import quality
 from examples.word2vec import train
 
 OUT = flags.DEFINE_string('out', None, 'Results folder.')
@@ -183,9 +184,9 @@ def run_sweep(path: str) -> None:
     with open(path) as f:
       sweep = json.load(f)
   _check_capped(sweep, path)
-  sentences = input_pipeline.read_brown()
-  wordsim_rows = input_pipeline.read_wordsim(
-      input_pipeline.fetch_wordsim353())
+  sentences = corpora.read_brown()
+  wordsim_rows = quality.read_wordsim(
+      quality.fetch_wordsim353())
   for model in MODELS.value:
     base = settings(model)
     has_runs = any(r['model'] == model for r in sweep['runs'])

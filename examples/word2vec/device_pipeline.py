@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from examples.word2vec import corpora
 from examples.word2vec import input_pipeline
 
 PIPELINES = ('auto', 'host', 'device')
@@ -54,7 +55,7 @@ def resolve(pipeline: str, backend: str | None = None) -> str:
   return 'host' if (backend or jax.default_backend()) == 'cpu' else 'device'
 
 
-def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
+def make_pass(corpus: corpora.EncodedCorpus, *, model: str,
               window: int, keep_probability: np.ndarray, batch_size: int,
               seed: int, epoch: int, num_batches: int
               ) -> input_pipeline.EpochData:
@@ -77,7 +78,7 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
           f'{count:,} is too many. Use --input_pipeline=host, or a smaller '
           'corpus, window or pass.')
   if corpus.word_ids.shape[0] == 0:
-    raise input_pipeline.CorpusError('The corpus has no in-vocabulary words.')
+    raise corpora.CorpusError('The corpus has no in-vocabulary words.')
   kept, radius = input_pipeline.pass_draws(
       corpus, window=window, keep_probability=keep_probability, seed=seed,
       epoch=epoch)
@@ -99,7 +100,7 @@ def make_pass(corpus: input_pipeline.EncodedCorpus, *, model: str,
       num_batches=num_batches, batch_size=batch_size)
   # Waits for the device (in the prefetcher's thread, not the training's).
   if int(available) == 0:
-    raise input_pipeline.CorpusError(
+    raise corpora.CorpusError(
         f'Pass {epoch} has no examples: use a larger corpus or a smaller '
         '--sample (subsampling).')
   return input_pipeline.EpochData(inputs, targets, num_words)

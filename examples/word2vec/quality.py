@@ -1,10 +1,26 @@
-"""Word-vector quality: WordSim-353 correlation and nearest neighbours."""
+"""Word-vector quality: WordSim-353 correlation and nearest neighbours.
 
-from typing import Any
+WordSim-353's tsv is taken from gensim's wheel once (`fetch_wordsim353`;
+gensim is never installed or imported for it).
+"""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any, Sequence
+import zipfile
 
 import numpy as np
 
-from examples.word2vec import input_pipeline
+from examples.common import files
+from examples.word2vec import corpora
+
+GENSIM_WHEEL_SPEC = 'gensim==4.4.0'
+WORDSIM_MEMBER = 'gensim/test/test_data/wordsim353.tsv'
+WORDSIM_SHA256 = (
+    'f92a022fc2537793a15bc3a8c162ebcd74990e033a228bb6388cb71e4c0b1e1d')
 
 # Common words whose nearest neighbours the results show.
 PROBE_WORDS = ('man', 'city', 'government', 'money', 'war', 'good')
@@ -41,6 +57,81 @@ def wordsim_spearman(vectors: np.ndarray, vocab,
     if a in vocab.index and b in vocab.index:
       ours.append(float(normed[vocab.index[a]] @ normed[vocab.index[b]]))
       human.append(score)
-  spearman = (input_pipeline.spearman(ours, human) if len(ours) > 1
-              else float('nan'))
-  return {'spearman': spearman, 'pairs': len(ours), 'total_pairs': len(rows)}
+  correlation = spearman(ours, human) if len(ours) > 1 else float('nan')
+  return {'spearman': correlation, 'pairs': len(ours),
+          'total_pairs': len(rows)}
+
+
+def fetch_wordsim353(cache_dir: str = os.path.join(
+    '~', '.cache', 'fasgd_optax', 'wordsim353')) -> str:
+  """Path of wordsim353.tsv, taken once from gensim's wheel (no install).
+
+  `pip download --no-deps gensim==4.4.0` fetches the wheel only; the one tsv
+  is extracted and its sha256 checked. Raises `corpora.CorpusError` when pip
+  fails.
+  """
+  cache_dir = os.path.expanduser(cache_dir)
+  path = os.path.join(cache_dir, 'wordsim353.tsv')
+  if not os.path.exists(path):
+    os.makedirs(cache_dir, exist_ok=True)
+    # A folder of this process's own, which a killed run's next run removes
+    # (a cut gensim wheel is tens of MB).
+    with files.scratch_directory(
+        os.path.join(cache_dir, 'gensim-wheel')) as scratch:
+      result = subprocess.run(
+          [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary',
+           ':all:', '-d', scratch, GENSIM_WHEEL_SPEC],
+          capture_output=True, text=True, timeout=600, check=False)
+      wheels = [f for f in os.listdir(scratch) if f.endswith('.whl')]
+      if result.returncode != 0 or not wheels:
+        raise corpora.CorpusError(
+            f'`pip download --no-deps {GENSIM_WHEEL_SPEC}` failed: '
+            f'{result.stderr.strip()[-500:]}. Pass --wordsim with the path '
+            'of a WordSim-353 tsv instead.')
+      with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
+        data = wheel.read(WORDSIM_MEMBER)
+      digest = hashlib.sha256(data).hexdigest()
+      if digest != WORDSIM_SHA256:
+        raise corpora.CorpusError(
+            f'{WORDSIM_MEMBER} in {wheels[0]} has sha256 {digest}, expected '
+            f'{WORDSIM_SHA256}.')
+      # Whole or not at all: a cut file would pass the existence check above
+      # at every later run and hold too few pairs.
+      with files.replacing(path) as temporary:
+        pathlib.Path(temporary).write_bytes(data)
+  return path
+
+
+def read_wordsim(path: str) -> list[tuple[str, str, float]]:
+  """(word, word, human score) rows of a WordSim-353 tsv ('#' comments)."""
+  rows = []
+  for line_number, line in enumerate(
+      pathlib.Path(path).read_text(encoding='utf-8').splitlines(), 1):
+    if not line.strip() or line.startswith('#'):
+      continue
+    fields = line.split('\t')
+    try:
+      rows.append((fields[0].lower(), fields[1].lower(), float(fields[2])))
+    except (IndexError, ValueError) as error:
+      raise corpora.CorpusError(
+          f'{path}:{line_number}: expected "word<TAB>word<TAB>score", got '
+          f'{line!r}.') from error
+  return rows
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+  """Spearman's rank correlation (average ranks for ties)."""
+
+  def ranks(values):
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind='stable')
+    ranked = np.empty_like(values)
+    ranked[order] = np.arange(len(values), dtype=np.float64)
+    for value in np.unique(values):
+      tied = values == value
+      ranked[tied] = ranked[tied].mean()
+    return ranked
+
+  rx, ry = ranks(x), ranks(y)
+  rx, ry = rx - rx.mean(), ry - ry.mean()
+  return float((rx * ry).sum() / np.sqrt((rx * rx).sum() * (ry * ry).sum()))

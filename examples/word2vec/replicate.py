@@ -27,7 +27,7 @@ from absl import logging
 from examples.common import files
 from examples.common import machine as machine_lib
 from examples.word2vec import compare
-from examples.word2vec import input_pipeline
+from examples.word2vec import corpora
 from examples.word2vec import train
 
 ADAPTIVE = ('adagrad', 'adam')
@@ -94,7 +94,7 @@ def main(argv):
   if os.path.exists(path):
     with open(path) as f:
       results = json.load(f)
-  sentences = input_pipeline.read_brown()
+  sentences = corpora.read_brown()
   for model in compare.MODELS.value:
     results['sweep_seed'] = sweep['settings'][model]['seed']
     for gradient in compare.variants(model):

@@ -32,6 +32,7 @@ from examples.common import checkpointing
 from examples.common import files
 from examples.common import optimizers
 from examples.common import training
+from examples.word2vec import corpora
 from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
@@ -126,8 +127,8 @@ class Data:
   when the recorded results were measured; training draws from the exact
   distribution, `noise`.)
   """
-  vocab: input_pipeline.Vocabulary
-  train: input_pipeline.EncodedCorpus
+  vocab: corpora.Vocabulary
+  train: corpora.EncodedCorpus
   keep_probability: np.ndarray
   negative_table: np.ndarray
   noise: negatives_lib.AliasTable
@@ -140,7 +141,7 @@ def _heldout_examples(sentences, vocab, keep_probability, negative_table,
   # A random stream of its own, apart from the training passes'.
   rng = np.random.default_rng([config.seed, 2**31 - 1, stream])
   inputs, targets, _ = input_pipeline.epoch_examples(
-      input_pipeline.encode(sentences, vocab), model=config.model,
+      corpora.encode(sentences, vocab), model=config.model,
       window=config.window, keep_probability=keep_probability, rng=rng)
   if targets.shape[0] > config.max_test_examples:
     keep = np.sort(rng.choice(targets.shape[0], config.max_test_examples,
@@ -151,17 +152,17 @@ def _heldout_examples(sentences, vocab, keep_probability, negative_table,
   return HeldOut(inputs, targets, negatives)
 
 
-def prepare_data(config: Config, sentences: input_pipeline.Sentences) -> Data:
+def prepare_data(config: Config, sentences: corpora.Sentences) -> Data:
   """Splits the corpus; builds the vocabulary and the held-out sets."""
   model_lib.check_model(config.model, config.cbow_gradient)
-  train_sentences, heldout_sentences = input_pipeline.split_sentences(
+  train_sentences, heldout_sentences = corpora.split_sentences(
       sentences, test_fraction=config.test_fraction)
   if len(heldout_sentences) < 2:
-    raise input_pipeline.CorpusError(
+    raise corpora.CorpusError(
         f'The corpus has {len(sentences)} sentences: too few to hold out '
         f'{config.test_fraction:.0%} for validation and test.')
-  vocab = input_pipeline.build_vocabulary(train_sentences, config.min_count)
-  train = input_pipeline.encode(train_sentences, vocab)
+  vocab = corpora.build_vocabulary(train_sentences, config.min_count)
+  train = corpora.encode(train_sentences, vocab)
   keep_probability = input_pipeline.keep_probabilities(vocab.counts,
                                                        config.sample)
   negative_table = input_pipeline.unigram_table(vocab.counts)
@@ -193,7 +194,7 @@ def steps_per_epoch(data: Data, config: Config) -> int:
       data.train, model=config.model, window=config.window,
       keep_probability=data.keep_probability, seed=config.seed, epoch=0)
   if examples < config.batch_size:
-    raise input_pipeline.CorpusError(
+    raise corpora.CorpusError(
         f'An epoch has {examples} examples, fewer than one batch of '
         f'{config.batch_size}: use a smaller --batch_size or a larger corpus.')
   return examples // config.batch_size
@@ -228,7 +229,7 @@ def table_frequencies(data: Data, config: Config,
 
 def train_and_evaluate(
     config: Config,
-    sentences: input_pipeline.Sentences,
+    sentences: corpora.Sentences,
     workdir: Optional[str] = None,
     *,
     wordsim_rows: Optional[list[tuple[str, str, float]]] = None,
@@ -252,9 +253,9 @@ def train_and_evaluate(
 
   Args:
     config: the run's hyperparameters.
-    sentences: the corpus (see `input_pipeline.read_corpus`).
+    sentences: the corpus (see `corpora.read_corpus`).
     workdir: checkpoints and `results.json` go here; None keeps nothing.
-    wordsim_rows: WordSim-353 rows (`input_pipeline.read_wordsim`), if any.
+    wordsim_rows: WordSim-353 rows (`quality.read_wordsim`), if any.
     show_progress: progress bars (None: when stderr is a terminal).
     stop_after_rounds: stop after this many rounds (as if killed; tests).
     data: `prepare_data(config, sentences)`, when the caller already has it

