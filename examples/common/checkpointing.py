@@ -44,10 +44,10 @@ from typing import Any, NamedTuple, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from examples.common import fingerprints
 from examples.common import locking
 
 _TMP_MARKER = '.orbax-checkpoint-tmp'
@@ -225,7 +225,7 @@ class Checkpointer:
             {'path': jax.tree_util.keystr(path), 'shape': list(np.shape(leaf)),
              'dtype': str(_dtype(leaf)), 'fingerprint': fingerprint}
             for (path, leaf), fingerprint in zip(
-                leaves_with_paths, self._fingerprints(leaves))
+                leaves_with_paths, fingerprints.fingerprints(leaves))
         ],
     }
     record['checkpoint']['record_sha256'] = _record_sha256(record)
@@ -356,7 +356,7 @@ class Checkpointer:
         for leaf, like in zip(leaves, like_leaves)
     ]
     for saved_leaf, fingerprint in zip(saved_leaves,
-                                       self._fingerprints(leaves)):
+                                       fingerprints.fingerprints(leaves)):
       if fingerprint != saved_leaf['fingerprint']:
         raise _CorruptCheckpoint(
             f'array {saved_leaf["path"]} does not match its checksum')
@@ -376,22 +376,6 @@ class Checkpointer:
         f'settings ({details}). Use the same flags to resume, or a new '
         '--workdir.'
     )
-
-  def _fingerprints(self, leaves: list[Any]) -> list[list[int]]:
-    """Each leaf's checksum (two uint32 lanes), the same on every process."""
-    result: list[Optional[list[int]]] = [None] * len(leaves)
-    groups: dict[Any, list[int]] = {}
-    for i, leaf in enumerate(leaves):
-      if isinstance(leaf, jax.Array):
-        groups.setdefault(frozenset(leaf.sharding.device_set), []).append(i)
-      else:
-        result[i] = [int(v) for v in _fingerprint(np.asarray(leaf), np)]
-    for indices in groups.values():
-      values = np.asarray(_fingerprint_arrays(
-          tuple(leaves[i] for i in indices)))
-      for i, value in zip(indices, values):
-        result[i] = [int(v) for v in value]
-    return result
 
   def wait_until_finished(self) -> None:
     """Waits for a background save to be complete on disk."""
@@ -479,9 +463,7 @@ def _brief(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------
-# Checksums of values: computed from the arrays themselves (on their devices,
-# by exact integer arithmetic whose sum does not depend on the order), so they
-# are the same on every process and for every sharding of the same values.
+# Helpers.
 
 
 def _dtype(leaf: Any) -> np.dtype:
@@ -497,70 +479,3 @@ def _abstract(like: Any) -> Any:
   if isinstance(like, jax.Array):
     return jax.ShapeDtypeStruct(like.shape, like.dtype, sharding=like.sharding)
   return np.asarray(like)
-
-
-# Two lanes, each a sum over words w at flat position p of
-# fmix32(w * multiplier + fmix32(p ^ seed)) mod 2^32. One changed word changes
-# each lane's sum for sure; more changes collide with probability ~2^-64.
-_LANES = ((0x9E3779B1, 0x243F6A88), (0x7FEB352D, 0x85A308D3))
-
-
-def _fmix32(h, xp):
-  """MurmurHash3's 32-bit finaliser (a bijection on uint32)."""
-  h = h ^ (h >> xp.uint32(16))
-  h = h * xp.uint32(0x85EBCA6B)
-  h = h ^ (h >> xp.uint32(13))
-  h = h * xp.uint32(0xC2B2AE35)
-  return h ^ (h >> xp.uint32(16))
-
-
-def _words(x, xp):
-  """The value's bits as uint32 words (8-byte items: a trailing axis of 2)."""
-  if xp is jnp and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if np.issubdtype(x.dtype, np.complexfloating):
-    x = xp.stack([x.real, x.imag], axis=-1)
-  if x.dtype == np.bool_:
-    return x.astype(xp.uint32)
-  size = np.dtype(x.dtype).itemsize
-  if xp is jnp:
-    if size in (1, 2):
-      return jax.lax.bitcast_convert_type(
-          x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  # Flat (row-major, as the jnp words flattened), at least 1-d: NumPy warns
-  # about wrapping arithmetic on scalars, not on arrays.
-  flat = np.ascontiguousarray(x).reshape(-1)
-  if size in (1, 2):
-    return flat.view({1: np.uint8, 2: np.uint16}[size]).astype(np.uint32)
-  return flat.view(np.uint32)
-
-
-def _positions(shape, xp):
-  """Each element's row-major flat index mod 2^32."""
-  if xp is np:
-    return (np.arange(int(np.prod(shape)), dtype=np.uint64) %
-            (1 << 32)).astype(np.uint32)
-  positions = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    positions = positions + jax.lax.broadcasted_iota(
-        jnp.uint32, shape, axis) * jnp.uint32(stride % (1 << 32))
-    stride *= shape[axis]
-  return positions
-
-
-def _fingerprint(x, xp):
-  words = _words(x, xp)
-  positions = _positions(words.shape, xp)
-  return [
-      xp.sum(_fmix32(words * xp.uint32(multiplier) +
-                     _fmix32(positions ^ xp.uint32(seed), xp), xp),
-             dtype=xp.uint32)
-      for multiplier, seed in _LANES
-  ]
-
-
-@jax.jit
-def _fingerprint_arrays(arrays):
-  return jnp.stack([jnp.stack(_fingerprint(x, jnp)) for x in arrays])
