@@ -332,8 +332,7 @@ def main(argv):
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_SWEEP.value) as f:
     sweep = json.load(f)
-  sentences = corpora.read_brown(_NLTK_DATA.value,
-                                        _BROWN_CACHE_DIR.value)
+  sentences = corpora.read_brown(_NLTK_DATA.value, _BROWN_CACHE_DIR.value)
   wordsim_rows = quality.read_wordsim(
       _WORDSIM.value if _WORDSIM.value != 'auto'
       else quality.fetch_wordsim353())

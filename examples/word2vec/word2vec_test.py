@@ -104,8 +104,7 @@ class VocabularyAndSubsamplingTest(absltest.TestCase):
 
   def test_subsampling_keeps_the_expected_fraction(self):
     words = np.repeat(np.arange(3, dtype=np.int32), [60_000, 6_000, 600])
-    corpus = corpora.EncodedCorpus(words, np.zeros_like(words),
-                                          words.size)
+    corpus = corpora.EncodedCorpus(words, np.zeros_like(words), words.size)
     keep = input_pipeline.keep_probabilities(np.array([60_000, 6_000, 600]),
                                              1e-3)
     self.assertLess(keep[0], 0.3)
@@ -229,8 +228,8 @@ class CorpusReadersTest(absltest.TestCase):
 
     with tempfile.TemporaryDirectory() as tmp:
       # What a run killed mid-download left (process ids stop below 2^22).
-      stale = os.path.join(
-          tmp, f'gensim-wheel.{files._SCOPE}.4194999.abc.partial')  # pylint: disable=protected-access
+      scope = files._SCOPE  # pylint: disable=protected-access
+      stale = os.path.join(tmp, f'gensim-wheel.{scope}.4194999.abc.partial')
       os.makedirs(stale)
       with mock.patch.object(quality.subprocess, 'run',
                              side_effect=pip), mock.patch.object(
@@ -797,7 +796,7 @@ class DevicePipelineTest(parameterized.TestCase):
         seed=2**40, epoch=0, num_batches=3)
     self.assertEqual(made.targets.shape, (3, 4))
     empty = corpora.EncodedCorpus(np.zeros(0, np.int32),
-                                         np.zeros(0, np.int32), 0)
+                                  np.zeros(0, np.int32), 0)
     with self.assertRaisesRegex(corpora.CorpusError, 'no in-vocabulary'):
       device_pipeline.make_pass(empty, model='skipgram', window=2,
                                 keep_probability=keep, batch_size=1, seed=0,
