@@ -293,12 +293,12 @@ def read_directory(directory: str) -> tuple[str, RawMovieLens]:
   if not os.path.isdir(directory):
     raise DataError(f'--data_dir {directory}: not a directory.')
   present = set(os.listdir(directory))
-  for name, files, reader in (
+  for name, names, reader in (
       ('ml-1m', ML1M_FILES, read_ml1m),
       ('ml-100k', ML100K_FILES, read_ml100k),
       ('ml-100k (recbole)', RECBOLE_FILES, read_recbole_ml100k),
   ):
-    if files[0] in present:
+    if names[0] in present:
       return name, reader(directory)
   raise DataError(
       f'{directory}: no MovieLens files found; expected ml-1m '
