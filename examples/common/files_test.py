@@ -22,6 +22,16 @@ class FilesTest(absltest.TestCase):
     self.directory = tempfile.mkdtemp()
     self.path = os.path.join(self.directory, 'results.json')
 
+  def run_killed(self, code: str) -> None:
+    """Runs `code` in a new process that kills itself; `path` is self.path."""
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, signal, sys\n'
+         'from examples.common import files\n'
+         'path = sys.argv[1]\n' + code, self.path],
+        env=dict(os.environ, PYTHONPATH=_ROOT), check=False, timeout=60)
+    self.assertEqual(killed.returncode, -9)
+
   def test_writes_and_replaces(self):
     files.write_json(self.path, {'auc': 0.7})
     files.write_json(self.path, {'auc': 0.8}, indent=1)
@@ -43,18 +53,11 @@ class FilesTest(absltest.TestCase):
 
   def test_a_process_killed_mid_write_leaves_the_old_file(self):
     files.write_json(self.path, {'auc': 0.7})
-    killed = subprocess.run(
-        [sys.executable, '-c',
-         'import os, signal, sys\n'
-         'from examples.common import files\n'
-         'with files.replacing(sys.argv[1]) as temporary:\n'
-         '  with open(temporary, "w") as f:\n'
-         '    f.write("{\\"auc\\": 0.")\n'
-         '    f.flush()\n'
-         '    os.kill(os.getpid(), signal.SIGKILL)\n',
-         self.path],
-        env=dict(os.environ, PYTHONPATH=_ROOT), check=False, timeout=60)
-    self.assertEqual(killed.returncode, -9)
+    self.run_killed('with files.replacing(path) as temporary:\n'
+                    '  with open(temporary, "w") as f:\n'
+                    '    f.write("{\\"auc\\": 0.")\n'
+                    '    f.flush()\n'
+                    '    os.kill(os.getpid(), signal.SIGKILL)\n')
     with open(self.path) as f:
       self.assertEqual(json.load(f), {'auc': 0.7})
     stale = [name for name in os.listdir(self.directory)
@@ -91,16 +94,9 @@ class FilesTest(absltest.TestCase):
     self.assertEqual(os.listdir(self.directory), [])
 
   def test_a_killed_processs_scratch_directory_goes_a_live_ones_stays(self):
-    killed = subprocess.run(
-        [sys.executable, '-c',
-         'import os, signal, sys\n'
-         'from examples.common import files\n'
-         'with files.scratch_directory(sys.argv[1]) as scratch:\n'
-         '  open(os.path.join(scratch, "part.whl"), "w").write("PK")\n'
-         '  os.kill(os.getpid(), signal.SIGKILL)\n',
-         self.path],
-        env=dict(os.environ, PYTHONPATH=_ROOT), check=False, timeout=60)
-    self.assertEqual(killed.returncode, -9)
+    self.run_killed('with files.scratch_directory(path) as scratch:\n'
+                    '  open(os.path.join(scratch, "part.whl"), "w").write("PK")\n'
+                    '  os.kill(os.getpid(), signal.SIGKILL)\n')
     (stale,) = os.listdir(self.directory)
     live = f'{self.path}.{files._SCOPE}.{os.getppid()}.x.partial'  # pylint: disable=protected-access
     os.makedirs(live)

@@ -1,5 +1,6 @@
 """End-to-end tests of the MovieLens example on tiny synthetic data files."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -120,12 +121,13 @@ class MovieLensTestCase(parameterized.TestCase):
 
 class InputPipelineTest(MovieLensTestCase):
 
+  @contextlib.contextmanager
   def fake_pip(self, contents=None):
     """A stand-in for `pip download`: writes a wheel into its -d folder.
 
-    The wheel holds the recbole files of `self.write('recbole')`, or
-    `contents` in place of the whole wheel. Returns (the patched
-    subprocess.run, the folders pip was given, the wheel's sha256).
+    The wheel holds the recbole files of `self.write('recbole')` (and its
+    sha256 is the pinned one), or `contents` in place of the whole wheel.
+    Yields (the folders pip was given, the folder of the wheel's files).
     """
     source = self.write('recbole')
     model = os.path.join(self.tmp, 'model.whl')
@@ -147,8 +149,10 @@ class InputPipelineTest(MovieLensTestCase):
           f.write(contents)
       return mock.Mock(returncode=0, stderr='')
 
-    return mock.patch.object(input_pipeline.subprocess, 'run',
-                             side_effect=run), folders, digest, source
+    with mock.patch.object(input_pipeline.subprocess, 'run',
+                           side_effect=run), mock.patch.object(
+                               input_pipeline, 'RECBOLE_WHEEL_SHA256', digest):
+      yield folders, source
 
   def test_the_wheels_files_are_extracted_whole_and_the_wheel_removed(self):
     cache = os.path.join(self.tmp, 'cache')
@@ -156,9 +160,7 @@ class InputPipelineTest(MovieLensTestCase):
     # What a run of an earlier version, killed mid-download, left.
     with open(os.path.join(cache, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
       f.write(b'PK')
-    pip, folders, digest, source = self.fake_pip()
-    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
-                                digest):
+    with self.fake_pip() as (folders, source):
       self.assertEqual(input_pipeline.download_ml100k(cache), cache)
     self.assertLen(folders, 1)
     # pip wrote into a folder of this process's own, now gone with the wheel.
@@ -174,9 +176,7 @@ class InputPipelineTest(MovieLensTestCase):
 
   def test_a_corrupt_download_raises_and_leaves_nothing(self):
     cache = os.path.join(self.tmp, 'cache')
-    pip, _, digest, _ = self.fake_pip(contents=b'not the wheel')
-    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
-                                digest):
+    with self.fake_pip(contents=b'not the wheel'):
       with self.assertRaisesRegex(input_pipeline.DataError,
                                   'sha256 .* not the pinned'):
         input_pipeline.download_ml100k(cache)
@@ -194,9 +194,7 @@ class InputPipelineTest(MovieLensTestCase):
       os.makedirs(folder)
       with open(os.path.join(folder, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
         f.write(b'PK')
-    pip, _, digest, _ = self.fake_pip()
-    with pip, mock.patch.object(input_pipeline, 'RECBOLE_WHEEL_SHA256',
-                                digest):
+    with self.fake_pip():
       input_pipeline.download_ml100k(cache)
     self.assertCountEqual(
         os.listdir(cache),
