@@ -216,10 +216,7 @@ def main(argv):
     optimizers = workload.expand(_OPTIMIZERS.value, _DUPLICATES.value)
   except ValueError as e:
     raise app.UsageError(f'--optimizers/--duplicates: {e}.') from e
-  try:
-    sizes = workload.parse_sizes(_NUM_ROWS.value)
-  except ValueError as e:
-    raise app.UsageError(f'--num_rows: {e}') from e
+  sizes = workload_flags.sizes(_NUM_ROWS.value)
   settings = settings_from_flags()
 
   os.makedirs(_OUTPUT.value, exist_ok=True)

@@ -28,16 +28,21 @@ SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed,
                             'Seed for ids and targets.')
 
 
+def sizes(num_rows: list[str]) -> list[int]:
+  """--num_rows parsed; a bad value is a usage error."""
+  try:
+    return workload.parse_sizes(num_rows)
+  except ValueError as error:
+    raise app.UsageError(f'--num_rows: {error}') from None
+
+
 def sizes_and_optimizers(
     num_rows: list[str], optimizers: list[str]
 ) -> tuple[list[int], list[workload.Optimizer]]:
   """--num_rows and --optimizers parsed; a bad value is a usage error."""
-  try:
-    sizes = workload.parse_sizes(num_rows)
-  except ValueError as error:
-    raise app.UsageError(f'--num_rows: {error}') from None
+  parsed_sizes = sizes(num_rows)
   try:
     parsed = [workload.parse(name) for name in optimizers]
   except ValueError as error:
     raise app.UsageError(f'--optimizers: {error}') from None
-  return sizes, parsed
+  return parsed_sizes, parsed
