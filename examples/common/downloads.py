@@ -8,9 +8,10 @@ folder of this process's own (`files.scratch_directory`), and yields the file
 it left there, for the caller to check and keep what it needs. The folder
 goes when the caller is done, and a folder that a killed run left goes at the
 next run, so a cut download is never taken for a whole one and two first runs
-at once never share a file. A tool that fails, hangs or leaves no such file
-raises a `DownloadError` that says which command and why; the caller adds
-what the user can do instead.
+at once never share a file (a caller whose data is already cached calls
+`tidy` for that). A tool that fails, hangs or leaves no such file raises a
+`DownloadError` that says which command and why; the caller adds what the
+user can do instead.
 
   with downloads.fetched(downloads.pip_download('gensim==4.4.0'),
                          os.path.join(cache_dir, 'gensim-wheel'),
@@ -19,12 +20,15 @@ what the user can do instead.
 """
 
 import contextlib
+import fnmatch
 import glob
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-from typing import Callable, Iterator, Sequence
+import time
+from typing import Callable, Iterator, Optional, Sequence
 
 from examples.common import files
 
@@ -76,9 +80,43 @@ def fetched(command: Command, scratch: str, pattern: str) -> Iterator[str]:
           f'`{shown}` did not finish within {TIMEOUT_SECONDS} s') from None
     except OSError as error:
       raise DownloadError(f'`{shown}` could not start: {error}') from None
-    matches = sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
-    if result.returncode != 0 or not matches:
-      why = result.stderr.strip()[-500:] or f'it left no {pattern}'
+    if result.returncode != 0:
       raise DownloadError(
-          f'`{shown}` failed (exit {result.returncode}): {why}')
+          f'`{shown}` failed (exit {result.returncode}): '
+          f'{result.stderr.strip()[-500:] or "no message"}')
+    matches = sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
+    if not matches:
+      raise DownloadError(
+          f'`{shown}` left no file matching {pattern!r} (it left '
+          f'{sorted(os.listdir(folder))})')
     yield matches[0]
+
+
+def tidy(scratch: str, legacy_pattern: Optional[str] = None) -> None:
+  """Removes what killed downloads left beside `scratch`, even once cached.
+
+  `fetched` removes a dead process's folder when it next downloads; a cache
+  that is already full never does, so its callers call this first.
+
+  Args:
+    scratch: the `scratch` path the caller gives `fetched`.
+    legacy_pattern: earlier versions downloaded into `tempfile` folders
+      (``tmp*``) beside it; those holding files matching this glob and
+      nothing else, untouched for longer than `TIMEOUT_SECONDS` (by which
+      time a live download of theirs had ended), are removed too.
+  """
+  files.remove_stale(scratch)
+  if legacy_pattern is None:
+    return
+  for folder in glob.glob(os.path.join(
+      glob.escape(os.path.dirname(os.path.realpath(scratch))), 'tmp*')):
+    try:
+      entries = os.listdir(folder)
+      idle = time.time() - os.stat(folder).st_mtime
+    except OSError:  # Not a folder, or gone already.
+      continue
+    # Not empty ones: in a cache folder shared with other programs (say
+    # /tmp), an empty tmp* folder may be anyone's.
+    if idle > TIMEOUT_SECONDS and entries and all(
+        fnmatch.fnmatch(name, legacy_pattern) for name in entries):
+      shutil.rmtree(folder, ignore_errors=True)

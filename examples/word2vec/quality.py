@@ -71,12 +71,14 @@ def fetch_wordsim353(cache_dir: str = os.path.join(
   """
   cache_dir = os.path.expanduser(cache_dir)
   path = os.path.join(cache_dir, 'wordsim353.tsv')
+  scratch = os.path.join(cache_dir, 'gensim-wheel')
+  if os.path.isdir(cache_dir):
+    downloads.tidy(scratch, legacy_pattern='gensim-*.whl')
   if not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
     try:
       with downloads.fetched(downloads.pip_download(GENSIM_WHEEL_SPEC),
-                             os.path.join(cache_dir, 'gensim-wheel'),
-                             '*.whl') as wheel_path:
+                             scratch, '*.whl') as wheel_path:
         wheel_name = os.path.basename(wheel_path)
         with zipfile.ZipFile(wheel_path) as wheel:
           data = wheel.read(WORDSIM_MEMBER)

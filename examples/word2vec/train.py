@@ -2,11 +2,12 @@
 
 The model and its loss are in `model.py`, the update paths and the jitted
 steps in `steps.py`, negative sampling in `negatives.py`, word-vector quality
-in `quality.py`, corpora and passes in `input_pipeline.py`. This file holds
-the run: its configuration, its data (vocabulary, held-out sets), and the
-loop, which goes through the shared epoch loop (`examples.common.training`)
-in *rounds* of 1/`evals_per_epoch` of a pass over the corpus, so the held-out
-loss is measured, and a checkpoint written, several times a pass.
+in `quality.py`, corpora and the vocabulary in `corpora.py`, passes in
+`input_pipeline.py`. This file holds the run: its configuration, its data
+(vocabulary, held-out sets), and the loop, which goes through the shared
+epoch loop (`examples.common.training`) in *rounds* of 1/`evals_per_epoch` of
+a pass over the corpus, so the held-out loss is measured, and a checkpoint
+written, several times a pass.
 
 Host work stays off the critical path: the number of steps is counted
 before the first pass is built, so the step compiles while that pass is made

@@ -231,6 +231,13 @@ class CorpusReadersTest(absltest.TestCase):
       self.assertEqual(os.listdir(cache), [corpora.BROWN_TARBALL])
       self.assertEqual(corpora.read_brown_tarball(tarball),
                        [['the', 'jury', 'said', '.']])
+      # A download whose checksum is not the registry's is not kept.
+      os.remove(tarball)
+      with mock.patch.object(corpora.shutil, 'which', return_value=npm):
+        with self.assertRaisesRegex(corpora.CorpusError,
+                                    'sha512 .* the download was deleted'):
+          corpora.fetch_brown_tarball(cache)
+      self.assertEqual(os.listdir(cache), [])
 
   def test_brown_tarball_with_wrong_checksum_is_refused(self):
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,27 +255,34 @@ class CorpusReadersTest(absltest.TestCase):
 
   def test_wordsim_is_taken_from_the_wheel_and_a_killed_runs_folder_goes(self):
     data = b'# Word 1\tWord 2\tHuman (mean)\nlove\tsex\t6.77\n'
+    member = {'name': quality.WORDSIM_MEMBER}
 
     def pip(command, **unused_kwargs):  # A stand-in for `pip download`.
       folder = command[command.index('-d') + 1]
       with zipfile.ZipFile(os.path.join(folder, 'gensim-4.4.0.whl'),
                            'w') as wheel:
-        wheel.writestr(quality.WORDSIM_MEMBER, data)
+        wheel.writestr(member['name'], data)
       return mock.Mock(returncode=0, stderr='')
 
-    with tempfile.TemporaryDirectory() as tmp:
-      # What a run killed mid-download left (process ids stop below 2^22).
-      scope = files._SCOPE  # pylint: disable=protected-access
-      stale = os.path.join(tmp, f'gensim-wheel.{scope}.4194999.abc.partial')
-      os.makedirs(stale)
-      with mock.patch.object(downloads.subprocess, 'run',
-                             side_effect=pip), mock.patch.object(
-                                 quality, 'WORDSIM_SHA256',
-                                 hashlib.sha256(data).hexdigest()):
+    scope = files._SCOPE  # pylint: disable=protected-access
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(
+        downloads.subprocess, 'run', side_effect=pip), mock.patch.object(
+            quality, 'WORDSIM_SHA256', hashlib.sha256(data).hexdigest()):
+      # A wheel without the file: an error that says so, and nothing kept.
+      member['name'] = 'gensim/test/test_data/other.tsv'
+      with self.assertRaisesRegex(corpora.CorpusError,
+                                  'gensim-4.4.0.whl has no readable'):
+        quality.fetch_wordsim353(tmp)
+      self.assertEqual(os.listdir(tmp), [])
+      member['name'] = quality.WORDSIM_MEMBER
+      # What a run killed mid-download left (process ids stop below 2^22),
+      # before the download and once the file is cached.
+      for _ in range(2):
+        os.makedirs(
+            os.path.join(tmp, f'gensim-wheel.{scope}.4194999.abc.partial'))
         path = quality.fetch_wordsim353(tmp)
-      self.assertEqual(os.listdir(tmp), ['wordsim353.tsv'])
-      self.assertEqual(quality.read_wordsim(path),
-                       [('love', 'sex', 6.77)])
+        self.assertEqual(os.listdir(tmp), ['wordsim353.tsv'])
+      self.assertEqual(quality.read_wordsim(path), [('love', 'sex', 6.77)])
 
   def test_npm_integrity_format(self):
     with tempfile.NamedTemporaryFile() as f:
