@@ -15,7 +15,6 @@ which). Nothing is written but the JSON of --out:
       --batch_sizes=256,1024,4096 --ops --out=/tmp/profile.json
 """
 
-import json
 import os
 import time
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from examples.common import files
 from examples.common import machine as machine_lib
 from examples.common import profiling
 from examples.word2vec import corpora
@@ -150,8 +150,7 @@ def main(argv):
       for name, milliseconds, what in run.get('ops', []):
         print(f'  {milliseconds:7.3f} ms  {name:32s} {what}')
   if _OUT.value:
-    with open(_OUT.value, 'w') as f:
-      json.dump(results, f, indent=1)
+    files.write_json(_OUT.value, results, indent=1)
 
 
 if __name__ == '__main__':

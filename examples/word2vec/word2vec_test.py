@@ -16,12 +16,14 @@ from absl.testing import parameterized
 import chex
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from examples.common import downloads
 from examples.common import files
 from examples.common import optimizers
+from examples.word2vec import context_layout
 from examples.word2vec import corpora
 from examples.word2vec import device_pipeline
 from examples.word2vec import input_pipeline
@@ -1013,6 +1015,41 @@ class PeerTableTest(absltest.TestCase):
     self.assertIn('| cbow | mean | 2.4500 / 2.2500 | 0.080 / 0.085 (ours ≥ '
                   'gensim in 1 of 2) |', lines)
     self.assertEqual(gensim_peer.seed_table({'runs': peer['runs'][:4]}), [])
+
+
+
+class ContextLayoutTest(absltest.TestCase):
+
+  def test_compacted_slots_apply_the_padded_update(self):
+    rng = np.random.default_rng(0)
+    # 3 batches of 4 examples with 6 slots, about half of them empty.
+    inputs = np.where(rng.random((3, 4, 6)) < 0.5,
+                      rng.integers(0, 20, (3, 4, 6)), -1).astype(np.int32)
+    inputs[1, 2] = -1  # An example without any context.
+    ids, examples = context_layout.compact(inputs, 20, quantum=8)
+    filled = (inputs >= 0).sum(axis=(1, 2))
+    self.assertEqual(ids.shape[1], -(-filled.max() // 8) * 8)
+    for batch in range(3):
+      self.assertEqual((ids[batch] < 20).sum(), filled[batch])
+      self.assertCountEqual(ids[batch][ids[batch] < 20],
+                            inputs[batch][inputs[batch] >= 0])
+    table = jnp.asarray(rng.normal(size=(20, 5)).astype(np.float32))
+    step_sizes = jnp.asarray(rng.uniform(0.1, 1, 20).astype(np.float32))
+    hidden_grad = jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32))
+    for batch in range(3):
+      padded = context_layout.padded_update(table, step_sizes, hidden_grad,
+                                            jnp.asarray(inputs[batch]))
+      compacted = context_layout.compacted_update(
+          table, step_sizes, hidden_grad, jnp.asarray(ids[batch]),
+          jnp.asarray(examples[batch]))
+      self.assertGreater(float(jnp.abs(padded - table).max()), 0)
+      np.testing.assert_allclose(compacted, padded, rtol=1e-6, atol=1e-6)
+    result = context_layout.measure(inputs, 20, 5, repeats=1)
+    self.assertLess(result['max_abs_difference'], 1e-5)
+    self.assertEqual(result['capacity'], context_layout.CAPACITY_QUANTUM)
+    self.assertAlmostEqual(result['valid_slots_per_example'],
+                           (inputs >= 0).sum(-1).mean())
+    self.assertCountEqual(result['ms_per_step'], ['padded', 'compacted'])
 
 
 if __name__ == '__main__':
