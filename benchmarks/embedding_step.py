@@ -45,9 +45,8 @@ from examples.common import machine
 
 _DEFAULTS = timing.Settings()
 
-_NUM_ROWS = flags.DEFINE_list(
-    'num_rows', ['10000', '100000', '1000000', '10000000'],
-    'Table sizes N (rows) to time; 1e7 and the like are accepted.')
+_NUM_ROWS = workload_flags.define_num_rows(
+    ['10000', '100000', '1000000', '10000000'])
 _STEPS = flags.DEFINE_integer(
     'steps', _DEFAULTS.steps,
     'Synced steps timed at least (each followed by a host sync; their median '

@@ -37,14 +37,10 @@ from examples.common import machine
 from examples.common import profiling
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_NUM_ROWS = flags.DEFINE_list('num_rows', ['1000000'],
-                              'Table sizes N (rows); 1e6 and the like work.')
-_OPTIMIZERS = flags.DEFINE_list(
-    'optimizers', ['sparse_cf_sgd@reduce', 'sparse_cf_sgd@scatter',
-                   'sparse_fa_sgd', 'sparse_rowwise_adagrad', 'sparse_sgd',
-                   'no_update'],
-    f'Optimizers, from {", ".join(workload.ALL_OPTIMIZERS)}; a sparse one '
-    'may name its duplicates mode (@scatter, @reduce; plain: the backend\'s).')
+_NUM_ROWS = workload_flags.define_num_rows(['1000000'])
+_OPTIMIZERS = workload_flags.define_optimizers(
+    ['sparse_cf_sgd@reduce', 'sparse_cf_sgd@scatter', 'sparse_fa_sgd',
+     'sparse_rowwise_adagrad', 'sparse_sgd', 'no_update'])
 _STEPS = flags.DEFINE_integer('steps', 50, 'K: steps traced back to back.',
                               lower_bound=1)
 _TOP = flags.DEFINE_integer('top', 8, 'Ops listed per optimizer.',

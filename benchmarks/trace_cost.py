@@ -37,13 +37,9 @@ from examples.common import files
 from examples.common import machine
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_NUM_ROWS = flags.DEFINE_list('num_rows', ['1000000'],
-                              'Table sizes N (rows); 1e6 and the like work.')
-_OPTIMIZERS = flags.DEFINE_list(
-    'optimizers', ['sparse_cf_sgd', 'sparse_cf_sgd@scatter',
-                   'sparse_cf_sgd@reduce'],
-    f'Optimizers, from {", ".join(workload.ALL_OPTIMIZERS)}; a sparse one '
-    'may name its duplicates mode (@scatter, @reduce; plain: auto).')
+_NUM_ROWS = workload_flags.define_num_rows(['1000000'])
+_OPTIMIZERS = workload_flags.define_optimizers(
+    ['sparse_cf_sgd', 'sparse_cf_sgd@scatter', 'sparse_cf_sgd@reduce'])
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Traces per optimizer.',
                                 lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON file for the results.')

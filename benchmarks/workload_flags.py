@@ -28,6 +28,21 @@ SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed,
                             'Seed for ids and targets.')
 
 
+def define_num_rows(default: list[str]) -> flags.FlagHolder:
+  """--num_rows: the table sizes a script measures (read with `sizes`)."""
+  return flags.DEFINE_list('num_rows', default,
+                           'Table sizes N (rows); 1e6 and the like work.')
+
+
+def define_optimizers(default: list[str]) -> flags.FlagHolder:
+  """--optimizers, each with its duplicates mode (`sizes_and_optimizers`)."""
+  return flags.DEFINE_list(
+      'optimizers', default,
+      f'Optimizers, from {", ".join(workload.ALL_OPTIMIZERS)}; a sparse one '
+      'may name its duplicates mode (@scatter, @reduce; plain: auto, the '
+      'backend\'s).')
+
+
 def sizes(num_rows: list[str]) -> list[int]:
   """--num_rows parsed; a bad value is a usage error."""
   try:
