@@ -149,8 +149,8 @@ class _Lookups:
           'passed to value_and_grad; look rows up from the model\'s own '
           'tables.')
     ids = checks.check_ids_dtype(ids, path)
-    rows = rows_lib.gather_rows(jax.lax.stop_gradient(table.get_value()),
-                                  ids)
+    rows = rows_lib.lookup_rows(jax.lax.stop_gradient(table.get_value()),
+                                ids)
     position = len(self.records)
     self.records.append((path, ids))
     if self.deltas is None:  # Only finding out which lookups happen.
@@ -202,7 +202,7 @@ def lookup(table: SparseTable, ids: Any) -> jax.Array:
     return lookups.lookup(table, ids)
   # Integer ids only: NumPy-style indexing would take a bool array as a mask.
   value = table.get_value()
-  return rows_lib.gather_rows(
+  return rows_lib.lookup_rows(
       value, checks.check_ids_dtype(ids, f'table of shape {value.shape}'))
 
 

@@ -103,6 +103,50 @@ class BadIdsTest(parameterized.TestCase):
                                   [1, 0, 0, 0, 0, 1])
 
   @parameterized.named_parameters(
+      ('int8_128_rows', np.int8, 128, [3, 5, 100]),
+      ('int8_200_rows', np.int8, 200, [3, 5, 100]),
+      ('uint8_300_rows', np.uint8, 300, [3, 5, 100]),
+      ('int16_70000_rows', np.int16, 70000, [3, 5, 30000]),
+      ('uint16_70000_rows', np.uint16, 70000, [3, 60000, 60000]))
+  def test_narrow_integer_ids_count_their_own_rows(self, dtype, num_rows,
+                                                    ids):
+    # Compared in their own type, a row count of 128 would be int8's -128:
+    # every id counted into row 0 (or 144 for 200 rows, 4464 for 70000).
+    expected = np.bincount(ids, minlength=num_rows)
+    for place in ('host', 'device'):
+      batch = np.array(ids, dtype)
+      if place == 'device':
+        batch = jnp.asarray(batch)
+      self.assertEqual(batch.dtype, dtype)
+      table = jnp.zeros((num_rows, 1))
+      tx = fasgd_optax.cf_sgd(0.1, num_steps=None)
+      for update in (tx.update, jax.jit(tx.update)):
+        _, state = update(jnp.ones_like(table), tx.init(table), table,
+                          ids=batch)
+        np.testing.assert_array_equal(state[0].row_counts, expected)
+      for duplicates in ('scatter', 'reduce'):
+        sparse = fasgd_optax.sparse_cf_sgd(0.1, num_steps=None,
+                                           duplicates=duplicates)
+        for apply in (sparse.apply, jax.jit(sparse.apply)):
+          new_table, sparse_state = apply(
+              jnp.zeros((num_rows, 1)), sparse.init(table), batch,
+              np.ones((len(ids), 1), np.float32))
+          np.testing.assert_array_equal(sparse_state.row_counts, expected)
+          np.testing.assert_array_equal(
+              np.flatnonzero(np.asarray(new_table)[:, 0]),
+              np.flatnonzero(expected))
+
+  def test_narrow_integer_ids_pass_checkify(self):
+    tx = fasgd_optax.sparse_cf_sgd(0.1, num_steps=None, checkify_ids=True)
+    table = jnp.zeros((200, 1))
+    checked = jax.jit(checkify.checkify(tx.apply))
+    error, (_, state) = checked(table, tx.init(table),
+                                jnp.array([1, 100], jnp.int8),
+                                jnp.ones((2, 1)))
+    self.assertIsNone(error.get())
+    np.testing.assert_array_equal(np.flatnonzero(state.row_counts), [1, 100])
+
+  @parameterized.named_parameters(
       ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
       ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
           0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
@@ -386,6 +430,20 @@ class BadHyperparametersTest(parameterized.TestCase):
       with self.assertRaisesRegex(ValueError, 'num_rows must be a positive '
                                   f'int; got {num_rows!r}'):
         fasgd_optax.count_ids([1], num_rows)
+
+  @parameterized.named_parameters(('zero', 0.0), ('positive', 0.1))
+  def test_injected_rowwise_adagrad_inits_under_jit(self, initial):
+    # Under inject_hyperparams, `init` gets the accumulator's start as a
+    # tracer in jit and eval_shape (a sharded init, an orbax restore target).
+    tx = optax.inject_hyperparams(fasgd_optax.rowwise_adagrad)(
+        learning_rate=0.1, initial_accumulator_value=initial)
+    eager = tx.init(_params())
+    chex.assert_trees_all_close(jax.jit(tx.init)(_params()), eager)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.eval_shape(tx.init, _params()), eager)
+    np.testing.assert_array_equal(
+        optax.tree.get(eager, 'accumulators')['embed'],
+        np.full(6, initial, np.float32))
 
   def test_traced_hyperparameters_are_accepted(self):
     # Under inject_hyperparams + jit, hyperparameters arrive as tracers.

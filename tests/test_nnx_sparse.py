@@ -195,6 +195,21 @@ class NnxSparseTest(parameterized.TestCase):
     with self.assertRaisesRegex(TypeError, 'SparseTable'):
       nnx_sparse.lookup(model.dense.kernel, ids)
 
+  def test_lookup_of_out_of_range_ids_reads_zeros(self):
+    # JAX's own fill would wrap -1 to the last row before filling.
+    model = TwoTower(nnx.Rngs(0))
+    table = model.user_embed.embedding.get_value()
+    ids = jnp.array([-1, 3, table.shape[0], -table.shape[0]])
+    expected = np.zeros((4,) + table.shape[1:], table.dtype)
+    expected[1] = table[3]
+    np.testing.assert_array_equal(model.user_embed(ids), expected)
+    # Inside value_and_grad too, under jit: the loss reads zeros for the ids
+    # the sparse update drops.
+    grad_fn = nnx.jit(nnx_sparse.value_and_grad(
+        lambda model: model.user_embed(ids).sum()))
+    loss, _, _ = grad_fn(model)
+    np.testing.assert_allclose(loss, expected.sum(), rtol=1e-6)
+
   def test_a_bad_batch_for_one_table_updates_no_table(self):
     model = TwoTower(nnx.Rngs(0))
     optimizer = nnx_sparse.SparseOptimizer(

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from fasgd_optax._src import checks
 
@@ -64,7 +65,7 @@ def id_increments(ids: jax.Array, rows: int) -> jax.Array:
   and clamp large ones into other rows. Ids sharded over a data axis of an
   Explicit mesh are gathered whole first: every row's count needs all of them.
   """
-  flat = jnp.ravel(replicated(ids))
+  flat = checks.index_dtype(jnp.ravel(replicated(ids)))
   valid = (flat >= 0) & (flat < rows)
   # `rows` is out of bounds, so mode='drop' discards it; a negative id would
   # instead be wrapped by JAX's index normalisation before the scatter.
@@ -411,7 +412,10 @@ def per_row_state(params: Any, dtype: Any, fill: Any = 0) -> Any:
   """
   def state_of(leaf):
     state = zeros_for_rows(leaf, dtype)
-    return state if fill == 0 else state + jnp.asarray(fill, dtype)
+    # `fill` is traced under `optax.inject_hyperparams` in `jit`/`eval_shape`.
+    if not checks.is_traced(fill) and np.all(np.asarray(fill) == 0):
+      return state
+    return state + jnp.asarray(fill, dtype)
 
   def per_leaf(x):
     if not _is_wrapped(x):

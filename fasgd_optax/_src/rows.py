@@ -28,6 +28,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from fasgd_optax._src import checks
 from fasgd_optax._src import counting
 
 DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
@@ -349,6 +350,18 @@ def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
   return values.at[rows].get(mode='fill', fill_value=0, **kwargs)
 
 
+def lookup_rows(values: jax.Array, ids: jax.Array) -> jax.Array:
+  """``values[ids]`` for a model's ids: 0 for any id outside [0, N).
+
+  `gather_rows` alone would read row N - 1 for id -1: JAX wraps negative
+  indices before its fill applies.
+  """
+  ids = checks.index_dtype(ids)
+  num_rows = values.shape[0]
+  return gather_rows(
+      values, jnp.where((ids >= 0) & (ids < num_rows), ids, num_rows))
+
+
 def _scatter_kwargs(values: jax.Array) -> dict[str, Any]:
   sharding = counting.explicit_sharding(values)
   return {} if sharding is None else {'out_sharding': sharding}
@@ -448,7 +461,7 @@ def flat_batch(
   row_shape = row_grads.shape[ids.ndim:]
   # A batch sharded over a data axis is gathered whole: every shard of a
   # row-sharded table needs each occurrence of its rows.
-  flat_ids = jnp.ravel(counting.replicated(ids))
+  flat_ids = checks.index_dtype(jnp.ravel(counting.replicated(ids)))
   flat_grads = counting.replicated(row_grads).reshape(
       (flat_ids.size,) + row_shape).astype(jnp.float32)
   if axis_name is not None:

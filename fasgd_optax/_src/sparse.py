@@ -140,6 +140,8 @@ def sparse_cf_sgd(
       same result up to float rounding. A bfloat16 or float16 table has its
       rows' gradients summed in float32 and each row written once in both
       designs: added one occurrence at a time, small steps would round away.
+      Sums and step sizes are float32: a float64 table (64-bit mode) gets
+      updates of float32 precision, where the dense path keeps float64.
 
   Returns:
     A `SparseTransformation`. ``apply`` donates the table and the state.
