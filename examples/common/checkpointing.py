@@ -299,10 +299,25 @@ class Checkpointer:
     self._manager.reload()
     return moved
 
-  def _restore_step(
-      self, step: int, like_state: Any
-  ) -> Restored:
-    """Restores and checks one checkpoint."""
+  def check_config(self) -> None:
+    """Raises the CheckpointError `restore` would for another run's settings.
+
+    Reads only the newest checkpoint's record, so a run can refuse before it
+    writes data or builds a model. A corrupt record passes: `restore` says
+    what is wrong with it (and, with `fallback`, goes back past it).
+    """
+    step = self._manager.latest_step()
+    if step is None:
+      return
+    try:
+      record = self._read_record(step)
+    except _CorruptCheckpoint:
+      return
+    if record.get('config') != self.config:
+      raise CheckpointError(self._config_mismatch(record.get('config') or {}))
+
+  def _read_record(self, step: int) -> dict[str, Any]:
+    """One checkpoint's record, its checksum checked."""
     step_dir = self._step_dir(step)
     try:
       record = self._manager.restore(
@@ -321,6 +336,16 @@ class Checkpointer:
     if saved.pop('record_sha256', None) != _record_sha256(
         dict(record, checkpoint=saved)):
       raise _CorruptCheckpoint('its record does not match its checksum')
+    return record
+
+  def _restore_step(
+      self, step: int, like_state: Any
+  ) -> Restored:
+    """Restores and checks one checkpoint."""
+    step_dir = self._step_dir(step)
+    record = self._read_record(step)
+    saved = dict(record['checkpoint'])
+    saved.pop('record_sha256', None)
     if record.get('config') != self.config:
       raise CheckpointError(self._config_mismatch(record.get('config') or {}))
     like_with_paths, treedef = jax.tree_util.tree_flatten_with_path(like_state)

@@ -17,6 +17,7 @@ A step-based example also defines `--save_interval_steps` with
 `define_save_interval_steps(default)`.
 """
 
+import math
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -91,15 +92,16 @@ def checkpoint_options() -> checkpointing.Options:
 
 
 def require_positive(*flag_names: str) -> None:
-  """Makes absl refuse a value ≤ 0 of these float flags (None passes).
+  """Makes absl refuse a value ≤ 0, inf or NaN of these float flags (None
+  passes).
 
   Checked when the flags are parsed, so a bad rate is a one-line error before
   any data is loaded.
   """
   for name in flag_names:
     flags.register_validator(
-        name, lambda value: value is None or value > 0,
-        message=f'--{name} must be positive.')
+        name, lambda value: value is None or 0 < value < math.inf,
+        message=f'--{name} must be a positive finite number.')
 
 
 def check_workdir(path: Optional[str]) -> None:

@@ -55,9 +55,18 @@ class RunTest(parameterized.TestCase):
 class FlagChecksTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      ('movielens', '--learning_rate=-1', '--learning_rate must be positive'),
+      ('movielens', '--learning_rate=-1',
+       '--learning_rate must be a positive finite number'),
       ('criteo', '--dense_learning_rate=0',
-       '--dense_learning_rate must be positive'),
+       '--dense_learning_rate must be a positive finite number'),
+      ('criteo', '--learning_rate=inf',
+       '--learning_rate must be a positive finite number'),
+      ('criteo', '--mlp_features=0', 'mlp_features must be one or more widths'),
+      ('criteo', '--data_shards=0', '0 is not a positive integer'),
+      ('criteo', '--test_data=/nonexistent.txt',
+       '--validation_data and --test_data go with --data'),
+      ('criteo', '--table_rows=1 --mlp_features=1024',
+       'as many as the stacked table'),
       ('movielens', '--batch_size=0', '0 is not a positive integer'),
       ('criteo', '--batch_size=4096 --synthetic_lines=1000',
        '--batch_size 4096 exceeds the 1000 synthetic training lines'))

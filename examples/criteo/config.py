@@ -7,6 +7,7 @@ Any feature may be empty.
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 NUM_INTEGER = 13
@@ -93,8 +94,14 @@ class Config:
     for name in ('embedding_dim', 'batch_size', 'num_steps', 'data_shards'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    if not self.learning_rate > 0:
-      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
+    if not self.mlp_features or min(self.mlp_features) < 1:
+      raise ValueError(f'mlp_features must be one or more widths >= 1; got '
+                       f'{list(self.mlp_features)}.')
+    for name in ('learning_rate', 'dense_learning_rate'):
+      value = getattr(self, name)
+      if value is not None and not 0 < value < math.inf:
+        raise ValueError(f'{name} must be a positive finite number, got '
+                         f'{value}.')
     if self.batch_size % self.data_shards:
       raise ValueError(
           f'batch_size {self.batch_size} must be a multiple of data_shards '

@@ -25,7 +25,6 @@ does not grow with the files (README.md shows it for a 10× larger file).
 """
 
 import dataclasses
-import gzip
 import queue
 import threading
 import zlib
@@ -38,6 +37,8 @@ from examples.criteo import config as config_lib
 from examples.criteo import criteo_format
 
 DEFAULT_BLOCK_BYTES = 1 << 20
+# Compressed bytes of a gzip file decompressed at a time (`_GzipStream`).
+_COMPRESSED_BYTES = 1 << 16
 _GZIP_MAGIC = b'\x1f\x8b'
 
 
@@ -97,11 +98,65 @@ class Position:
     return [self.pass_index, self.file, self.line]
 
 
+class _GzipStream:
+  """A gzip file's text, decompressed as its bytes come.
+
+  `gzip.GzipFile.read(n)` raises at a cut or damage and drops all it had
+  decompressed in that call: at 1 MiB blocks, thousands of complete lines.
+  Here each read returns what it decompressed (up to the size asked for), so
+  a cut loses nothing before it, and damage at most the text of the
+  `_COMPRESSED_BYTES` piece it is in. Members one after the other (`cat a.gz
+  b.gz`) are read as one text, as gzip does.
+  """
+
+  def __init__(self, path: str):
+    self._file = open(path, 'rb')
+    self._decompressor = None
+    self._pending = b''
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self._file.close()
+
+  def read(self, size: int = -1) -> bytes:
+    """At most `size` (all if < 1) next decompressed bytes; b'' at the end.
+
+    Raises:
+      EOFError: the file ends inside a member.
+      zlib.error: the data is damaged.
+    """
+    while True:
+      decompressor = self._decompressor
+      if (decompressor is not None and not decompressor.eof and
+          decompressor.unconsumed_tail):
+        compressed = decompressor.unconsumed_tail
+      else:
+        compressed = self._pending or self._file.read(_COMPRESSED_BYTES)
+        self._pending = b''
+        if not compressed:
+          if decompressor is not None and not decompressor.eof:
+            raise EOFError('Compressed file ended before the end-of-stream '
+                           'marker was reached')
+          return b''
+        if decompressor is None or decompressor.eof:
+          if decompressor is not None and not compressed.strip(b'\0'):
+            continue  # Zero padding after a member, as gzip allows.
+          decompressor = self._decompressor = zlib.decompressobj(
+              16 + zlib.MAX_WBITS)
+      text = decompressor.decompress(compressed, max(size, 0))
+      if decompressor.eof:
+        self._pending = decompressor.unused_data
+      if text:
+        return text
+
+
 def _open(path: str):
   try:
     with open(path, 'rb') as f:
       magic = f.read(2)
-    return gzip.open(path, 'rb') if magic == _GZIP_MAGIC else open(path, 'rb')
+    return _GzipStream(path) if magic == _GZIP_MAGIC else open(path, 'rb')
   except OSError as error:
     raise DataError(f'Cannot read data file {path}: {error}') from None
 
@@ -131,7 +186,7 @@ def read_blocks(path: str, *, first_line: int = 0,
     while True:
       try:
         data = f.read(block_bytes)
-      except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+      except (EOFError, zlib.error) as error:
         partial = (f'; the {len(carry)} bytes after it, a partial line, '
                    'were not used') if carry else ''
         raise TruncatedFileError(

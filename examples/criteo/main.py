@@ -79,7 +79,7 @@ _DATA_SHARDS = flags.DEFINE_integer(
     'Split the training lines into this many shards (line i to shard i mod '
     'S); each gives an equal part of every batch. Default: the number of '
     'processes. A run with the same value reads the same batches whatever its '
-    'number of processes.')
+    'number of processes.', lower_bound=1)
 _MESH_SHAPE = flags.DEFINE_list(
     'mesh_shape', None,
     'Device mesh: "N" (axis data) or "N,M" (axes data, model); the tables '
@@ -130,7 +130,7 @@ def _files(patterns):
     matches = sorted(glob.glob(pattern))
     if not matches:
       raise app.UsageError(f'No data file matches {pattern!r}.')
-    files.extend(matches)
+    files.extend(os.path.normpath(match) for match in matches)
   return files
 
 
@@ -171,7 +171,8 @@ def _config(process_count: int, num_steps: int) -> config_lib.Config:
         batch_size=_BATCH_SIZE.value,
         num_steps=num_steps,
         seed=_SEED.value,
-        data_shards=_DATA_SHARDS.value or process_count,
+        data_shards=(process_count if _DATA_SHARDS.value is None
+                   else _DATA_SHARDS.value),
     )
   except ValueError as error:
     raise app.UsageError(str(error)) from None
@@ -233,6 +234,10 @@ def main(argv):
     validation = _files(_VALIDATION_DATA.value)
     test = _files(_TEST_DATA.value)
   else:
+    if _VALIDATION_DATA.value or _TEST_DATA.value:
+      raise app.UsageError(
+          '--validation_data and --test_data go with --data; without it the '
+          'synthetic data\'s own validation and test files are used.')
     # One folder per setting: data made for other flags is never reused.
     directory = os.path.join(
         workdir, 'synthetic', f'{_SYNTHETIC_LINES.value}_lines_'
@@ -263,13 +268,20 @@ def main(argv):
     raise app.UsageError(
         f'--data_shards {config.data_shards} must be a multiple of the number '
         f'of processes ({jax.process_count()}).')
+  try:
+    # Before any data is written or lock taken.
+    train.check_layout(config, mesh)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   data = train.Data(train=data_files, validation=validation or None,
                     test=test or None, bad_lines=_BAD_LINES.value,
                     max_eval_examples=_MAX_EVAL_EXAMPLES.value)
   if jax.process_index() == 0:
     logging.info('%s on %s, mesh %s', config, machine.describe_machine(),
                  dict(mesh.shape))
-  record = train.checkpoint_record(config, _LOG_EVERY.value)
+  record = train.checkpoint_record(
+      config, _LOG_EVERY.value, files=data if _DATA.value else None,
+      eval_every=_EVAL_EVERY.value, max_eval_examples=_MAX_EVAL_EXAMPLES.value)
   if not _DATA.value:
     record['synthetic_data'] = {'lines': _SYNTHETIC_LINES.value,
                                 'vocabulary': _SYNTHETIC_VOCABULARY.value}
@@ -279,6 +291,8 @@ def main(argv):
     with checkpointing.Checkpointer(
         os.path.join(workdir, 'checkpoints'), record,
         cli.checkpoint_options()) as checkpointer:
+      # A checkpoint of other settings is refused before data is written.
+      checkpointer.check_config()
       if not _DATA.value:
         _write_synthetic_data(data_files + validation + test)
       results = train.train_and_evaluate(

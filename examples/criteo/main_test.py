@@ -80,6 +80,9 @@ class MainTest(absltest.TestCase):
     with self.assertRaisesRegex(MainFailed, 'synthetic_data'):
       self.run_main(workdir=workdir, synthetic_lines=4000,
                     synthetic_vocabulary=300)
+    # Refused before that data was written.
+    self.assertFalse(os.path.exists(
+        os.path.join(workdir, 'synthetic', '4000_lines_300_vocabulary')))
 
   def test_a_run_stopped_between_log_points_resumes_the_same_curve(self):
     # Stopped at step 25 (log points every 10, checkpoints every 15): the
@@ -97,6 +100,33 @@ class MainTest(absltest.TestCase):
     resumed = self.run_main(workdir=split, **data)
     self.assertEqual(resumed['train_loss'], whole['train_loss'])
     self.assertEqual(resumed['test'], whole['test'])
+
+  def test_a_resume_needs_the_same_files_and_counts_bad_lines_once(self):
+    paths = {}
+    for seed, name in enumerate(('day_0.txt', 'day_1.txt', 'valid.txt')):
+      paths[name] = os.path.join(self.tmp, name)
+      synthetic.write(paths[name], 300, seed=seed + 1)
+    with open(paths['valid.txt'], 'rb') as f:
+      lines = f.read().split(b'\n')
+    lines[4] = b'1\t2\t3'
+    with open(paths['valid.txt'], 'wb') as f:
+      f.write(b'\n'.join(lines))
+    workdir = os.path.join(self.tmp, 'run')
+    run = dict(workdir=workdir, num_steps=4, eval_every=1,
+               validation_data=[paths['valid.txt']])
+    first = self.run_main(data=[paths['day_0.txt']], stop_after_step=2, **run)
+    # Evaluated after steps 1 and 2 and at the end: its bad line counted once.
+    self.assertLen(first['validation_history'], 2)
+    self.assertEqual(first['bad_lines']['counts']['field count'], 1)
+    self.assertLen(first['bad_lines']['first'], 1)
+    # Another file list would read on from day_0's saved line in it.
+    with self.assertRaisesRegex(MainFailed, r'other settings \(data: '):
+      self.run_main(data=[paths['day_0.txt'], paths['day_1.txt']], **run)
+    with self.assertRaisesRegex(MainFailed, r'other settings \(evaluation: '):
+      self.run_main(data=[paths['day_0.txt']], **dict(run, eval_every=2))
+    resumed = self.run_main(data=[paths['day_0.txt']], **run)
+    self.assertEqual([point['step'] for point in resumed['validation_history']],
+                     [1, 2, 3, 4])
 
   def test_divergence_is_an_error(self):
     with self.assertRaisesRegex(MainFailed, 'diverged.*smaller '

@@ -84,11 +84,12 @@ class MultiProcessTest(absltest.TestCase):
     self.tmp = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, self.tmp)
 
-  def restore(self, workdir, config, like_state):
+  def restore(self, workdir, config, like_state, data):
     # --log_every=1, as in FLAGS.
     with checkpointing.Checkpointer(
         os.path.join(workdir, 'checkpoints'),
-        train.checkpoint_record(config, log_every=1)) as checkpointer:
+        train.checkpoint_record(config, log_every=1, files=data)
+    ) as checkpointer:
       restored = checkpointer.restore(like_state)
     self.assertEqual(restored.step, NUM_STEPS)
     return restored
@@ -112,15 +113,15 @@ class MultiProcessTest(absltest.TestCase):
         dense_optimizer='adam', dense_learning_rate=1e-3,
         data_shards=NUM_PROCESSES)
     mesh = placement.make_mesh((4, 2), self.devices)
-    expected = train.train_and_evaluate(config, train.Data(train=[data]),
-                                        mesh)
-    restored = self.restore(resumed, config, expected['state'])
+    files = train.Data(train=[data])
+    expected = train.train_and_evaluate(config, files, mesh)
+    restored = self.restore(resumed, config, expected['state'], files)
     # Both read the same 2 data shards: the same lines of every batch.
     self.assertEqual(restored.record['positions'],
                      [[0, 0, 32 * NUM_STEPS - 1], [0, 0, 32 * NUM_STEPS]])
     state, uninterrupted_state, reference = jax.device_get((
         restored.state,
-        self.restore(uninterrupted, config, expected['state']).state,
+        self.restore(uninterrupted, config, expected['state'], files).state,
         expected['state']))
     # Resuming on 2 processes is exact.
     chex.assert_trees_all_equal(state, uninterrupted_state)

@@ -123,6 +123,39 @@ def loss_fn(model: model_lib.DeepFM, batch: Mapping[str, jax.Array]):
   return optax.sigmoid_binary_cross_entropy(logits, batch['labels']).mean()
 
 
+def check_layout(config: config_lib.Config, mesh: jax.sharding.Mesh,
+                 transformations: Any = None) -> Any:
+  """Raises a ValueError if `config` cannot be laid out on `mesh`.
+
+  Costs no compile and no memory (the model is built abstractly), so a run
+  can check before it writes data or takes a lock.
+
+  Args:
+    config: the run.
+    mesh: its devices.
+    transformations: `make_transformations(config)` (made if None).
+
+  Returns:
+    The abstract (model, optimizers) that `Trainer` builds.
+  """
+  num_rows = placement.padded_rows(config.table_rows, mesh.size)
+  data_size = mesh.shape[placement.DATA_AXIS]
+  if config.batch_size % data_size:
+    raise ValueError(f'batch_size {config.batch_size} is not a multiple of '
+                     f'the mesh\'s data axis ({data_size}).')
+  if transformations is None:
+    transformations = make_transformations(config)
+  abstract = nnx.eval_shape(
+      lambda: build(config, make_model(config, num_rows), transformations))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(
+      nnx.state(abstract[0], nnx.Param)):
+    if leaf.ndim and leaf.shape[0] == num_rows:
+      raise ValueError(
+          f'Parameter {jax.tree_util.keystr(path)} has {num_rows} rows, as '
+          'many as the stacked table: choose other table_rows.')
+  return abstract
+
+
 class Trainer:
   """The jitted steps of one config on one mesh.
 
@@ -137,20 +170,9 @@ class Trainer:
     self.config = config
     num_rows = placement.padded_rows(config.table_rows, mesh.size)
     self.layout = placement.Layout(mesh, num_rows)
-    data_size = mesh.shape[placement.DATA_AXIS]
-    if config.batch_size % data_size:
-      raise ValueError(f'batch_size {config.batch_size} is not a multiple of '
-                       f'the mesh\'s data axis ({data_size}).')
     transformations = make_transformations(config)
-    abstract = nnx.eval_shape(
-        lambda: build(config, make_model(config, num_rows), transformations))
+    abstract = check_layout(config, mesh, transformations)
     self.graphdef, abstract_state = nnx.split(abstract)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(
-        nnx.state(abstract[0], nnx.Param)):
-      if leaf.ndim and leaf.shape[0] == num_rows:
-        raise ValueError(
-            f'Parameter {jax.tree_util.keystr(path)} has {num_rows} rows, as '
-            'many as the stacked table: choose other table_rows.')
     self.state_shardings = jax.tree.map(self.layout.of_leaf, abstract_state)
     self.abstract_state = abstract_state
     batch_shardings = {'labels': self.layout.batch,
@@ -273,14 +295,24 @@ def _gather_positions(shards: Sequence[int],
   return local.tolist()
 
 
-def checkpoint_record(config: config_lib.Config, log_every: int) -> dict:
+def checkpoint_record(config: config_lib.Config, log_every: int, *,
+                      files: Optional[Data] = None, eval_every: int = 0,
+                      max_eval_examples: Optional[int] = None) -> dict:
   """The settings a checkpoint of `train_and_evaluate` must be resumed with.
 
-  The config's, and `log_every`: the losses since the last log point are in
-  the checkpoint, so a resume with another interval would log means over
-  mixed windows.
+  The config's; `log_every` (the losses since the last log point are in the
+  checkpoint, so a resume with another interval would log means over mixed
+  windows); the evaluation settings (one validation history, one setup);
+  and the user's data files, if given as `files` (a resume reads on from the
+  saved file and line of these files).
   """
-  return dict(config.record(), log_every=log_every)
+  record = dict(config.record(), log_every=log_every,
+                evaluation={'eval_every': eval_every,
+                            'max_eval_examples': max_eval_examples})
+  if files is not None:
+    record['data'] = {split: list(getattr(files, split) or [])
+                      for split in ('train', 'validation', 'test')}
+  return record
 
 
 def train_and_evaluate(
@@ -369,11 +401,17 @@ def train_and_evaluate(
            'steps': 0}
   positions = None
 
+  evaluated = set()
+
   def evaluate_on(files):
+    # Every evaluation reads the same lines: their malformed ones are counted
+    # the first time only.
+    first = tuple(files) not in evaluated
+    evaluated.add(tuple(files))
     return evaluate(trainer, state, input_pipeline.evaluation_batches(
         files, hashing, batch_size=config.batch_size,
         max_examples=data.max_eval_examples, bad_lines=data.bad_lines,
-        log=log, block_bytes=data.block_bytes))
+        log=log if first else None, block_bytes=data.block_bytes))
 
   bar = progress.progress_bar(
       range(first_step, last_step + 1), desc=f'{config.optimizer} steps',
