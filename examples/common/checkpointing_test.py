@@ -142,6 +142,20 @@ class CheckpointerTest(parameterized.TestCase):
                                 r'other settings \(lr: 0.1 -> 0.2\)'):
       self.checkpointer(config={'lr': 0.2}).restore(train_state(0.0))
 
+  def test_changed_config_is_refused_before_any_restore(self):
+    # check_config: nothing to refuse without checkpoints...
+    with checkpointing.Checkpointer(self.directory, {'lr': 0.2}) as first:
+      first.check_config()
+    self.save_steps([1])
+    # ...the newest record's settings are compared, no state is read.
+    with checkpointing.Checkpointer(self.directory, CONFIG) as same:
+      same.check_config()
+    with self.assertRaisesRegex(checkpointing.CheckpointError,
+                                r'other settings \(lr: 0.1 -> 0.2\)'):
+      with checkpointing.Checkpointer(self.directory,
+                                      {'lr': 0.2}) as other:
+        other.check_config()
+
   def test_state_of_other_code_is_refused(self):
     self.save_steps([1])
     with self.assertRaisesRegex(checkpointing.CheckpointError,
