@@ -290,6 +290,21 @@ class BadStateTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, regex):
       tx.update(_grads(), state, _params(), ids={'embed': jnp.array([1])})
 
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
+      ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
+          0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
+      ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.1),
+       'accumulators'))
+  def test_parameters_added_after_init(self, make, name):
+    tx = make()
+    state = tx.init(_params())
+    params = dict(_params(), new=jnp.zeros((3,)))
+    with self.assertRaisesRegex(
+        ValueError, rf"state's {name} do not have the tree of the updates "
+        r".*'new'.*made by `init` for other parameters"):
+      tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+
   def test_another_optimizers_state(self):
     cf, fa = (fasgd_optax.cf_sgd(0.1, num_steps=10),
               fasgd_optax.fa_sgd(0.1, None, num_steps=10))

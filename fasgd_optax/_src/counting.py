@@ -52,6 +52,22 @@ def check_row_state(path: str, grad: Any, row_state: Any, name: str,
         '`init`.')
 
 
+def row_state_leaves(treedef: Any, row_state: Any, name: str) -> list[Any]:
+  """`row_state`'s per-leaf entries along the updates' `treedef`.
+
+  Raises:
+    ValueError: naming the state's part when its tree is not the updates'
+      (parameters added or removed after `init`).
+  """
+  try:
+    return treedef.flatten_up_to(row_state)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        f"The optimizer state's {name} do not have the tree of the updates "
+        f'({error}): was the state made by `init` for other parameters? Make '
+        'it with `init` for these.') from None
+
+
 def saturating_add(counts: jax.Array, increments: jax.Array) -> jax.Array:
   """int32 ``counts + increments`` (increments ≥ 0) that stops at 2^31 - 1."""
   overflow = counts > INT32_MAX - increments

@@ -90,6 +90,8 @@ def scale_by_rowwise_adagrad(
                                'accumulators', jnp.float32)
       return counting.keep_sharding(acc + row_mean_squares(grad), acc)
 
+    counting.row_state_leaves(tree_args.leaves_with_paths(updates)[1],
+                              state.accumulators, 'accumulators')
     accumulators = jax.tree_util.tree_map_with_path(
         accumulate, updates, state.accumulators)
     new_updates = jax.tree.map(

@@ -111,11 +111,13 @@ def scale_by_counted_frequency(
     _check_counted_state(state, count_half_life)
     leaves, treedef = tree_args.leaves_with_paths(updates)
     ids_per_leaf = tree_args.per_leaf(ids, updates, 'ids')
-    counts_leaves = treedef.flatten_up_to(state.row_counts)
+    counts_leaves = counting.row_state_leaves(treedef, state.row_counts,
+                                              'row_counts')
     if count_half_life is None:
       last_leaves = [None] * len(leaves)
     else:
-      last_leaves = treedef.flatten_up_to(state.row_last_step)
+      last_leaves = counting.row_state_leaves(treedef, state.row_last_step,
+                                              'row_last_step')
 
     step = optax.safe_increment(state.count)
     alpha = counting.learning_rate_at(learning_rate, state.count)
