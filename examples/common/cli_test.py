@@ -68,6 +68,13 @@ class FlagChecksTest(parameterized.TestCase):
       ('criteo', '--table_rows=1 --mlp_features=1024',
        'as many as the stacked table'),
       ('movielens', '--batch_size=0', '0 is not a positive integer'),
+      ('movielens', '--seed=-1', '-1 is not a non-negative integer'),
+      ('movielens', '--sweep --learning_rate_grid=1,inf',
+       '--learning_rate_grid: each rate must be a positive finite number'),
+      ('word2vec', '--learning_rate=inf',
+       '--learning_rate must be a positive finite number'),
+      ('word2vec', '--sample=nan', '--sample must be a finite number >= 0'),
+      ('word2vec', '--seed=-1', '-1 is not a non-negative integer'),
       ('criteo', '--batch_size=4096 --synthetic_lines=1000',
        '--batch_size 4096 exceeds the 1000 synthetic training lines'))
   def test_bad_values_are_refused_before_any_work(self, example, flag,

@@ -61,7 +61,8 @@ _NUM_EPOCHS = flags.DEFINE_integer(
 _EMBEDDING_DIM = flags.DEFINE_integer('embedding_dim', _DEFAULTS.embedding_dim,
                                       'Embedding (factor) dimension.',
                                       lower_bound=1)
-_SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed, 'First seed.')
+_SEED = flags.DEFINE_integer('seed', _DEFAULTS.seed, 'First seed.',
+                             lower_bound=0)
 _NUM_SEEDS = flags.DEFINE_integer('num_seeds', 1,
                                   'Seeds seed, seed+1, ... per run.',
                                   lower_bound=1)
@@ -84,6 +85,21 @@ _CACHE_DIR = flags.DEFINE_string(
     'Where the default MovieLens-100K files are cached.')
 
 cli.require_positive('learning_rate', 'dense_learning_rate')
+
+
+def _not_a_learning_rate(text: str) -> bool:
+  """A number that is not a positive finite rate (other text: main says)."""
+  try:
+    return not 0 < float(text) < float('inf')
+  except ValueError:
+    return False
+
+
+flags.register_validator(
+    'learning_rate_grid',
+    lambda grid: not any(map(_not_a_learning_rate, grid or [])),
+    message='--learning_rate_grid: each rate must be a positive finite '
+    'number.')
 
 
 def main(argv):

@@ -224,6 +224,8 @@ class InputPipelineTest(MovieLensTestCase):
         np.testing.assert_array_equal(dataset.feature_values,
                                       reference.feature_values)
         np.testing.assert_array_equal(dataset.labels, reference.labels)
+        self.assertEqual(train.dataset_fingerprint(dataset),
+                         train.dataset_fingerprint(reference))
 
   def test_features_of_one_rating(self):
     users, movies, ratings = synthetic_movielens()
@@ -407,6 +409,14 @@ class TrainTest(MovieLensTestCase):
                                 r'other settings \(learning_rate: 3.0 -> 1.0\)'):
       train.train_and_evaluate(dataclasses.replace(config, learning_rate=1.0),
                                dataset, workdir, show_progress=False)
+    # So are other data of the same name and size (one rating changed).
+    labels = dataset.labels.copy()
+    labels[0] = 1.0 - labels[0]
+    with self.assertRaisesRegex(checkpointing.CheckpointError,
+                                r'other settings \(data_sha256: '):
+      train.train_and_evaluate(config,
+                               dataclasses.replace(dataset, labels=labels),
+                               workdir, show_progress=False)
     # A damaged checkpoint is an error, not a silent restart.
     latest = os.path.join(workdir, str(config.num_epochs))
     shutil.rmtree(os.path.join(latest, 'state'))

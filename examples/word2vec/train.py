@@ -18,6 +18,7 @@ a pass's subsampling and windows; the device lists and shuffles its examples
 """
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Any, Optional
@@ -87,8 +88,14 @@ def check_config(config: Config) -> None:
   steps_lib.check_update(config.update, config.optimizer, config.duplicates)
   steps_lib.check_cap(config.optimizer, config.max_learning_rate)
   device_pipeline.check_pipeline(config.input_pipeline)
-  if not config.learning_rate > 0:
-    raise ValueError(f'learning_rate must be > 0; got {config.learning_rate}.')
+  if not 0 < config.learning_rate < float('inf'):
+    raise ValueError('learning_rate must be a positive finite number; got '
+                     f'{config.learning_rate}.')
+  if not 0 <= config.sample < float('inf'):
+    raise ValueError(f'sample must be a finite number >= 0; got '
+                     f'{config.sample}.')
+  if config.seed < 0:
+    raise ValueError(f'seed must be >= 0; got {config.seed}.')
   if config.learning_rate_schedule not in optimizers.SCHEDULES:
     raise ValueError(
         'learning_rate_schedule must be one of '
@@ -177,6 +184,26 @@ def prepare_data(config: Config, sentences: corpora.Sentences) -> Data:
           (('validation', 0), ('test', 1)))}
   return Data(vocab, train, keep_probability, negative_table, noise, heldout,
               len(heldout_sentences))
+
+
+def data_fingerprint(data: Data) -> dict[str, Any]:
+  """What identifies a run's data: its vocabulary, training words and
+  held-out examples, hashed (sha256), with the training words' count.
+
+  Two corpora give the same fingerprint only if they give the run the same
+  words in the same order.
+  """
+  digest = hashlib.sha256()
+  digest.update('\n'.join(data.vocab.words).encode())
+  arrays = [data.vocab.counts, data.train.word_ids, data.train.sentence_ids]
+  for name in sorted(data.heldout):
+    arrays += [data.heldout[name].inputs, data.heldout[name].targets]
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.dtype}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return {'sha256': digest.hexdigest(),
+          'training_words': int(data.train.word_ids.shape[0])}
 
 
 def make_epoch(data: Data, config: Config, epoch: int,
@@ -399,10 +426,13 @@ def train_and_evaluate(
       if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
         # The pipeline as resolved: 'auto' makes other passes on another
-        # backend, which a resumed run must not take for the same ones.
+        # backend, which a resumed run must not take for the same ones; and
+        # the corpus, which the flags name but do not pin (a file's text may
+        # change, --corpus_path may point elsewhere).
         checkpointer = checkpointing.EpochCheckpointer(
             os.path.join(workdir, 'checkpoints'),
-            dict(dataclasses.asdict(config), input_pipeline=pipeline),
+            dict(dataclasses.asdict(config), input_pipeline=pipeline,
+                 corpus=data_fingerprint(data)),
             options=checkpoint_options, unit='round')
       train_state, history = training.run_epochs(
           train_state, num_epochs=config.epochs * rounds_per_epoch,

@@ -497,6 +497,31 @@ class TrainTest(parameterized.TestCase):
           train.train_and_evaluate(config, sentences, workdir,
                                    show_progress=False)
 
+  def test_resume_on_another_corpus_is_refused(self):
+    # Each sentence reversed: the same vocabulary, other training text.
+    config = tiny_config(optimizer='sgd', learning_rate=LEARNING_RATES['sgd'],
+                         epochs=2)
+    sentences = generated_corpus(200)
+    reversed_text = [list(reversed(sentence)) for sentence in sentences]
+    with tempfile.TemporaryDirectory() as workdir:
+      with self.assertRaises(train.Interrupted):
+        train.train_and_evaluate(config, sentences, workdir,
+                                 show_progress=False, stop_after_rounds=1)
+      with self.assertRaisesRegex(Exception,
+                                  r"other settings \(corpus: \{'sha256'"):
+        train.train_and_evaluate(config, reversed_text, workdir,
+                                 show_progress=False)
+      # The same text resumes.
+      train.train_and_evaluate(config, sentences, workdir,
+                               show_progress=False)
+
+  def test_nltk_data_without_brown_is_an_error(self):
+    with tempfile.TemporaryDirectory() as directory:
+      with self.assertRaisesRegex(corpora.CorpusError,
+                                  f'--nltk_data {directory} holds no '
+                                  'corpora/brown'):
+        corpora.read_brown(directory, os.path.join(directory, 'cache'))
+
   def test_diverging_learning_rate_is_reported(self):
     with self.assertRaisesRegex(FloatingPointError, 'smaller --learning_rate'):
       train.train_and_evaluate(
@@ -881,7 +906,12 @@ class ConfigTest(parameterized.TestCase):
       ({'update': 'scatter', 'duplicates': 'reduce'},
        'duplicates=scatter'),
       ({'batch_size': 0}, 'batch_size must be >= 1'),
-      ({'learning_rate': -1.0}, 'learning_rate must be > 0'),
+      ({'learning_rate': -1.0},
+       'learning_rate must be a positive finite number; got -1.0'),
+      ({'learning_rate': float('inf')},
+       'learning_rate must be a positive finite number; got inf'),
+      ({'sample': float('nan')}, 'sample must be a finite number >= 0'),
+      ({'seed': -1}, 'seed must be >= 0; got -1'),
       ({'model': 'glove'}, "model must be skipgram or cbow; got 'glove'"),
       ({'input_pipeline': 'gpu'},
        "input_pipeline must be one of auto, host, device; got 'gpu'"),
