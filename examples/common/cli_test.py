@@ -75,6 +75,10 @@ class FlagChecksTest(parameterized.TestCase):
        '--learning_rate must be a positive finite number'),
       ('word2vec', '--sample=nan', '--sample must be a finite number >= 0'),
       ('word2vec', '--seed=-1', '-1 is not a non-negative integer'),
+      # A corpus that reads but is too small to train on (this repository's
+      # CI script, 11 lines).
+      ('word2vec', '--corpus=text --corpus_path=.ci/run --wordsim=',
+       'too few to hold out 10% for validation and test'),
       ('criteo', '--batch_size=4096 --synthetic_lines=1000',
        '--batch_size 4096 exceeds the 1000 synthetic training lines'))
   def test_bad_values_are_refused_before_any_work(self, example, flag,
