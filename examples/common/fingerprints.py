@@ -8,6 +8,7 @@ is the same on every process of a multi-process run and for every sharding of
 the same values, and no device array is copied to the host to be hashed.
 """
 
+import hashlib
 from typing import Any, Optional
 
 import jax
@@ -98,3 +99,17 @@ def fingerprints(leaves: list[Any]) -> list[list[int]]:
     for i, value in zip(indices, values):
       result[i] = [int(v) for v in value]
   return result
+
+
+def host_sha256(arrays: list[Any], text: str = '') -> str:
+  """sha256 of host (NumPy) arrays' dtypes, shapes and bytes, and `text`.
+
+  For the data a run computes from (its identity in a checkpoint's record),
+  not for device arrays: those `fingerprints` checks where they are.
+  """
+  digest = hashlib.sha256(text.encode())
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.dtype}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()

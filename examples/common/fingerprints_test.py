@@ -56,5 +56,21 @@ class FingerprintsTest(parameterized.TestCase):
     self.assertEqual(*fingerprints.fingerprints([sharded, whole]))
 
 
+class HostSha256Test(absltest.TestCase):
+
+  def test_same_data_same_digest_any_change_another(self):
+    ids = np.arange(12, dtype=np.int32)
+    digest = fingerprints.host_sha256([ids, ids[:3]], 'vocab')
+    self.assertEqual(fingerprints.host_sha256([ids.copy(), ids[:3]], 'vocab'),
+                     digest)
+    edited = ids.copy()
+    edited[5] = 6
+    for other in ([edited, ids[:3]], [ids.astype(np.int64), ids[:3]],
+                  [ids.reshape(3, 4), ids[:3]], [ids[:3], ids]):
+      self.assertNotEqual(fingerprints.host_sha256(other, 'vocab'), digest)
+    self.assertNotEqual(fingerprints.host_sha256([ids, ids[:3]], 'vocab2'),
+                        digest)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -8,7 +8,6 @@ parameter (the global bias, DeepFM's MLP) is dense and counted by presence.
 """
 
 import functools
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -20,6 +19,7 @@ import optax
 
 import fasgd_optax
 from examples.common import checkpointing
+from examples.common import fingerprints
 from examples.common import metrics
 from examples.common import optimizers
 from examples.common import training
@@ -454,12 +454,7 @@ def config_record(
 
 def dataset_fingerprint(dataset: input_pipeline.Dataset) -> str:
   """sha256 of the examples, labels and splits (what a run computes from)."""
-  digest = hashlib.sha256()
-  arrays = [dataset.feature_ids, dataset.feature_values, dataset.labels,
-            dataset.movies] + [dataset.splits[name]
-                               for name in sorted(dataset.splits)]
-  for array in arrays:
-    array = np.ascontiguousarray(array)
-    digest.update(f'{array.dtype}{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
+  return fingerprints.host_sha256(
+      [dataset.feature_ids, dataset.feature_values, dataset.labels,
+       dataset.movies] + [dataset.splits[name]
+                          for name in sorted(dataset.splits)])

@@ -18,7 +18,6 @@ a pass's subsampling and windows; the device lists and shuffles its examples
 """
 
 import dataclasses
-import hashlib
 import os
 import time
 from typing import Any, Optional
@@ -32,6 +31,7 @@ import numpy as np
 import fasgd_optax
 from examples.common import checkpointing
 from examples.common import files
+from examples.common import fingerprints
 from examples.common import optimizers
 from examples.common import training
 from examples.word2vec import corpora
@@ -193,16 +193,11 @@ def data_fingerprint(data: Data) -> dict[str, Any]:
   Two corpora give the same fingerprint only if they give the run the same
   words in the same order.
   """
-  digest = hashlib.sha256()
-  digest.update('\n'.join(data.vocab.words).encode())
   arrays = [data.vocab.counts, data.train.word_ids, data.train.sentence_ids]
   for name in sorted(data.heldout):
     arrays += [data.heldout[name].inputs, data.heldout[name].targets]
-  for array in arrays:
-    array = np.ascontiguousarray(array)
-    digest.update(f'{array.dtype}{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return {'sha256': digest.hexdigest(),
+  return {'sha256': fingerprints.host_sha256(arrays,
+                                             '\n'.join(data.vocab.words)),
           'training_words': int(data.train.word_ids.shape[0])}
 
 
