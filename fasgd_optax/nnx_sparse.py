@@ -38,7 +38,11 @@ count once, look the rows up once and use them in both branches.
 
 Lookups are matched to tables by the `SparseTable` objects of the model passed
 to `value_and_grad`; a lookup inside a lifted NNX transform over the model
-(``nnx.vmap``, ``nnx.scan``) sees copies of them and is rejected with an error.
+(``nnx.vmap``, ``nnx.scan``, ``nnx.remat``) sees copies of them and is
+rejected with an error. Look rows up outside such transforms (and outside
+plain ``jax.vmap``/``lax.scan`` bodies, whose ids this module cannot see
+whole), and in no branch of a ``lax.cond`` that may not run: every lookup
+traced is counted.
 
 This module imports Flax; the core package `fasgd_optax` does not.
 """
@@ -363,9 +367,10 @@ class SparseOptimizer(nnx.Pytree):
 
     Args:
       model: the model whose tables to update in place.
-      table_grads: from `value_and_grad`: table path -> `TableGrad`. Tables
-        without an entry (not looked up this step) are left alone, and their
-        transformation's step count does not advance.
+      table_grads: from `value_and_grad`: table path -> `TableGrad`. A
+        table without an entry (not looked up this step) takes a step with
+        no rows: no row changes, and its transformation's step count
+        advances, as the dense path's does every step.
     """
     tables = tables_by_path(model)
     unknown = sorted(set(table_grads) - set(tables))
@@ -373,6 +378,13 @@ class SparseOptimizer(nnx.Pytree):
       raise ValueError(
           f'table_grads has {unknown}, which are not SparseTables of the '
           f'model; its tables are {sorted(tables)}.')
+    table_grads = dict(table_grads)
+    for path in self.transformations:
+      if path not in table_grads:
+        value = tables[path].get_value()
+        table_grads[path] = TableGrad(
+            jnp.zeros((0,), jnp.int32),
+            jnp.zeros((0,) + value.shape[1:], value.dtype))
     paths = [path for path in table_grads if path in self.transformations]
     states = {path: nnx.as_pure(self.states[path]) for path in paths}
     # Every table's batch is checked before any table changes: a bad id for

@@ -176,6 +176,40 @@ class NnxSparseTest(parameterized.TestCase):
     np.testing.assert_array_equal(
         np.flatnonzero(accumulators), np.unique(batch['users']))
 
+  def test_a_table_not_looked_up_in_a_step_still_steps(self):
+    # As on the dense path, every step counts for every table's horizon:
+    # a skipped table's step count advances, none of its rows move.
+    sparse_model, dense_model = TwoTower(nnx.Rngs(0)), TwoTower(nnx.Rngs(0))
+    sparse_opt = nnx_sparse.SparseOptimizer(
+        sparse_model, fasgd_optax.sparse_cf_sgd(0.3, num_steps=10))
+    dense_opt = nnx.Optimizer(
+        dense_model, fasgd_optax.cf_sgd(0.3, num_steps=10),
+        wrt=nnx_sparse.SparseTable)
+
+    def users_only(model, batch):
+      rows = model.user_embed(batch['users'])
+      return jnp.mean((rows.sum(-1) - batch['targets']) ** 2)
+
+    for step, batch in enumerate(batches(3)):
+      loss = users_only if step == 1 else loss_fn
+      _, _, table_grads = nnx_sparse.value_and_grad(loss)(sparse_model, batch)
+      if step == 1:
+        self.assertEqual(set(table_grads), {'user_embed/embedding'})
+      sparse_opt.update(sparse_model, table_grads)
+      grads = nnx.grad(lambda m, b=batch, f=loss: f(m, b),
+                       argnums=nnx.DiffState(0, nnx_sparse.SparseTable))(
+                           dense_model)
+      ids = table_ids(dense_model, batch)
+      if step == 1:
+        ids['item_embed/embedding'] = jnp.zeros((0,), jnp.int32)
+      dense_opt.update(dense_model, grads, ids=ids)
+    for name in ('user_embed', 'item_embed'):
+      np.testing.assert_allclose(
+          getattr(sparse_model, name).embedding.get_value(),
+          getattr(dense_model, name).embedding.get_value(), atol=1e-6)
+    self.assertEqual(
+        int(sparse_opt.states['item_embed/embedding'].count.get_value()), 3)
+
   def test_has_aux(self):
     model = TwoTower(nnx.Rngs(0))
 
