@@ -20,6 +20,15 @@ def _grads():
   return jax.tree.map(jnp.ones_like, _params())
 
 
+# Optimizers with per-row state, and that state's name in their errors.
+_PER_ROW_STATES = (
+    ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
+    ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
+        0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
+    ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.1),
+     'accumulators'))
+
+
 class BadIdsTest(parameterized.TestCase):
 
   @parameterized.named_parameters(('negative', -1), ('too_large', 6),
@@ -146,12 +155,7 @@ class BadIdsTest(parameterized.TestCase):
     self.assertIsNone(error.get())
     np.testing.assert_array_equal(np.flatnonzero(state.row_counts), [1, 100])
 
-  @parameterized.named_parameters(
-      ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
-      ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
-          0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
-      ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.1),
-       'accumulators'))
+  @parameterized.named_parameters(*_PER_ROW_STATES)
   def test_state_made_for_other_shapes_is_refused(self, make, name):
     # The vocabulary grew from 6 to 9 rows after `init`.
     tx = make()
@@ -290,12 +294,7 @@ class BadStateTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, regex):
       tx.update(_grads(), state, _params(), ids={'embed': jnp.array([1])})
 
-  @parameterized.named_parameters(
-      ('cf_sgd', lambda: fasgd_optax.cf_sgd(0.1, num_steps=10), 'row_counts'),
-      ('cf_sgd_half_life', lambda: fasgd_optax.cf_sgd(
-          0.1, num_steps=10, count_half_life=5.0), 'row_counts'),
-      ('rowwise_adagrad', lambda: fasgd_optax.rowwise_adagrad(0.1),
-       'accumulators'))
+  @parameterized.named_parameters(*_PER_ROW_STATES)
   def test_parameters_added_after_init(self, make, name):
     tx = make()
     state = tx.init(_params())
