@@ -172,6 +172,15 @@ class MainTest(absltest.TestCase):
     with self.assertRaisesRegex(MainFailed, f'Data error: {path}:7: '):
       self.run_main(workdir=os.path.join(self.tmp, 'fail'), data=[path],
                     num_steps=3, bad_lines='fail')
+    # An evaluation file without a well-formed line: an error before
+    # training, not a NaN AUC at its end.
+    empty = os.path.join(self.tmp, 'empty.txt')
+    with open(empty, 'w') as f:
+      f.write('1\t2\t3\n')
+    with self.assertRaisesRegex(MainFailed, 'Data error: The validation files '
+                                rf'\({empty}\) hold no well-formed line'):
+      self.run_main(workdir=os.path.join(self.tmp, 'empty'), data=[path],
+                    validation_data=[empty], num_steps=3)
     with self.assertRaisesRegex(MainFailed, 'No data file matches'):
       self.run_main(workdir=os.path.join(self.tmp, 'none'),
                     data=[os.path.join(self.tmp, 'missing*.gz')],

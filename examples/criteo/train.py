@@ -401,6 +401,15 @@ def train_and_evaluate(
            'steps': 0}
   positions = None
 
+  for split in ('validation', 'test'):
+    files = getattr(data, split)
+    # Checked before training: metrics of no examples are NaN.
+    if files and not any(True for _ in input_pipeline.evaluation_batches(
+        files, hashing, batch_size=1, max_examples=1, bad_lines='skip',
+        block_bytes=data.block_bytes)):
+      raise input_pipeline.DataError(
+          f'The {split} files ({", ".join(files)}) hold no well-formed line '
+          'to evaluate on.')
   evaluated = set()
 
   def evaluate_on(files):
