@@ -344,13 +344,11 @@ class Checkpointer:
     """Restores and checks one checkpoint."""
     step_dir = self._step_dir(step)
     record = self._read_record(step)
-    saved = dict(record['checkpoint'])
-    saved.pop('record_sha256', None)
     if record.get('config') != self.config:
       raise CheckpointError(self._config_mismatch(record.get('config') or {}))
     like_with_paths, treedef = jax.tree_util.tree_flatten_with_path(like_state)
     like_leaves = [leaf for _, leaf in like_with_paths]
-    saved_leaves = saved['leaves']
+    saved_leaves = record['checkpoint']['leaves']
     if len(saved_leaves) != len(like_leaves):
       raise CheckpointError(
           f'Checkpoint {step_dir} holds {len(saved_leaves)} arrays, the '

@@ -54,22 +54,15 @@ def check_positive(name: str, value: Any, *, integer: bool = False,
     raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
 
 
-def index_dtype(ids: jax.Array) -> jax.Array:
-  """`ids`, as int32 if their integer type is narrower.
-
-  Ids are compared with the table's number of rows, and bad ones replaced by
-  it, in the ids' own type: int8, uint8, int16 and uint16 would wrap a row
-  count such as 128 or 70000 (128 as int8 is -128) and send valid ids to
-  another row.
-  """
-  if jnp.iinfo(ids.dtype).bits < 32:
-    return ids.astype(jnp.int32)
-  return ids
-
-
 def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
-  """`ids` as an integer array (int32 at least, `index_dtype`); a TypeError
-  naming the leaf otherwise."""
+  """`ids` as an integer array of 32 bits or more; a TypeError naming the
+  leaf otherwise.
+
+  Every path takes its ids through here: they are then compared with the
+  table's number of rows, and bad ones replaced by it, in their own type,
+  where int8, uint8, int16 and uint16 would wrap a row count such as 128 or
+  70000 (128 as int8 is -128) and send valid ids to another row.
+  """
   dtype = getattr(ids, 'dtype', None)
   if dtype is None:
     try:
@@ -88,7 +81,8 @@ def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:
         f' got dtype {dtype}.'
     )
   _check_ids_fit(ids, dtype, leaf_path)
-  return index_dtype(jnp.asarray(ids))
+  ids = jnp.asarray(ids)
+  return ids.astype(jnp.int32) if jnp.iinfo(ids.dtype).bits < 32 else ids
 
 
 def _check_ids_fit(ids: Any, dtype: Any, leaf_path: str) -> None:
@@ -140,7 +134,7 @@ def check_ids_in_range(ids: jax.Array, num_rows: int, leaf_path: str, *,
   if is_traced(ids):
     if not checkify_traced:
       return
-    flat = index_dtype(jnp.ravel(ids))
+    flat = jnp.ravel(ids)
     if flat.size == 0:
       return
     in_range = (flat >= 0) & (flat < num_rows)

@@ -81,7 +81,7 @@ def id_increments(ids: jax.Array, rows: int) -> jax.Array:
   and clamp large ones into other rows. Ids sharded over a data axis of an
   Explicit mesh are gathered whole first: every row's count needs all of them.
   """
-  flat = checks.index_dtype(jnp.ravel(replicated(ids)))
+  flat = jnp.ravel(replicated(ids))
   valid = (flat >= 0) & (flat < rows)
   # `rows` is out of bounds, so mode='drop' discards it; a negative id would
   # instead be wrapped by JAX's index normalisation before the scatter.

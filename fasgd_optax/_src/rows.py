@@ -28,7 +28,6 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from fasgd_optax._src import checks
 from fasgd_optax._src import counting
 
 DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
@@ -351,12 +350,12 @@ def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
 
 
 def lookup_rows(values: jax.Array, ids: jax.Array) -> jax.Array:
-  """``values[ids]`` for a model's ids: 0 for any id outside [0, N).
+  """``values[ids]`` for a model's ids (`checks.check_ids_dtype`'s): 0 for
+  any id outside [0, N).
 
   `gather_rows` alone would read row N - 1 for id -1: JAX wraps negative
   indices before its fill applies.
   """
-  ids = checks.index_dtype(ids)
   num_rows = values.shape[0]
   return gather_rows(
       values, jnp.where((ids >= 0) & (ids < num_rows), ids, num_rows))
@@ -461,7 +460,7 @@ def flat_batch(
   row_shape = row_grads.shape[ids.ndim:]
   # A batch sharded over a data axis is gathered whole: every shard of a
   # row-sharded table needs each occurrence of its rows.
-  flat_ids = checks.index_dtype(jnp.ravel(counting.replicated(ids)))
+  flat_ids = jnp.ravel(counting.replicated(ids))
   flat_grads = counting.replicated(row_grads).reshape(
       (flat_ids.size,) + row_shape).astype(jnp.float32)
   if axis_name is not None:
