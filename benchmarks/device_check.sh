@@ -45,7 +45,8 @@
 #       (or run any examples.word2vec command once and copy that cache).
 #   GENSIM_WHEELS  (word2vec) a folder of wheels for gensim 4.4.0,
 #       smart_open and wrapt (smart_open imports it) for the device machine's
-#       Python (3.12 there), installed with pip --no-index into WORKDIR when
+#       Python (3.12 there; wheels for other Pythons may sit beside them:
+#       pip picks by name), installed with pip --no-index into WORKDIR when
 #       gensim is not importable:
 #         python3 -m pip download --no-deps --only-binary=:all: \
 #           --python-version 3.12 --implementation cp \
@@ -204,8 +205,11 @@ part_word2vec() {
       echo "no gensim: GENSIM_WHEELS='$wheels'" > "$OUTDIR/word2vec.summary"
       return 1
     fi
+    # By name, so that pip picks each package's wheel for this Python from
+    # a folder that may hold several.
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
-      --target "$WORKDIR/site" "$wheels"/*.whl || return 1
+      --target "$WORKDIR/site" --find-links "$wheels" \
+      gensim==4.4.0 smart_open wrapt || return 1
     export PYTHONPATH="$PYTHONPATH:$WORKDIR/site"
   fi
   # WordSim-353 from the installed gensim (its test data).
