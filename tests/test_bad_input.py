@@ -459,6 +459,22 @@ class BadHyperparametersTest(parameterized.TestCase):
         optax.tree.get(eager, 'accumulators')['embed'],
         np.full(6, initial, np.float32))
 
+  def test_bfloat16_hyperparameters_are_checked_as_numbers(self):
+    # ml_dtypes' bfloat16 is no number to NumPy's issubdtype.
+    good, inf = jnp.bfloat16(0.5), jnp.bfloat16(jnp.inf)
+    fasgd_optax.cf_sgd(good, num_steps=10, max_learning_rate=good)
+    fasgd_optax.rowwise_adagrad(good, initial_accumulator_value=good)
+    fasgd_optax.fa_sgd(good, jnp.full(6, 0.5, jnp.bfloat16), num_steps=10)
+    for bad in (jnp.bfloat16(-0.5), jnp.bfloat16(jnp.nan), inf):
+      with self.assertRaisesRegex(ValueError, '`learning_rate` must be a '
+                                  'positive number'):
+        fasgd_optax.cf_sgd(bad, num_steps=10)
+      with self.assertRaisesRegex(ValueError, '`initial_accumulator_value`'):
+        fasgd_optax.rowwise_adagrad(0.1, initial_accumulator_value=bad)
+      with self.assertRaisesRegex(ValueError, 'must be finite and >= 0; got'):
+        fasgd_optax.fa_sgd(0.1, jnp.array([0.5, bad], jnp.bfloat16),
+                           num_steps=10)
+
   def test_traced_hyperparameters_are_accepted(self):
     # Under inject_hyperparams + jit, hyperparameters arrive as tracers.
     tx = optax.inject_hyperparams(fasgd_optax.cf_sgd)(

@@ -106,6 +106,34 @@ class OptaxIntegrationTest(parameterized.TestCase):
     plain_updates, _ = plain.update(grads, plain.init(params), params)
     chex.assert_trees_all_close(injected_updates, plain_updates, rtol=1e-6)
 
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda: optax.inject_hyperparams(fasgd_optax.cf_sgd)(
+          learning_rate=0.5, num_steps=10, max_learning_rate=4.0),
+       lambda: fasgd_optax.cf_sgd(0.5, num_steps=10, max_learning_rate=4.0)),
+      ('fa_sgd', lambda: optax.inject_hyperparams(fasgd_optax.fa_sgd)(
+          learning_rate=0.5, frequencies={'embed': jnp.full(8, 0.25)},
+          num_steps=10),
+       lambda: fasgd_optax.fa_sgd(0.5, {'embed': jnp.full(8, 0.25)},
+                                  num_steps=10)),
+      ('rowwise_adagrad',
+       lambda: optax.inject_hyperparams(fasgd_optax.rowwise_adagrad)(
+           learning_rate=0.5, initial_accumulator_value=0.25),
+       lambda: fasgd_optax.rowwise_adagrad(
+           0.5, initial_accumulator_value=0.25)))
+  def test_inject_hyperparams_on_bfloat16_params(self, injected, plain):
+    # inject_hyperparams casts hyperparameters to the parameters' float
+    # type: bfloat16 here, which NumPy does not call a number.
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+    grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), _grads())
+    injected, plain = injected(), plain()
+    injected_state = injected.init(params)
+    self.assertEqual(injected_state.hyperparams['learning_rate'].dtype,
+                     jnp.bfloat16)
+    injected_updates, _ = jax.jit(injected.update)(
+        grads, injected_state, params, ids=IDS)
+    plain_updates, _ = plain.update(grads, plain.init(params), params, ids=IDS)
+    chex.assert_trees_all_equal(injected_updates, plain_updates)
+
   def test_multi_steps_counts_final_mini_step(self):
     params = _params()
     tx = optax.MultiSteps(fasgd_optax.cf_sgd(0.5, num_steps=10),

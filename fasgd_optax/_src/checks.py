@@ -16,6 +16,15 @@ def is_traced(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def is_number_dtype(dtype: Any) -> bool:
+  """Whether `dtype` is an integer or floating type, bfloat16 included.
+
+  NumPy's own `issubdtype` says no to ml_dtypes' bfloat16, which
+  `optax.inject_hyperparams` gives hyperparameters of bfloat16 models.
+  """
+  return jnp.issubdtype(dtype, jnp.number) and dtype != jnp.bool_
+
+
 def _concrete_value(x: Any) -> Any:
   """`x` as a NumPy value, or None if it is traced or not numeric."""
   if is_traced(x):
@@ -45,7 +54,7 @@ def check_positive(name: str, value: Any, *, integer: bool = False,
     if is_traced(value):
       return
     raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
-  if concrete.ndim != 0 or not np.issubdtype(concrete.dtype, np.number):
+  if concrete.ndim != 0 or not is_number_dtype(concrete.dtype):
     raise ValueError(f'`{name}` must be a positive scalar; got {value!r}.')
   if integer and not np.issubdtype(concrete.dtype, np.integer):
     if not (np.isfinite(concrete) and float(concrete).is_integer()):

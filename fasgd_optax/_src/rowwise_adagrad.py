@@ -32,7 +32,7 @@ def check_hyperparameters(epsilon, initial_accumulator_value) -> None:
   # NumPy, not jnp: inside a trace (`jit`, `eval_shape`) a jnp value of a
   # Python float would be traced and could not be tested.
   value = np.asarray(initial_accumulator_value)
-  if (not np.issubdtype(value.dtype, np.number) or value.ndim != 0
+  if (not checks.is_number_dtype(value.dtype) or value.ndim != 0
       or not np.isfinite(value) or value < 0):
     raise ValueError(
         '`initial_accumulator_value` must be a finite scalar >= 0; got '

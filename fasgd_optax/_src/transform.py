@@ -165,7 +165,7 @@ def _frequency_array(path: str, value: Any) -> Any:
   if checks.is_traced(value):
     return jnp.asarray(value, jnp.float32)
   array = np.asarray(value)
-  if not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
+  if not checks.is_number_dtype(array.dtype):
     raise TypeError(
         f"frequencies for parameter '{name}' must be numeric; got dtype "
         f'{array.dtype}.')
@@ -173,8 +173,11 @@ def _frequency_array(path: str, value: Any) -> Any:
     raise ValueError(
         f"frequencies for parameter '{name}' must be one value per row (a 1-D "
         f'array, or a scalar for a scalar leaf); got shape {array.shape}.')
-  if not np.all(np.isfinite(array)) or np.any(array < 0):
-    bad = array[~(np.isfinite(array) & (array >= 0))].ravel()[0]
+  # Compared where finite: bfloat16's NaN warns in a comparison.
+  finite = np.isfinite(array)
+  good = finite & (np.where(finite, array, 0) >= 0)
+  if not np.all(good):
+    bad = array[~good].ravel()[0]
     raise ValueError(
         f"frequencies for parameter '{name}' must be finite and >= 0; got "
         f'{bad}.')
