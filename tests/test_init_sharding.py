@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
+import optax
 
 import fasgd_optax
 from tests import cpu_devices
@@ -95,6 +96,26 @@ class InitShardingTest(parameterized.TestCase):
                            NamedSharding(mesh, P('rows', None)))
     jax.tree.map(np.testing.assert_array_equal, jax.jit(tx.init)(table),
                  tx.init(table))
+
+  @parameterized.named_parameters(
+      ('cf_sgd', lambda lr: fasgd_optax.cf_sgd(lr, num_steps=100)),
+      ('rowwise_adagrad', fasgd_optax.rowwise_adagrad))
+  def test_a_schedules_count_is_replicated_on_the_mesh(self, make_tx):
+    # Optax's own count, left on one device, came back from a jitted update
+    # replicated on the mesh, and the second call compiled again.
+    mesh = _cpu_mesh(explicit=False)
+    tx = make_tx(optax.linear_schedule(0.1, 0.01, 10))
+    params = jax.device_put(jnp.ones((ROWS, DIM)),
+                            NamedSharding(mesh, P('rows', None)))
+    state = tx.init(params)
+    for leaf in jax.tree.leaves(state):
+      if not leaf.ndim:
+        self.assertEqual(leaf.sharding, NamedSharding(mesh, P()))
+    update = jax.jit(tx.update)
+    for _ in range(3):
+      _, state = update(params, state, params,
+                        ids=jnp.array([0, ROWS - 1]))
+    self.assertEqual(update._cache_size(), 1)
 
   def test_explicit_types_match_issue_example(self):
     """The report of issue 11 §3: int32[64@x] with and without `jit`."""

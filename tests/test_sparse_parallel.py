@@ -31,6 +31,11 @@ class ShardedTableTest(parameterized.TestCase):
       ('cf_sgd_half_life_capped', True, True),
       ('fa_sgd', False, True),
       ('rowwise_adagrad', True, True),
+      # Optax's step counts of a schedule, placed by `init` as ours are.
+      ('cf_sgd_schedule', False, True),
+      ('rowwise_adagrad_schedule', False, True),
+      ('rowwise_adagrad_schedule', True, True),
+      ('sgd_schedule', False, True),
   )
   def test_row_sharded_table(self, name, explicit, use_jit):
     if explicit:
@@ -66,6 +71,8 @@ class ShardedTableTest(parameterized.TestCase):
                         f'{after.sharding} != {before}')
     chex.assert_trees_all_close(table, unsharded_table, rtol=1e-6)
     chex.assert_trees_all_close(state, unsharded_state, rtol=1e-6)
+    if use_jit:  # The state's shardings held: one compilation for 3 steps.
+      self.assertEqual(apply._cache_size(), 1)
 
 
   @parameterized.product(

@@ -330,6 +330,23 @@ def step_counter(params: Any) -> jax.Array:
   return count if sharding is None else jax.device_put(count, sharding)
 
 
+def replicate_scalars(state: Any, params: Any) -> Any:
+  """`state` with its scalar arrays (Optax's step counts) placed as
+  `step_counter` places ours: replicated on the parameters' mesh, if any.
+
+  Optax's own `init` leaves a count on one device; a jitted update returns it
+  replicated on the mesh, and the second call, seeing another sharding,
+  compiles again.
+  """
+  sharding = replicated_like(params)
+  if sharding is None:
+    return state
+  return jax.tree.map(
+      lambda x: (jax.device_put(x, sharding)
+                 if isinstance(x, jax.Array) and x.ndim == 0
+                 and not checks.is_traced(x) else x), state)
+
+
 def zeros_for_rows(leaf: Any, dtype: Any) -> jax.Array:
   """Per-row zeros for `leaf`, sharded like its rows when it is sharded.
 

@@ -143,8 +143,12 @@ def rowwise_adagrad(
     <https://arxiv.org/abs/2104.05158>`_, 2021 (FBGEMM's row-wise Adagrad).
   """
   checks.check_positive('learning_rate', learning_rate)
+  scale = optax.scale_by_learning_rate(learning_rate)
   return optax.chain(
       scale_by_rowwise_adagrad(
           epsilon=epsilon, initial_accumulator_value=initial_accumulator_value),
-      optax.scale_by_learning_rate(learning_rate),
+      optax.GradientTransformation(
+          lambda params: counting.replicate_scalars(scale.init(params),
+                                                    params),
+          scale.update),
   )

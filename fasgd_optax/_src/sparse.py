@@ -62,7 +62,7 @@ def sparse_sgd(
 
   def init(table):
     sparse_apply.check_table(table)
-    return dense.init(table)
+    return counting.replicate_scalars(dense.init(table), table)
 
   def step_size(state):
     trace_state, schedule_state = state
