@@ -127,6 +127,20 @@ class CountedFrequencyRuleTest(parameterized.TestCase):
     np.testing.assert_allclose(updates[3], -1.0 / np.sqrt(3.0), rtol=1e-6)
     np.testing.assert_allclose(updates[0], -1.0, rtol=1e-6)
 
+  @parameterized.named_parameters(('eager', False), ('jit', True))
+  def test_rows_not_updated_stay_put_with_nonfinite_gradients(self, use_jit):
+    # "Whatever their gradient": 0 · NaN is NaN, and inf · 0 too.
+    table = jnp.ones((5, 2))
+    grad = jnp.ones((5, 2)).at[4, 0].set(jnp.nan).at[2, 1].set(jnp.inf)
+    for tx in (fasgd_optax.cf_sgd(1.0, num_steps=10),
+               fasgd_optax.fa_sgd(1.0, jnp.array([0.5, 0.5, 0.0, 0.5, 0.0]),
+                                  num_steps=10)):
+      update = jax.jit(tx.update) if use_jit else tx.update
+      updates, _ = update(grad, tx.init(table), table, ids=jnp.array([0, 3]))
+      np.testing.assert_array_equal(updates[jnp.array([2, 4])], 0.0)
+      self.assertTrue(np.all(np.isfinite(updates)))
+      self.assertTrue(np.all(updates[jnp.array([0, 3])] < 0))
+
   def test_row_seen_every_step_gets_sgd_rate(self):
     # DESIGN.md §2: p = 1 gives plain SGD's α/sqrt(T) under a horizon.
     params = {'w': jnp.zeros((3,))}

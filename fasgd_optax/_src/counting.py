@@ -276,6 +276,16 @@ def scale_rows(grad: jax.Array, row_scale: jax.Array) -> jax.Array:
   return (grad.astype(compute) * row_scale.astype(compute)).astype(grad.dtype)
 
 
+def scale_counted_rows(grad: jax.Array, eta: jax.Array) -> jax.Array:
+  """`scale_rows` by step sizes η, with the rows of η = 0 exactly zero.
+
+  The dense path's rows that are not updated (never counted, p_k = 0, or
+  α = 0) stay as they are whatever their gradient holds: 0 · NaN is NaN.
+  """
+  keep = (eta > 0).reshape(eta.shape + (1,) * (grad.ndim - eta.ndim))
+  return jnp.where(keep, scale_rows(grad, eta), jnp.zeros((), grad.dtype))
+
+
 def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
   """α_t: a schedule is called with the number of earlier updates."""
   if not callable(learning_rate):

@@ -143,7 +143,7 @@ def scale_by_counted_frequency(
           counting.effective_counts(counts_now, step, num_steps,
                                     count_half_life),
           alpha, max_learning_rate)
-      new_updates.append(counting.scale_rows(grad, eta))
+      new_updates.append(counting.scale_counted_rows(grad, eta))
       new_counts.append(counting.keep_sharding(counts, row_counts))
       new_last.append(
           None if last is None else counting.keep_sharding(last, row_last))
@@ -262,7 +262,7 @@ def scale_by_known_frequency(
       if freq is None:
         freq = jnp.ones(counting.row_shape(grad), jnp.float32)
       eta = counting.step_sizes(total_steps * freq, alpha, max_learning_rate)
-      new_updates.append(counting.scale_rows(grad, eta))
+      new_updates.append(counting.scale_counted_rows(grad, eta))
     return treedef.unflatten(new_updates), ScaleByKnownFrequencyState(
         count=counting.keep_sharding(optax.safe_increment(state.count),
                                      state.count))
