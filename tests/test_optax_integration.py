@@ -150,6 +150,22 @@ class OptaxIntegrationTest(parameterized.TestCase):
     np.testing.assert_array_equal(
         optax.tree.get(state, 'row_counts')['embed'], [0, 1, 0, 0, 0, 2, 0, 0])
 
+  def test_multi_steps_with_the_accumulations_ids_on_the_last(self):
+    # As the README says: a row new to the counts in an earlier mini-step
+    # only moves if the applying mini-step's ids hold it.
+    table = jnp.zeros((6, 2))
+    first = jnp.zeros((6, 2)).at[1].set(1.0)
+    second = jnp.zeros((6, 2)).at[4].set(1.0)
+    tx = optax.MultiSteps(fasgd_optax.cf_sgd(0.5, num_steps=10),
+                          every_k_schedule=2)
+    for last_ids, moved in (([4], [4]), ([1, 4], [1, 4])):
+      state = tx.init(table)
+      _, state = tx.update(first, state, table, ids=jnp.array([1]))
+      updates, state = tx.update(second, state, table,
+                                 ids=jnp.array(last_ids))
+      np.testing.assert_array_equal(
+          np.flatnonzero(np.abs(updates).sum(axis=1)), moved)
+
   def test_apply_if_finite_keeps_counts_on_nan(self):
     params = _params()
     tx = optax.apply_if_finite(fasgd_optax.cf_sgd(0.5, num_steps=10),
