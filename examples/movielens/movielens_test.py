@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from examples.common import optimizers
 from examples.movielens import config as config_lib
 from examples.movielens import input_pipeline
 from examples.movielens import main
+from examples.movielens import sweep
 from examples.movielens import train
 
 NUM_USERS, NUM_MOVIES, NUM_RATINGS = 30, 25, 800
@@ -437,6 +439,28 @@ class TrainTest(MovieLensTestCase):
 
 
 class MainTest(MovieLensTestCase):
+
+  def test_a_damaged_run_summary_is_made_again(self):
+    # runs/<name>.json caches a finished run: cut, emptied or replaced, it is
+    # made again from the run's checkpoint, with a line saying so.
+    dataset = input_pipeline.load(self.write('ml-100k'))
+    config = tiny_config(optimizer='cf_sgd', learning_rate=3.0, num_epochs=1)
+    workdir = os.path.join(self.tmp, 'work')
+    first = sweep.run(config, dataset, workdir, checkpoint=True)
+    path = os.path.join(workdir, 'runs', sweep.run_name(config) + '.json')
+    with open(path) as f:
+      whole = f.read()
+    for damaged in (whole[:len(whole) // 2], '', '[]', '{"config": 1}',
+                    b'\xff\xfe'):
+      with open(path, 'wb') as f:
+        f.write(damaged if isinstance(damaged, bytes) else damaged.encode())
+      output = io.StringIO()
+      with contextlib.redirect_stdout(output):
+        again = sweep.run(config, dataset, workdir, checkpoint=True)
+      self.assertIn(f'{path} cannot be read', output.getvalue())
+      self.assertEqual(again, first)
+      with open(path) as f:
+        self.assertEqual(json.load(f), first)
 
   def test_busy_workdir_is_refused(self):
     workdir = os.path.join(self.tmp, 'work')

@@ -73,6 +73,27 @@ def summarise(result: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
+def _read_summary(path: str) -> Optional[dict[str, Any]]:
+  """A run's cached summary; None if there is none or it cannot be read.
+
+  The summary only caches a finished run's results: one that is damaged
+  (cut, emptied or edited by hand) is reported and made again, from the
+  run's checkpoint where it has one.
+  """
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+    if isinstance(summary, dict) and isinstance(summary.get('config'), dict):
+      return summary
+    problem = 'it holds no run summary'
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    problem = f'{type(e).__name__}: {e}'
+  _log(f'{path} cannot be read ({problem}); making it again.')
+  return None
+
+
 def run(
     config: config_lib.Config,
     dataset: input_pipeline.Dataset,
@@ -83,11 +104,10 @@ def run(
   """Trains `config` (or loads its cached summary) and returns its summary."""
   name = run_name(config)
   summary_path = os.path.join(workdir, 'runs', name + '.json')
-  if os.path.isfile(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    if summary['config'] == train.config_record(config, dataset):
-      return summary
+  summary = _read_summary(summary_path)
+  if summary is not None and summary['config'] == train.config_record(
+      config, dataset):
+    return summary
   checkpoint_dir = (
       os.path.join(workdir, 'checkpoints', name) if checkpoint else None
   )
