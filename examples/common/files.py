@@ -26,7 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from examples.common import machine
 
@@ -138,3 +138,25 @@ def write_json(path: str, value: Any, **dump_kwargs: Any) -> None:
   with replacing(path) as temporary:
     with open(temporary, 'w') as f:
       json.dump(value, f, **dump_kwargs)
+
+
+def read_cached_summary(path: str) -> Optional[dict[str, Any]]:
+  """A finished run's cached summary (a JSON object with a 'config'
+  object); None if there is none, or if it cannot be read.
+
+  Such a file only caches results that its run can make again: one that is
+  damaged (cut, emptied, edited by hand) is named in a printed line and read
+  as missing, so its caller makes it again.
+  """
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+    if isinstance(summary, dict) and isinstance(summary.get('config'), dict):
+      return summary
+    problem = 'it holds no run summary'
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    problem = f'{type(e).__name__}: {e}'
+  print(f'{path} cannot be read ({problem}); making it again.', flush=True)
+  return None

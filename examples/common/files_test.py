@@ -1,5 +1,7 @@
 """Result files are written whole or not at all."""
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -103,6 +105,21 @@ class FilesTest(absltest.TestCase):
     with files.scratch_directory(self.path):
       self.assertFalse(os.path.exists(os.path.join(self.directory, stale)))
     self.assertEqual(os.listdir(self.directory), [os.path.basename(live)])
+
+  def test_a_cached_summary_that_cannot_be_read_is_missing(self):
+    self.assertIsNone(files.read_cached_summary(self.path))
+    summary = {'config': {'seed': 0}, 'auc': 0.75}
+    files.write_json(self.path, summary)
+    self.assertEqual(files.read_cached_summary(self.path), summary)
+    text = json.dumps(summary)
+    for damaged in (text[:len(text) // 2].encode(), b'', b'[]', b'{"config": 1}',
+                    b'\xff\xfe'):
+      with open(self.path, 'wb') as f:
+        f.write(damaged)
+      with contextlib.redirect_stdout(io.StringIO()) as output:
+        self.assertIsNone(files.read_cached_summary(self.path))
+      self.assertIn(f'{self.path} cannot be read (', output.getvalue())
+      self.assertIn('making it again', output.getvalue())
 
   def test_a_symlink_is_written_through(self):
     target = os.path.join(self.directory, 'target.json')

@@ -22,7 +22,6 @@ rerun with the same flags picks up where it stopped.
   python -m examples.criteo.auc_study --output_dir=examples/criteo/results
 """
 
-import json
 import math
 import os
 import sys
@@ -133,11 +132,9 @@ class Study:
     config = self.config(optimizer, learning_rate, seed)
     name = f'{optimizer}_lr{learning_rate:g}_seed{seed}'
     path = os.path.join(self.workdir, 'runs', name + '.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        summary = json.load(f)
-      if summary['config'] == config.record():
-        return summary
+    summary = files.read_cached_summary(path)
+    if summary is not None and summary['config'] == config.record():
+      return summary
     start = time.perf_counter()
     try:
       results = train.train_and_evaluate(

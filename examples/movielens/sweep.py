@@ -15,7 +15,6 @@ sweep restarted with the same flags skips the runs it has already done.
 """
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -73,27 +72,6 @@ def summarise(result: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
-def _read_summary(path: str) -> Optional[dict[str, Any]]:
-  """A run's cached summary; None if there is none or it cannot be read.
-
-  The summary only caches a finished run's results: one that is damaged
-  (cut, emptied or edited by hand) is reported and made again, from the
-  run's checkpoint where it has one.
-  """
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      summary = json.load(f)
-    if isinstance(summary, dict) and isinstance(summary.get('config'), dict):
-      return summary
-    problem = 'it holds no run summary'
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    problem = f'{type(e).__name__}: {e}'
-  _log(f'{path} cannot be read ({problem}); making it again.')
-  return None
-
-
 def run(
     config: config_lib.Config,
     dataset: input_pipeline.Dataset,
@@ -104,7 +82,7 @@ def run(
   """Trains `config` (or loads its cached summary) and returns its summary."""
   name = run_name(config)
   summary_path = os.path.join(workdir, 'runs', name + '.json')
-  summary = _read_summary(summary_path)
+  summary = files.read_cached_summary(summary_path)
   if summary is not None and summary['config'] == train.config_record(
       config, dataset):
     return summary
