@@ -178,7 +178,8 @@ def read_blocks(path: str, *, first_line: int = 0,
   Raises:
     TruncatedFileError: after the last complete line of a damaged or
       truncated gzip file (the partial line after it is not yielded).
-    DataError: the file cannot be read.
+    DataError: the file cannot be read, or it has fewer lines than
+      `first_line` (a resume's position: the file was cut or changed since).
   """
   line_number = 0
   carry = b''
@@ -198,6 +199,11 @@ def read_blocks(path: str, *, first_line: int = 0,
       if not data:
         if carry:
           data, carry = carry, b''
+        elif line_number < first_line:
+          raise DataError(
+              f'{path} has {line_number} lines, but reading it was to go on '
+              f'from line {first_line + 1}: it is shorter than when the '
+              'checkpoint was saved (cut or changed since).')
         else:
           return
       else:

@@ -175,6 +175,23 @@ class ParseTest(DataTestCase):
       for column, reference in zip(other, plain):
         np.testing.assert_array_equal(column, reference)
 
+  def test_a_resume_past_the_files_end_is_an_error(self):
+    # A checkpoint's position lies at most at the file's end; past it, the
+    # file was cut or changed since, and reading on would silently start
+    # the next pass.
+    lines = [good_line(seed) for seed in range(40)]
+    for name, compress in (('a.txt', False), ('a.gz', True)):
+      path = self.write(name, lines, compress=compress)
+      for line in (39, 40):  # The end itself is a position.
+        self.assertLen(list(input_pipeline.read_blocks(
+            path, first_line=line, block_bytes=64)), line < 40)
+      with self.assertRaisesRegex(
+          input_pipeline.DataError,
+          f'{path} has 40 lines, but reading it was to go on from line 42: '
+          'it is shorter than when the checkpoint was saved'):
+        list(input_pipeline.ShardReader(
+            [path], HASHING, start=input_pipeline.Position(0, 0, 41)))
+
   def test_small_blocks_split_lines_anywhere(self):
     lines = [good_line(seed) for seed in range(40)]
     path = self.write('a.txt', lines)

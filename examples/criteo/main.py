@@ -15,6 +15,7 @@ Several processes (e.g. one per host), each running the same command:
 """
 
 import glob
+import json
 import os
 
 from absl import app
@@ -182,7 +183,8 @@ def _write_synthetic_data(paths: list[str]) -> None:
   """Writes the missing synthetic train, validation and test files.
 
   Validation and test files have a tenth of the training lines. A write
-  killed midway leaves only its temporary file, removed here.
+  killed midway leaves only its temporary file, removed here. Their sizes
+  are kept beside them (`_check_synthetic_sizes`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from examples.criteo import synthetic  # pylint: disable=g-import-not-at-top
@@ -195,9 +197,38 @@ def _write_synthetic_data(paths: list[str]) -> None:
       files.remove_temporaries(path)
       if not os.path.exists(path):
         synthetic.write(path, size, seed=seed + 1, model=model)
+    _check_synthetic_sizes(paths)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('criteo: synthetic data written')
+
+
+def _check_synthetic_sizes(paths: list[str]) -> None:
+  """Refuses synthetic files cut or changed since they were written.
+
+  The first run to find them whole records their sizes in `sizes.json`
+  beside them; later runs (a resume) compare. Training on a cut file would
+  quietly use part of the data, and a resume would read on from a place
+  that is no longer the one saved.
+  """
+  from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top
+  directory = os.path.dirname(paths[0])
+  manifest = os.path.join(directory, 'sizes.json')
+  sizes = {os.path.basename(path): os.path.getsize(path) for path in paths}
+  try:
+    with open(manifest) as f:
+      written = json.load(f)
+  except (OSError, ValueError):
+    written = None
+  if not isinstance(written, dict):  # None yet (or damaged): these sizes.
+    files.write_json(manifest, sizes)
+    return
+  for name, size in sizes.items():
+    if written.get(name) != size:
+      raise input_pipeline.DataError(
+          f'The synthetic file {os.path.join(directory, name)} has {size} '
+          f'bytes, but {written.get(name)} were written: it was cut or '
+          'changed since. Delete it, and the same command writes it again.')
 
 
 def main(argv):

@@ -97,6 +97,17 @@ class MainTest(absltest.TestCase):
     with self.assertRaisesRegex(MainFailed, r'other settings.*log_every: 10 '
                                 '-> 5'):
       self.run_main(workdir=split, log_every=5, **data)
+    # Synthetic data cut since it was written is refused, not trained on;
+    # deleted, it is written again (the same) and the run resumes.
+    train_file = os.path.join(split, 'synthetic', '3200_lines_300_vocabulary',
+                              'train.txt')
+    size = os.path.getsize(train_file)
+    os.truncate(train_file, size // 2)
+    with self.assertRaisesRegex(
+        MainFailed, f'Data error: The synthetic file {train_file} has '
+        f'{size // 2} bytes, but {size} were written: it was cut or changed'):
+      self.run_main(workdir=split, **data)
+    os.remove(train_file)
     resumed = self.run_main(workdir=split, **data)
     self.assertEqual(resumed['train_loss'], whole['train_loss'])
     self.assertEqual(resumed['test'], whole['test'])
