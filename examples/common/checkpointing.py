@@ -37,7 +37,9 @@ Two APIs: `Checkpointer` (by step, for training loops: `save` every
 import dataclasses
 import hashlib
 import json
+import logging as std_logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
@@ -64,6 +66,45 @@ class CheckpointLockedError(CheckpointError, locking.DirectoryLockedError):
 
 class _CorruptCheckpoint(Exception):
   """A checkpoint's files do not give back what was saved."""
+
+
+def _quiet_abandoned_reads() -> None:
+  """Keeps a failed restore's other reads from printing tracebacks.
+
+  When Orbax's restore raises on the first array it cannot read, its other
+  reads are still in flight. They fail too (the same damage) or find their
+  event loop closed, after or while the run says what is wrong, and Python
+  and asyncio print each: up to hundreds of lines of TensorStore specs
+  around the one line that matters. Installed before a restore (the first
+  reports come before it raises), this drops those reports only: asyncio's
+  never-retrieved futures of Orbax's array reads, Orbax's unfinished
+  coroutines, and callbacks that found the event loop closed.
+  """
+  if getattr(sys.unraisablehook, 'quiets_orbax_reads', False):
+    return
+  std_logging.getLogger('asyncio').addFilter(_AbandonedReadFilter())
+  unraisablehook = sys.unraisablehook
+
+  def quiet_unraisable(info):
+    code = getattr(info.object, 'cr_code', None)
+    if code is not None and 'orbax' in code.co_filename:
+      return  # An unfinished read.
+    if (info.exc_type is RuntimeError
+        and str(info.exc_value) == 'Event loop is closed'):
+      return  # A read's callback, from TensorStore's threads.
+    unraisablehook(info)
+
+  quiet_unraisable.quiets_orbax_reads = True
+  sys.unraisablehook = quiet_unraisable
+
+
+class _AbandonedReadFilter(std_logging.Filter):
+  """Drops asyncio's reports of Orbax array reads no one waited for."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('never retrieved' in message
+                and 'while reading array index' in message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +403,7 @@ class Checkpointer:
             f'{saved_leaf["dtype"]}{saved_leaf["shape"]}, the current state\'s '
             f'{jax.tree_util.keystr(path)} {dtype}{shape}: it was written by '
             'different code. Use a new --workdir.')
+    _quiet_abandoned_reads()
     try:
       leaves = self._manager.restore(
           step,

@@ -211,6 +211,44 @@ class CheckpointerTest(parameterized.TestCase):
                      f'from step 1; step 2 was corrupt .* moved to {moved[0]}')
     self.assertTrue(checkpointer.save(2, restored.state))
 
+  def test_a_failed_restores_abandoned_reads_print_nothing(self):
+    # Orbax's other reads of the failed restore report as they end: through
+    # sys.unraisablehook and asyncio's logger, up to hundreds of lines after
+    # the run's one-line error. Those reports are dropped; others are not.
+    reported = []
+    self.enter_context(mock.patch.object(sys, 'unraisablehook',
+                                         reported.append))
+    asyncio_logger = std_logging.getLogger('asyncio')
+    self.addCleanup(setattr, asyncio_logger, 'filters',
+                    list(asyncio_logger.filters))
+    self.save_steps([1])
+    path = checkpoint_files(os.path.join(self.directory, '1'), 'state')[0]
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+    with self.assertRaises(checkpointing.CheckpointError):
+      self.checkpointer().restore(train_state(0.0))
+
+    scope = {}
+    exec(compile('async def read(): pass', '/site/orbax/checkpoint/x.py',
+                 'exec'), scope)
+    unfinished_read = scope['read']()
+    self.addCleanup(unfinished_read.close)
+    reports = [(unfinished_read, Exception('reading array index')),
+               (None, RuntimeError('Event loop is closed')),
+               (None, RuntimeError('another problem'))]
+    for source, error in reports:
+      sys.unraisablehook(mock.Mock(object=source, exc_type=type(error),
+                                   exc_value=error))
+    self.assertEqual([str(info.exc_value) for info in reported],
+                     ['another problem'])
+    with self.assertLogs('asyncio', 'ERROR') as captured:
+      asyncio_logger.error('Task exception was never retrieved\nfuture: '
+                           '<Task exception=Exception("Encountered error '
+                           'while reading array index: (slice(0, 4, 1),)")>')
+      asyncio_logger.error('Task exception was never retrieved: another')
+    self.assertEqual([record.getMessage() for record in captured.records],
+                     ['Task exception was never retrieved: another'])
+
   def test_second_run_on_a_directory_is_refused(self):
     self.checkpointer()
     with self.assertRaisesRegex(
