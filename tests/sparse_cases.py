@@ -68,7 +68,7 @@ def _cf_sgd(duplicates, **kwargs):
 ALL_OPTIMIZERS = ('cf_sgd', 'cf_sgd_half_life_capped', 'cf_sgd_no_horizon',
                   'cf_sgd_schedule', 'fa_sgd', 'rowwise_adagrad',
                   'rowwise_adagrad_schedule', 'sgd', 'sgd_schedule')
-DUPLICATE_MODES = ('scatter', 'reduce')
+DUPLICATE_MODES = ('scatter', 'reduce', 'occurrences')
 
 
 def initial_table():

@@ -367,13 +367,24 @@ class SaturationTest(absltest.TestCase):
     chex.assert_trees_all_close(sparse_table, updates, rtol=1e-6)
 
 
+def _tagged(keys, grads, num_rows):
+  """`sum_duplicates_by_tagging` on a table it must give back unchanged."""
+  table = jnp.asarray(np.random.default_rng(0).normal(
+      size=(num_rows,) + grads.shape[1:]), jnp.float32)
+  given_back, batch = rows_lib.sum_duplicates_by_tagging(table, keys, grads)
+  np.testing.assert_array_equal(given_back, table)
+  return batch
+
+
 class DistinctRowsTest(parameterized.TestCase):
   """Both ways of combining duplicate ids: sums, counts, dropped bad ids."""
 
-  SUMS = {'scatter': rows_lib.sum_duplicates_by_scatter,
-          'reduce': rows_lib.sum_duplicates_by_sorting}
+  SUMS = {
+      'scatter': lambda keys, grads, num_rows: _tagged(keys, grads, num_rows),
+      'scatter_sorted_keys': rows_lib.sum_duplicates_by_scatter,
+      'reduce': rows_lib.sum_duplicates_by_sorting}
 
-  @parameterized.parameters(*DUPLICATE_MODES)
+  @parameterized.parameters(*SUMS)
   def test_sums_duplicates_and_drops_bad_ids(self, duplicates):
     ids = jnp.array([4, -1, 2, 4, 9, 4])
     grads = jnp.arange(6.0)[:, None] * jnp.ones((1, 2))
@@ -391,7 +402,7 @@ class DistinctRowsTest(parameterized.TestCase):
     np.testing.assert_array_equal(by_row[2][0], [2.0, 2.0])
     self.assertEqual(by_row[2][1], 1)
 
-  @parameterized.parameters(*DUPLICATE_MODES)
+  @parameterized.parameters(*SUMS)
   def test_runs_longer_than_a_block(self, duplicates):
     """Hot rows whose occurrences span several of the 128-row blocks."""
     rng = np.random.default_rng(3)
@@ -438,7 +449,7 @@ class DistinctRowsTest(parameterized.TestCase):
     self.assertTrue(np.isnan(with_nan[np.flatnonzero(keys == 0)[-1], 1]))
     self.assertTrue(np.isfinite(with_nan[keys == 0][:, [0, 2]]).all())
 
-  @parameterized.parameters(*DUPLICATE_MODES)
+  @parameterized.parameters(*SUMS)
   def test_non_finite_gradients_stay_in_their_row_and_column(self, duplicates):
     """NaN and ±inf sum as NumPy sums them, never into another row.
 
@@ -479,7 +490,7 @@ class DistinctRowsTest(parameterized.TestCase):
         np.bincount(keys[in_range], minlength=num_rows)[rows[kept]])
 
 
-  @parameterized.parameters(*DUPLICATE_MODES)
+  @parameterized.parameters(*SUMS)
   def test_a_sum_past_float32s_range_stays_in_its_row(self, duplicates):
     # Finite values whose sum overflows: +inf for their row, as a float32
     # sum gives, and nothing for the next block's row (a 0/1 product would
@@ -623,10 +634,21 @@ class DuplicateModesTest(parameterized.TestCase):
   @parameterized.parameters('cf_sgd', 'fa_sgd', 'sgd')
   def test_auto_picks_scatter_on_cpu_and_reduce_elsewhere(self, name):
     num_rows = 100_003
-    # Lowered for a CPU: each occurrence scattered, no sort.
+    # Lowered for a CPU: no sort; the rows' slots marked in their first
+    # elements (a write, and one to put them back), then each row written
+    # once, its occurrences summed.
     cpu = self._lowered(name, 'auto', num_rows, 'cpu')
     self.assertNotIn('stablehlo.sort', cpu)
     table_scatters = [line for line in self._scatters(cpu, num_rows)
+                      if f'tensor<{num_rows}x{DIM}xf32>' in line]
+    self.assertLen(table_scatters, 3)
+    self.assertEqual(['tensor<4096xf32>' in line for line in table_scatters],
+                     [True, True, False])
+    self.assertIn('unique_indices = true', table_scatters[2])
+    # 'occurrences': each occurrence scattered into the table, no sort.
+    occurrences = self._lowered(name, 'occurrences', num_rows, 'cpu')
+    self.assertNotIn('stablehlo.sort', occurrences)
+    table_scatters = [line for line in self._scatters(occurrences, num_rows)
                       if f'tensor<{num_rows}x{DIM}xf32>' in line]
     self.assertLen(table_scatters, 1)
     self.assertNotIn('unique_indices = true', table_scatters[0])
@@ -677,6 +699,42 @@ class DuplicateModesTest(parameterized.TestCase):
     other = 'reduce' if resolved == 'scatter' else 'scatter'
     chex.assert_trees_all_equal(results['auto'], results[resolved])
     self.assertFalse(np.array_equal(results['auto'][0], results[other][0]))
+
+  @parameterized.parameters('cf_sgd', 'fa_sgd', 'sgd', 'rowwise_adagrad')
+  def test_a_hot_rows_small_steps_are_summed_before_the_table_sees_them(
+      self, name):
+    # 4096 occurrences of row 0, each step far below half of 0.5's float32
+    # spacing: added one at a time they round against the row's value, and
+    # the row moves the wrong distance ('occurrences', documented); the
+    # exact designs move it as the dense path does.
+    ids = jnp.zeros((4096,), jnp.int32)
+    row_grads = jnp.full((4096, 2), 1e-4, jnp.float32)
+    moved = {}
+    for duplicates in DUPLICATE_MODES:
+      sparse = {
+          'cf_sgd': lambda d: fasgd_optax.sparse_cf_sgd(
+              1.0, num_steps=10_000, duplicates=d),
+          'fa_sgd': lambda d: fasgd_optax.sparse_fa_sgd(
+              1.0, jnp.full(4, 409.6), num_steps=10_000, duplicates=d),
+          'sgd': lambda d: fasgd_optax.sparse_sgd(1e-5, duplicates=d),
+          'rowwise_adagrad': lambda d: fasgd_optax.sparse_rowwise_adagrad(
+              1e-5, initial_accumulator_value=1e6, duplicates=d),
+      }[name](duplicates)
+      table = jnp.full((4, 2), 0.5, jnp.float32)
+      table, _ = sparse.apply(table, sparse.init(table), ids, row_grads)
+      moved[duplicates] = 0.5 - float(table[0, 0])
+    expected = {
+        'cf_sgd': 1.0 / np.sqrt(10_000 * 4096) * 0.4096,
+        'fa_sgd': 1.0 / np.sqrt(10_000 * 409.6) * 0.4096,
+        'sgd': 1e-5 * 0.4096,
+        'rowwise_adagrad': None}[name]
+    if expected is None:  # lr / (sqrt(acc) + eps) · g, acc = 1e6 + g².
+      expected = 1e-5 / (np.sqrt(1e6 + 0.4096 ** 2) + 1e-10) * 0.4096
+    for duplicates in ('scatter', 'reduce'):
+      self.assertAlmostEqual(moved[duplicates], expected,
+                             delta=np.spacing(np.float32(0.5)))
+    if name != 'rowwise_adagrad':  # It always sums first.
+      self.assertGreater(abs(moved['occurrences'] / expected - 1), 0.1)
 
   def test_bad_duplicates_argument(self):
     with self.assertRaisesRegex(ValueError, "`duplicates`.*got 'sorted'"):

@@ -55,11 +55,13 @@ _UPDATE = flags.DEFINE_enum(
     'dense: Optax update of whole tables (any optimizer); sparse: '
     'fasgd_optax\'s sparse path, only the batch\'s rows (sgd, '
     'rowwise_adagrad, fa_sgd, cf_sgd); scatter: sparse with '
-    '--duplicates=scatter.')
+    '--duplicates=occurrences.')
 _DUPLICATES = flags.DEFINE_enum(
-    'duplicates', 'auto', ['auto', 'scatter', 'reduce'],
-    'How the sparse path combines repeated ids: auto picks per backend '
-    '(scatter on CPU, reduce on accelerators).')
+    'duplicates', 'auto', ['auto', 'scatter', 'reduce', 'occurrences'],
+    'How the sparse path combines repeated ids (fasgd_optax\'s duplicates): '
+    'auto adds each occurrence on a CPU, as word2vec.c and gensim do '
+    '(occurrences), and sums each row\'s first on accelerators (reduce); '
+    'scatter sums them first on a CPU.')
 _CBOW_GRADIENT = flags.DEFINE_enum(
     'cbow_gradient', 'word2vec', ['word2vec', 'autodiff'],
     'CBOW: word2vec gives each context row the hidden vector\'s gradient '

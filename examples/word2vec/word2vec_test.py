@@ -383,6 +383,7 @@ class TrainTest(parameterized.TestCase):
       ('cbow', 'cf_sgd', 'scatter', {}),
       ('cbow', 'cf_sgd', 'sparse', {'cbow_gradient': 'autodiff'}),
       ('skipgram', 'cf_sgd', 'sparse', {'duplicates': 'reduce'}),
+      ('cbow', 'cf_sgd', 'sparse', {'duplicates': 'scatter'}),
       ('skipgram', 'fa_sgd', 'scatter', {}),
       ('cbow', 'fa_sgd', 'sparse', {'cbow_gradient': 'autodiff'}),
       ('skipgram', 'rowwise_adagrad', 'scatter', {}),
@@ -902,9 +903,9 @@ class ConfigTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ({'duplicates': 'sorted'}, "duplicates must be one of auto, scatter, "
-       "reduce; got 'sorted'"),
+       "reduce, occurrences; got 'sorted'"),
       ({'update': 'scatter', 'duplicates': 'reduce'},
-       'duplicates=scatter'),
+       'duplicates=occurrences'),
       ({'batch_size': 0}, 'batch_size must be >= 1'),
       ({'learning_rate': -1.0},
        'learning_rate must be a positive finite number; got -1.0'),

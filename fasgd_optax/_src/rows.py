@@ -4,12 +4,17 @@ The sparse path (`fasgd_optax._src.sparse`) reads and writes only the rows a
 batch touched. A batch drawn from a power law repeats its hot rows many times,
 and backends differ in how cheaply they combine repeats (DESIGN.md §6):
 
-- ``'scatter'``: scatter-adds combine them: each occurrence's scaled gradient
-  goes straight into the table (or, where a rule needs each row's summed
-  gradient first, into a batch-sized buffer). Fastest on CPU, where a scatter
-  is a serial loop and finding the distinct rows costs more than it saves.
-  Tables narrower than float32 take the batch-sized buffer always: in
-  bfloat16 a hot row's many small per-occurrence adds would round away.
+- ``'scatter'``: scatter-adds sum each row's occurrences into a batch-sized
+  buffer, then each distinct row is written once. The rows' slots in the
+  buffer are found without a sort (`sum_duplicates_by_tagging`): fastest on
+  CPU, where a scatter is a serial loop and a sort costs more.
+- ``'occurrences'``: each occurrence's scaled gradient goes straight into
+  the table, as word2vec.c and Hogwild-style trainers (FBGEMM's non-exact
+  optimizers) do: about half the update's cost on CPU, but each add rounds
+  against the row's value, so a hot row's many small steps lose precision (a
+  float32 row of 0.5 moved by 4096 steps of 2.4e-9 moved 1.9 times too
+  far). Rules that need each row's summed gradient, and tables narrower
+  than float32, take ``'scatter'`` instead.
 - ``'reduce'``: repeats are summed without scatter-adds (a sort, then blocked
   segment sums as small matrix products), and each distinct row is written
   once, by a scatter with unique indices. On a GPU, the atomic adds of
@@ -30,7 +35,7 @@ import jax.numpy as jnp
 
 from fasgd_optax._src import counting
 
-DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
+DUPLICATE_MODES = ('auto', 'scatter', 'reduce', 'occurrences')
 
 # Rows per block of the segment sums: a block's (128 × 128) mask times its
 # (128 × d) gradients is a small matrix product on any backend.
@@ -69,16 +74,18 @@ def resolve_duplicates(duplicates: str = 'auto',
     'reduce'
 
   Args:
-    duplicates: one of ``'auto'``, ``'scatter'``, ``'reduce'``.
+    duplicates: one of ``'auto'``, ``'scatter'``, ``'reduce'``,
+      ``'occurrences'``.
     platform: where the step runs: a backend name as `jax.default_backend()`
       gives it ('cpu', 'gpu', 'tpu') or a platform name ('cuda', 'rocm');
       None: `jax.default_backend()`.
 
   Returns:
-    ``'scatter'`` or ``'reduce'``: `duplicates` itself unless it is 'auto'.
+    `duplicates` itself unless it is 'auto': then ``'scatter'`` or
+    ``'reduce'``.
 
   Raises:
-    ValueError: `duplicates` is not one of the three.
+    ValueError: `duplicates` is not one of `DUPLICATE_MODES`.
   """
   check_duplicates(duplicates)
   if duplicates != 'auto':
@@ -89,20 +96,24 @@ def resolve_duplicates(duplicates: str = 'auto',
 
 
 def by_backend(duplicates: str, scatter: Callable[..., Any],
-               reduce: Callable[..., Any]) -> Callable[..., Any]:
-  """The implementation for `duplicates`: `scatter`, `reduce`, or per backend.
+               reduce: Callable[..., Any],
+               occurrences: Optional[Callable[..., Any]] = None
+               ) -> Callable[..., Any]:
+  """The implementation for `duplicates`, or per backend for ``'auto'``.
 
   Args:
     duplicates: one of `DUPLICATE_MODES`.
     scatter: the CPU design, ``scatter(*args)``.
     reduce: the accelerator design, ``reduce(*args)``, same results.
+    occurrences: the per-occurrence design; None: `scatter` stands in.
 
   Returns:
-    A function of ``*args``; with ``'auto'`` it holds both designs and
-    compiles only the one for the platform it is lowered for.
+    A function of ``*args``; with ``'auto'`` it holds the scatter and reduce
+    designs and compiles only the one for the platform it is lowered for.
   """
   check_duplicates(duplicates)
-  designs = {'scatter': scatter, 'reduce': reduce}
+  designs = {'scatter': scatter, 'reduce': reduce,
+             'occurrences': occurrences or scatter}
   if duplicates != 'auto':
     return designs[duplicates]
   per_platform = {platform: designs[design]
@@ -162,6 +173,74 @@ def sum_duplicates_by_scatter(keys: jax.Array, grads: jax.Array,
       jnp.ones((size,), jnp.int32), slots, num_segments=size)
   summed = jax.ops.segment_sum(grads, slots, num_segments=size)
   return DistinctRows(rows, multiplicities, summed)
+
+
+def can_tag(table: Any, size: int) -> bool:
+  """Whether `sum_duplicates_by_tagging` can take this table and batch.
+
+  Its tags are slot numbers written into the table as values: they must be
+  exact in the table's type (float32 holds integers up to 2^24), and the
+  table must have an element per row to hold them.
+  """
+  dtype = jnp.dtype(table.dtype)
+  return (jnp.issubdtype(dtype, jnp.floating) and table.shape[0] > 0
+          and math.prod(table.shape[1:]) > 0
+          and size <= 2 ** (jnp.finfo(dtype).nmant + 1))
+
+
+def sum_duplicates_by_tagging(table: jax.Array, keys: jax.Array,
+                              grads: jax.Array
+                              ) -> tuple[jax.Array, DistinctRows]:
+  """`DistinctRows` for CPUs, with no sort: the table marks each row's slot.
+
+  Each occurrence writes its slot number into its row's first element, and
+  reads back what its row holds: one of its row's slots, the same for all
+  of them (the last write wins). The elements are then put back, and the
+  gradients summed into their rows' slots by scatter-adds into a batch-sized
+  buffer. Summed before the table sees them, as the dense gradient of
+  ``table[ids]`` sums them: added to the table one occurrence at a time, a
+  hot row's small steps round against its value (a float32 row of 0.5 moved
+  by 4096 steps of 2.4e-9 moved 1.9 times too far).
+
+  Args:
+    table: (N, ...) floating table, `can_tag` true for it and the batch.
+    keys: (B,) ids from `flat_batch`, out-of-range ones set to N.
+    grads: (B,) + row shape, each occurrence's gradient.
+
+  Returns:
+    The table as it was (written to and restored in place when donated) and
+    `DistinctRows` with each distinct row in the slot its occurrences read.
+  """
+  size, num_rows = keys.shape[0], table.shape[0]
+  first = (keys,) + (0,) * (table.ndim - 1)
+  kwargs = _scatter_kwargs(table)
+  read = {}
+  sharding = counting.explicit_sharding(table)
+  if sharding is not None:  # As `gather_rows`: replicated.
+    read['out_sharding'] = jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec())
+  saved = table.at[first].get(mode='fill', fill_value=0, **read)
+  # Each write takes values computed from the reads it must follow (ours,
+  # and the caller's through the gradients), by selects whose condition is
+  # never true: a write XLA could order before a read of the same array
+  # makes it copy the whole table (O(N)), and XLA's CPU compiler drops
+  # optimization barriers.
+  never = jnp.abs(saved) < -1
+  if grads.size:
+    never = never | (jnp.abs(grads.reshape(size, -1)[:, 0]) < -1)
+  slots = lax.iota(jnp.int32, size)
+  tagged = table.at[first].set(
+      jnp.where(never, 0, slots).astype(table.dtype), mode='drop', **kwargs)
+  tags = tagged.at[first].get(mode='fill', fill_value=0, **read)
+  # Every occurrence puts back the value they all read.
+  table = tagged.at[first].set(jnp.where(tags < 0, 0, saved), mode='drop',
+                               **kwargs)
+  slot = jnp.where(keys < num_rows, tags.astype(jnp.int32), size)
+  multiplicities = jnp.zeros((size,), jnp.int32).at[slot].add(1, mode='drop')
+  summed = jnp.zeros(grads.shape, jnp.float32).at[slot].add(
+      grads.astype(jnp.float32), mode='drop')
+  rows = jnp.where(slot == slots, keys, _spare_rows(size, num_rows))
+  return table, DistinctRows(rows, multiplicities, summed)
 
 
 def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:

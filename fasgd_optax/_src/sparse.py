@@ -8,10 +8,11 @@ written, so a step costs O(batch), not O(N). The arithmetic is the dense
 transformations' (`fasgd_optax._src.counting`), and so is the state layout, so
 a user can switch between the dense and the sparse path mid-training.
 
-Each rule comes in the two designs of `fasgd_optax._src.rows`: per occurrence
-(``'scatter'``, the CPU's) and per distinct row (``'reduce'``, the
-accelerators'), picked by the ``duplicates`` argument; `sparse_apply` builds
-its ``apply`` from them.
+Each rule is written per distinct row, whose occurrences the designs of
+`fasgd_optax._src.rows` sum (``'scatter'``, the CPU's; ``'reduce'``, the
+accelerators'), and, where it allows, per occurrence (``'occurrences'``,
+inexact for small steps); the ``duplicates`` argument picks, and
+`sparse_apply` builds ``apply`` from them.
 """
 
 from typing import Any, Optional
@@ -133,13 +134,17 @@ def sparse_cf_sgd(
       called outside `jit`.
     duplicates: how repeated ids are combined (`fasgd_optax._src.rows`):
       ``'auto'`` (the default) picks per backend when the step is compiled;
-      ``'scatter'``, the CPU's design, scatter-adds each occurrence into the
-      table; ``'reduce'``, the accelerators', sums repeats without
-      scatter-adds and writes each distinct row once, so a hot row's
-      hundreds of occurrences do not serialize in atomic adds. Both give the
-      same result up to float rounding. A bfloat16 or float16 table has its
-      rows' gradients summed in float32 and each row written once in both
-      designs: added one occurrence at a time, small steps would round away.
+      ``'scatter'``, the CPU's design, sums each row's occurrences by
+      scatter-adds into a batch-sized buffer, with no sort, and writes each
+      distinct row once; ``'reduce'``, the accelerators', sums them without
+      scatter-adds, so a hot row's hundreds of occurrences do not serialize
+      in atomic adds. Both give the same result up to float rounding.
+      ``'occurrences'`` adds each occurrence's scaled gradient straight into
+      the table (word2vec.c's and Hogwild's way): about half the update's
+      cost on CPU, but each add rounds against the row's value, so a hot
+      row's many small steps move it by the wrong amount (tested: 4096 steps
+      of 2.4e-9 moved a row of 0.5 1.9 times too far); bfloat16 and float16
+      tables are summed there too.
       Sums and step sizes are float32: a float64 table (64-bit mode) gets
       updates of float32 precision, where the dense path keeps float64.
 
@@ -351,8 +356,8 @@ def sparse_rowwise_adagrad(
     checkify_ids: add a checkify check for out-of-range ids under `jit`, as
       in `sparse_cf_sgd`.
     duplicates: how repeated ids are summed before squaring: on CPU
-      (``'scatter'``) by a sort of the ids and scatter-adds into a
-      batch-sized buffer; on accelerators (``'reduce'``) without
+      (``'scatter'``, and ``'occurrences'``, the same here) by scatter-adds
+      into a batch-sized buffer; on accelerators (``'reduce'``) without
       scatter-adds. ``'auto'`` picks per backend, as in `sparse_cf_sgd`.
 
   Returns:

@@ -181,10 +181,10 @@ def make_apply(
     init: the transformation's ``init``; `apply` checks that its state has
       the layout ``init(table)`` gives.
     each_occurrence: ``each_occurrence(table, state, ids, grads, *constants)``
-      for the flattened batch of `rows.flat_batch`, repeats and all: the CPU
-      design where the rule allows it; None to give `each_row` the batch's
-      rows summed by scatter-adds on CPU. Tables narrower than float32 always
-      get the summed rows (see `_low_precision`).
+      for the flattened batch of `rows.flat_batch`, repeats and all: the
+      ``'occurrences'`` design where the rule allows it; None to give
+      `each_row` the batch's summed rows there too. Tables narrower than
+      float32 always get the summed rows (see `_low_precision`).
     duplicates: one of `rows.DUPLICATE_MODES`.
     axis_name: passed to `rows.flat_batch`.
     constants: arrays the bodies need (e.g. per-row frequencies), passed as
@@ -199,16 +199,22 @@ def make_apply(
   rows_lib.check_duplicates(duplicates)
 
   def scatter(table, state, ids, grads, *constants):
-    if each_occurrence is not None and not _low_precision(table.dtype):
-      return each_occurrence(table, state, ids, grads, *constants)
-    batch = rows_lib.sum_duplicates_by_scatter(ids, grads, table.shape[0])
+    if rows_lib.can_tag(table, ids.shape[0]):
+      table, batch = rows_lib.sum_duplicates_by_tagging(table, ids, grads)
+    else:
+      batch = rows_lib.sum_duplicates_by_scatter(ids, grads, table.shape[0])
     return each_row(table, state, batch, *constants)
+
+  def occurrences(table, state, ids, grads, *constants):
+    if each_occurrence is None or _low_precision(table.dtype):
+      return scatter(table, state, ids, grads, *constants)
+    return each_occurrence(table, state, ids, grads, *constants)
 
   def reduce(table, state, ids, grads, *constants):
     batch = rows_lib.sum_duplicates_by_sorting(ids, grads, table.shape[0])
     return each_row(table, state, batch, *constants)
 
-  apply_rows = rows_lib.by_backend(duplicates, scatter, reduce)
+  apply_rows = rows_lib.by_backend(duplicates, scatter, reduce, occurrences)
 
   def apply_impl(table, state, ids, row_grads, *constants):
     keys, grads = rows_lib.flat_batch(ids, row_grads, table.shape[0],
