@@ -36,7 +36,7 @@ LABELS = {
     'sparse_rowwise_adagrad': 'row-wise Adagrad, sparse',
     'no_update': 'gather and loss only (no update)',
 }
-DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
+DUPLICATE_MODES = ('auto', 'scatter', 'reduce', 'occurrences')
 
 
 def _label(name: str) -> str:

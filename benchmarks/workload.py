@@ -9,8 +9,9 @@ update only those.
 
 Optimizers are named by strings. A sparse one may name how it combines
 duplicate ids, ``'sparse_cf_sgd@reduce'`` (`fasgd_optax`'s ``duplicates``:
-``'scatter'``, the CPU design; ``'reduce'``, the accelerators'; a plain name is
-``'auto'``, which compiles the backend's own), so one run can time both designs
+``'scatter'``, the CPU design; ``'reduce'``, the accelerators';
+``'occurrences'``, each occurrence added to the table; a plain name is
+``'auto'``, which compiles the backend's own), so one run can time the designs
 on the same machine.
 """
 
@@ -31,7 +32,7 @@ SPARSE_OPTIMIZERS = ('sparse_sgd', 'sparse_cf_sgd', 'sparse_fa_sgd',
                      'sparse_rowwise_adagrad', 'no_update')
 ALL_OPTIMIZERS = DENSE_OPTIMIZERS + SPARSE_OPTIMIZERS
 # The library's ways of combining duplicate ids (`duplicates=`).
-DUPLICATE_MODES = ('auto', 'scatter', 'reduce')
+DUPLICATE_MODES = ('auto', 'scatter', 'reduce', 'occurrences')
 # Sparse optimizers that take `duplicates=` (no_update updates nothing).
 WITH_DUPLICATES = tuple(n for n in SPARSE_OPTIMIZERS if n != 'no_update')
 
