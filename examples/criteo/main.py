@@ -17,6 +17,7 @@ Several processes (e.g. one per host), each running the same command:
 import glob
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -231,6 +232,51 @@ def _check_synthetic_sizes(paths: list[str]) -> None:
           'changed since. Delete it, and the same command writes it again.')
 
 
+def _check_processes_flags() -> None:
+  """--num_processes, --process_id and --coordinator_address, checked."""
+  count, index = _NUM_PROCESSES.value, _PROCESS_ID.value
+  if count < 1:
+    raise app.UsageError(f'--num_processes must be >= 1; got {count}.')
+  if not 0 <= index < count:
+    raise app.UsageError(f'--process_id must be in [0, {count - 1}] for '
+                         f'--num_processes={count}; got {index}.')
+  host, _, port = _COORDINATOR_ADDRESS.value.rpartition(':')
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise app.UsageError(
+        '--coordinator_address must be host:port (process 0\'s, a port in '
+        f'1-65535); got {_COORDINATOR_ADDRESS.value!r}.')
+
+
+def _check_same_flags() -> None:
+  """Refuses processes of one run started with different flags.
+
+  Each process would train its own part of the tables with its own settings
+  (another --learning_rate gave a silently mixed state and a record naming
+  process 0's), or wait in a collective that never comes. Every process
+  gathers every other's flag values (all of this module's but --process_id
+  and --coordinator_address, by a hash each) and names the ones that
+  differ.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  # The coordinator's address may be spelt differently on each host.
+  names = sorted(
+      flag.name for flag in flags.FLAGS.get_flags_for_module(
+          sys.modules[__name__])
+      if flag.name not in ('process_id', 'coordinator_address'))
+  hashes = np.array([int.from_bytes(hashlib.sha256(
+      repr(flags.FLAGS[name].value).encode()).digest()[:3], 'little')
+                     for name in names], np.int32)
+  every = np.asarray(multihost_utils.process_allgather(hashes))
+  differing = [name for column, name in enumerate(names)
+               if len(set(every[:, column].tolist())) > 1]
+  if differing:
+    raise app.UsageError(
+        'The processes of one run need the same flags (but --process_id); '
+        f'these differ between them: --{", --".join(differing)}.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -244,13 +290,20 @@ def main(argv):
       raise app.UsageError(
           '--coordinator_address, --num_processes and --process_id go '
           'together.')
+    _check_processes_flags()
     # CPU devices of several processes talk over gloo (JAX's default CPU
     # collectives in 0.10; said explicitly in case a version changes it).
     if hasattr(jax.config, 'jax_cpu_collectives_implementation'):
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # JAX's preemption service takes SIGTERM for a notice that this run
+    # never asks about: the run went on to its end. Off, SIGTERM stops the
+    # run as it does a single process (`cli.run`).
+    if hasattr(jax.config, 'jax_enable_preemption_service'):
+      jax.config.update('jax_enable_preemption_service', False)
     jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+    _check_same_flags()
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top
   from examples.criteo import placement  # pylint: disable=g-import-not-at-top

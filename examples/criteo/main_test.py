@@ -139,6 +139,23 @@ class MainTest(absltest.TestCase):
     self.assertEqual([point['step'] for point in resumed['validation_history']],
                      [1, 2, 3, 4])
 
+  def test_bad_multi_process_flags_are_one_line_errors(self):
+    # Before jax.distributed.initialize, which hung or gave a traceback.
+    workdir = os.path.join(self.tmp, 'run')
+    for flag_values, message in (
+        (dict(process_id=2, num_processes=2), r'--process_id must be in '
+         r'\[0, 1\] for --num_processes=2; got 2\.'),
+        (dict(process_id=0, num_processes=0),
+         '--num_processes must be >= 1; got 0.'),
+        (dict(process_id=0, num_processes=2,
+              coordinator_address='localhost'),
+         "--coordinator_address must be host:port .*got 'localhost'"),
+    ):
+      flag_values.setdefault('coordinator_address', 'localhost:12345')
+      with self.assertRaisesRegex(MainFailed, message) as raised:
+        self.run_main(workdir=workdir, **flag_values)
+      self.assertNotIn('Traceback', str(raised.exception))
+
   def test_divergence_is_an_error(self):
     with self.assertRaisesRegex(MainFailed, 'diverged.*smaller '
                                 '--learning_rate'):

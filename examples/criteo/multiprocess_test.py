@@ -44,8 +44,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(args, workdir):
-  """Runs main.py as NUM_PROCESSES processes; returns their outputs."""
+def run_processes(args, workdir, per_process=((), ()), check=True):
+  """Runs main.py as NUM_PROCESSES processes; returns their outputs.
+
+  `per_process` adds each process's own flags; with `check` False the
+  outputs come back whatever the processes' exit statuses.
+  """
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='4',
              XLA_FLAGS='--xla_force_host_platform_device_count=4',
              PYTHONPATH=_REPOSITORY)
@@ -55,7 +59,7 @@ def run_processes(args, workdir):
           [sys.executable, '-m', 'examples.criteo.main', *args,
            f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
            f'--num_processes={NUM_PROCESSES}', f'--process_id={index}',
-           '--compilation_cache_dir='],
+           '--compilation_cache_dir=', *per_process[index]],
           cwd=_REPOSITORY, env=env, stdout=subprocess.PIPE,
           stderr=subprocess.STDOUT, text=True)
       for index in range(NUM_PROCESSES)
@@ -70,7 +74,7 @@ def run_processes(args, workdir):
       raise
     outputs.append(output)
   for index, (process, output) in enumerate(zip(processes, outputs)):
-    if process.returncode:
+    if check and process.returncode:
       raise AssertionError(f'process {index} exited with {process.returncode}:'
                            f'\n{output[-3000:]}')
   return outputs
@@ -93,6 +97,19 @@ class MultiProcessTest(absltest.TestCase):
       restored = checkpointer.restore(like_state)
     self.assertEqual(restored.step, NUM_STEPS)
     return restored
+
+  def test_processes_with_different_flags_are_refused(self):
+    # Another --learning_rate on one process trained a silently mixed state.
+    data = sharding_test.write_data(self.tmp, 100)
+    outputs = run_processes(
+        (*FLAGS, f'--data={data}'), os.path.join(self.tmp, 'run'),
+        per_process=((), ('--learning_rate=0.1', '--eval_every=2')),
+        check=False)
+    for output in outputs:
+      self.assertIn('these differ between them: --eval_every, '
+                    '--learning_rate.', output)
+      self.assertNotIn('step 1:', output)
+    self.assertFalse(os.path.exists(os.path.join(self.tmp, 'run')))
 
   def test_two_processes_resume_exactly_and_match_one_process(self):
     data = sharding_test.write_data(self.tmp, 300)
