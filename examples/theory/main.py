@@ -70,6 +70,13 @@ def main(argv):
         num_steps=FLAGS.num_steps, num_evals=FLAGS.num_evals)
   except ValueError as error:  # Names the field, which is the flag's name.
     raise app.UsageError(str(error)) from None
+  if FLAGS.alpha_points_per_octave < 1:
+    raise app.UsageError('--alpha_points_per_octave must be >= 1; got '
+                         f'{FLAGS.alpha_points_per_octave}.')
+  if FLAGS.alpha_log2_max < FLAGS.alpha_log2_min:
+    raise app.UsageError(
+        f'--alpha_log2_max ({FLAGS.alpha_log2_max}) must be >= '
+        f'--alpha_log2_min ({FLAGS.alpha_log2_min}).')
   alphas = train.alpha_grid(setup, FLAGS.alpha_log2_min, FLAGS.alpha_log2_max,
                             FLAGS.alpha_points_per_octave)
   started = time.perf_counter()

@@ -191,6 +191,16 @@ class MainTest(absltest.TestCase):
         completed.stderr.strip(),
         'error: num_steps (1000) must be a multiple of num_evals (3) so the '
         'evaluated iterates are evenly spaced. (--helpfull lists the flags)')
+    for flag_values, message in (
+        (('--alpha_points_per_octave=0',),
+         '--alpha_points_per_octave must be >= 1; got 0.'),
+        (('--alpha_log2_min=1', '--alpha_log2_max=0'),
+         '--alpha_log2_max (0.0) must be >= --alpha_log2_min (1.0).')):
+      completed = testing.run_module('examples.theory.main', *flag_values,
+                                     f'--output_dir={output_dir}', timeout=300)
+      self.assertEqual(completed.returncode, 1)
+      self.assertEqual(completed.stderr.strip(),
+                       f'error: {message} (--helpfull lists the flags)')
 
 
 if __name__ == '__main__':
