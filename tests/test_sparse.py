@@ -16,6 +16,7 @@ import fasgd_optax
 from fasgd_optax._src import rows as rows_lib
 from tests import reference
 from tests import sparse_cases as cases
+from tests.sparse_cases import ALL_DUPLICATE_MODES
 from tests.sparse_cases import ALL_OPTIMIZERS, DIM, DUPLICATE_MODES, ROWS
 
 
@@ -23,7 +24,7 @@ class DenseEquivalenceTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(name=ALL_OPTIMIZERS,
-                         duplicates=('auto',) + DUPLICATE_MODES)
+                         duplicates=('auto',) + ALL_DUPLICATE_MODES)
   def test_matches_dense_transformation(self, name, duplicates):
     dense, sparse, sparse_part = cases.optimizers(name, duplicates)
     dense_table = jnp.asarray(cases.initial_table())
@@ -147,7 +148,7 @@ class SparseBehaviourTest(parameterized.TestCase):
     visit(jaxpr.jaxpr)
     self.assertEqual(offenders, [])
 
-  @parameterized.product(name=ALL_OPTIMIZERS, duplicates=DUPLICATE_MODES)
+  @parameterized.product(name=ALL_OPTIMIZERS, duplicates=ALL_DUPLICATE_MODES)
   def test_compiled_step_copies_no_state_or_table(self, name, duplicates):
     """XLA copies a whole array when a scatter may race a gather from it."""
     _, sparse, _ = cases.optimizers(name, duplicates)
@@ -680,7 +681,7 @@ class DuplicateModesTest(parameterized.TestCase):
     self.assertEqual(fasgd_optax.resolve_duplicates(),
                      fasgd_optax.resolve_duplicates('auto',
                                                     jax.default_backend()))
-    for named in DUPLICATE_MODES:
+    for named in ALL_DUPLICATE_MODES:
       self.assertEqual(fasgd_optax.resolve_duplicates(named, 'cpu'), named)
       self.assertEqual(fasgd_optax.resolve_duplicates(named, 'gpu'), named)
     with self.assertRaisesRegex(ValueError, "`duplicates`.*got 'sorted'"):
@@ -710,7 +711,7 @@ class DuplicateModesTest(parameterized.TestCase):
     ids = jnp.zeros((4096,), jnp.int32)
     row_grads = jnp.full((4096, 2), 1e-4, jnp.float32)
     moved = {}
-    for duplicates in DUPLICATE_MODES:
+    for duplicates in ALL_DUPLICATE_MODES:
       sparse = {
           'cf_sgd': lambda d: fasgd_optax.sparse_cf_sgd(
               1.0, num_steps=10_000, duplicates=d),
