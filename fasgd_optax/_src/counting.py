@@ -281,9 +281,13 @@ def scale_counted_rows(grad: jax.Array, eta: jax.Array) -> jax.Array:
 
   The dense path's rows that are not updated (never counted, p_k = 0, or
   α = 0) stay as they are whatever their gradient holds: 0 · NaN is NaN.
+  The gradient is selected before it is scaled, so the scaling and the
+  parameters' update compile as they did without the select (selecting the
+  product instead changed XLA's CPU arithmetic, and MovieLens DeepFM's
+  20-epoch test AUC moved from 0.7841 to 0.7847 in one run each).
   """
   keep = (eta > 0).reshape(eta.shape + (1,) * (grad.ndim - eta.ndim))
-  return jnp.where(keep, scale_rows(grad, eta), jnp.zeros((), grad.dtype))
+  return scale_rows(jnp.where(keep, grad, jnp.zeros((), grad.dtype)), eta)
 
 
 def learning_rate_at(learning_rate: Any, count: jax.Array) -> Any:
