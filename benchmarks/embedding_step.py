@@ -94,7 +94,8 @@ _MAX_MEMORY_GB = flags.DEFINE_float(
     'Skip a (N, optimizer) pair whose estimated peak memory exceeds this or '
     'the device\'s own limit (memory_stats()[\'bytes_limit\'], where the '
     f'backend reports one); default: the device\'s limit, or '
-    f'{timing.DEFAULT_MEMORY_GB} GB where there is none (CPUs).')
+    f'{timing.DEFAULT_MEMORY_GB} GB where there is none (CPUs).',
+    lower_bound=0.0)
 _OUTPUT = flags.DEFINE_string(
     'output', 'benchmarks/results', 'Folder for the JSON and PNG results.')
 _PLOT = flags.DEFINE_boolean(

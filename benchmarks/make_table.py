@@ -210,18 +210,20 @@ def targets(results, dim: int) -> list[str]:
 
 
 def _target_line(target: str, measured: str, ok: Optional[bool],
-                 judged: bool = True) -> str:
-  verdict = _verdict(ok) if judged else 'not judged (a CPU run)'
+                 judged: bool = True, run: str = 'a CPU run') -> str:
+  verdict = _verdict(ok) if judged else f'not judged ({run})'
   return f'| {target} | {measured} | {verdict} |'
 
 
-def accelerator_targets(results, judged: bool = True) -> list[str]:
+def accelerator_targets(results, judged: bool = True,
+                        run: str = 'a CPU run') -> list[str]:
   """Issue 10's targets for the sparse path on an accelerator.
 
   Args:
     results: the report's results.
-    judged: whether the run was on an accelerator. A CPU run's ratios are
+    judged: whether the run was on an accelerator. Other runs' ratios are
       shown without a verdict: the targets are not for CPUs.
+    run: what the run was, for a verdict withheld.
   """
   lines = ['| target | measured | verdict |', '|---|---|---|']
   sizes = (100_000, 1_000_000, 10_000_000, 100_000_000)
@@ -241,14 +243,14 @@ def accelerator_targets(results, judged: bool = True) -> list[str]:
       ok = True
     lines.append(_target_line(
         f'{_label(name)} ≤ 2× `no_update`, every N in 1e5 … 1e8', measured,
-        ok, judged))
+        ok, judged, run))
   sgd, sparse = (_median(results, n, 10_000_000)
                  for n in ('sgd', 'sparse_cf_sgd'))
   value = None if sgd is None or sparse is None else sgd / sparse
   lines.append(_target_line(
       'CF-SGD sparse step ≥ 10× faster than `optax.sgd`, N = 1e7',
       '' if value is None else f'{value:.1f}×',
-      None if value is None else value >= 10, judged))
+      None if value is None else value >= 10, judged, run))
   return lines
 
 
@@ -376,11 +378,20 @@ def render(report: dict[str, Any], json_name: str,
   lines += ['', '## Targets (issue 3)', '']
   lines += targets(results, config['dim'])
   lines += ['', '## Targets for accelerators (issue 10)', '']
-  on_cpu = machine['jax_backend'] == 'cpu'
-  if on_cpu:
+  # Judged only for a run known to be on an accelerator: 'unknown' is what
+  # a run whose every measuring process crashed records.
+  on_accelerator = machine['jax_backend'] in ('gpu', 'tpu', 'cuda', 'rocm')
+  if machine['jax_backend'] == 'cpu':
+    run = 'a CPU run'
     lines += ['These targets are for GPUs and TPUs; this run was on a CPU, so '
               'its ratios are shown without a verdict.', '']
-  lines += accelerator_targets(results, judged=not on_cpu)
+  elif not on_accelerator:
+    run = f'backend {machine["jax_backend"]!r}'
+    lines += ['These targets are for GPUs and TPUs; this run\'s backend is '
+              f'{machine["jax_backend"]!r}, so its ratios are shown without a '
+              'verdict.', '']
+  lines += accelerator_targets(results, judged=on_accelerator,
+                               run='a CPU run' if on_accelerator else run)
   if baseline is not None:
     lines += ['', f'## Against `{baseline[1]}` (synced medians)', '']
     lines += baseline_targets(results, *baseline)

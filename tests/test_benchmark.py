@@ -435,6 +435,21 @@ class AcceleratorTargetsTest(absltest.TestCase):
       self.assertTrue(row.endswith('| not judged (a CPU run) |'), row)
     self.assertIn('1e5: 3.00×', rows[0])
 
+  def test_a_run_of_unknown_backend_is_not_judged(self):
+    # What a run whose every measuring process crashed records: it was
+    # judged as if on an accelerator.
+    path = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'benchmarks', 'results',
+        'cpu_sparse_a0d1bc2.json')
+    with open(path) as f:
+      report = json.load(f)
+    report['machine']['jax_backend'] = 'unknown'
+    text = make_table.render(report, 'unknown.json')
+    accelerator = text[text.index('## Targets for accelerators'):]
+    self.assertIn("this run's backend is 'unknown'", accelerator)
+    self.assertNotIn('met', accelerator.replace('not judged', ''))
+    self.assertEqual(accelerator.count("not judged (backend 'unknown')"), 4)
+
 
 class AbInProcessTest(absltest.TestCase):
 
