@@ -11,10 +11,11 @@ and backends differ in how cheaply they combine repeats (DESIGN.md §6):
 - ``'occurrences'``: each occurrence's scaled gradient goes straight into
   the table, as word2vec.c and Hogwild-style trainers (FBGEMM's non-exact
   optimizers) do: about half the update's cost on CPU, but each add rounds
-  against the row's value, so a hot row's many small steps lose precision (a
-  float32 row of 0.5 moved by 4096 steps of 2.4e-9 moved 1.9 times too
-  far). Rules that need each row's summed gradient, and tables narrower
-  than float32, take ``'scatter'`` instead.
+  against the row's value, so a hot row's many small steps lose precision
+  (tests/test_sparse.py: 4096 steps of 2.4e-9 on a float32 row of 0.5 move
+  it more than 10% off; the other designs within one float32 spacing).
+  Rules that need each row's summed gradient, and tables narrower than
+  float32, take ``'scatter'`` instead.
 - ``'reduce'``: repeats are summed without scatter-adds (a sort, then blocked
   segment sums as small matrix products), and each distinct row is written
   once, by a scatter with unique indices. On a GPU, the atomic adds of
@@ -96,8 +97,7 @@ def resolve_duplicates(duplicates: str = 'auto',
 
 
 def by_backend(duplicates: str, scatter: Callable[..., Any],
-               reduce: Callable[..., Any],
-               occurrences: Optional[Callable[..., Any]] = None
+               reduce: Callable[..., Any], occurrences: Callable[..., Any]
                ) -> Callable[..., Any]:
   """The implementation for `duplicates`, or per backend for ``'auto'``.
 
@@ -105,7 +105,7 @@ def by_backend(duplicates: str, scatter: Callable[..., Any],
     duplicates: one of `DUPLICATE_MODES`.
     scatter: the CPU design, ``scatter(*args)``.
     reduce: the accelerator design, ``reduce(*args)``, same results.
-    occurrences: the per-occurrence design; None: `scatter` stands in.
+    occurrences: the per-occurrence design, ``occurrences(*args)``.
 
   Returns:
     A function of ``*args``; with ``'auto'`` it holds the scatter and reduce
@@ -113,7 +113,7 @@ def by_backend(duplicates: str, scatter: Callable[..., Any],
   """
   check_duplicates(duplicates)
   designs = {'scatter': scatter, 'reduce': reduce,
-             'occurrences': occurrences or scatter}
+             'occurrences': occurrences}
   if duplicates != 'auto':
     return designs[duplicates]
   per_platform = {platform: designs[design]
@@ -199,8 +199,7 @@ def sum_duplicates_by_tagging(table: jax.Array, keys: jax.Array,
   gradients summed into their rows' slots by scatter-adds into a batch-sized
   buffer. Summed before the table sees them, as the dense gradient of
   ``table[ids]`` sums them: added to the table one occurrence at a time, a
-  hot row's small steps round against its value (a float32 row of 0.5 moved
-  by 4096 steps of 2.4e-9 moved 1.9 times too far).
+  hot row's small steps round against its value (``'occurrences'``).
 
   Args:
     table: (N, ...) floating table, `can_tag` true for it and the batch.
@@ -213,12 +212,7 @@ def sum_duplicates_by_tagging(table: jax.Array, keys: jax.Array,
   """
   size, num_rows = keys.shape[0], table.shape[0]
   first = (keys,) + (0,) * (table.ndim - 1)
-  kwargs = _scatter_kwargs(table)
-  read = {}
-  sharding = counting.explicit_sharding(table)
-  if sharding is not None:  # As `gather_rows`: replicated.
-    read['out_sharding'] = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec())
+  kwargs, read = _scatter_kwargs(table), _gather_kwargs(table)
   saved = table.at[first].get(mode='fill', fill_value=0, **read)
   # Each write takes values computed from the reads it must follow (ours,
   # and the caller's through the gradients), by selects whose condition is
@@ -418,14 +412,19 @@ def sum_duplicates_by_sorting(keys: jax.Array, grads: jax.Array,
 # Gathers and scatters of rows, on any mesh.
 
 
+def _gather_kwargs(values: jax.Array) -> dict[str, Any]:
+  """A gather's out_sharding from `values`: replicated on an Explicit mesh."""
+  sharding = counting.explicit_sharding(values)
+  if sharding is None:
+    return {}
+  return {'out_sharding': jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec())}
+
+
 def gather_rows(values: jax.Array, rows: jax.Array) -> jax.Array:
   """``values[rows]``, with 0 for out-of-range rows, replicated on a mesh."""
-  kwargs = {}
-  sharding = counting.explicit_sharding(values)
-  if sharding is not None:
-    kwargs['out_sharding'] = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec())
-  return values.at[rows].get(mode='fill', fill_value=0, **kwargs)
+  return values.at[rows].get(mode='fill', fill_value=0,
+                             **_gather_kwargs(values))
 
 
 def lookup_rows(values: jax.Array, ids: jax.Array) -> jax.Array:

@@ -143,8 +143,9 @@ def sparse_cf_sgd(
       the table (word2vec.c's and Hogwild's way): about half the update's
       cost on CPU, but each add rounds against the row's value, so a hot
       row's many small steps move it by the wrong amount (tested: 4096 steps
-      of 2.4e-9 moved a row of 0.5 1.9 times too far); bfloat16 and float16
-      tables are summed there too.
+      of 2.4e-9 on a row of 0.5 move it more than 10% off, the other designs
+      within one float32 spacing); bfloat16 and float16 tables are summed
+      there too.
       Sums and step sizes are float32: a float64 table (64-bit mode) gets
       updates of float32 precision, where the dense path keeps float64.
 
