@@ -45,7 +45,11 @@ _OPTIMIZERS = flags.DEFINE_list(
 _CAPPED = flags.DEFINE_list(
     'capped', [], 'Also sweep these (fa_sgd, cf_sgd) with η_max set to the '
     'tuned SGD learning rate of the same model: the largest per-row step '
-    'plain SGD tolerated, standing in for the paper\'s 1/(4L).')
+    'plain SGD tolerated, standing in for the paper\'s 1/(4L); or to '
+    '--max_learning_rate.')
+_MAX_LEARNING_RATE = flags.DEFINE_float(
+    'max_learning_rate', None, 'η_max of the --capped optimizers, in place '
+    'of SGD\'s tuned rate (a sweep can hold several caps).')
 _CBOW_GRADIENTS = flags.DEFINE_list(
     'cbow_gradients', list(train.model_lib.CBOW_GRADIENTS),
     'CBOW\'s gradient conventions to sweep (word2vec: each context row gets '
@@ -166,9 +170,18 @@ def next_learning_rate(runs: list[dict], optimizer: str,
 
 def _check_capped(sweep: dict, path: str) -> None:
   """Usage errors of --capped, before any data is read."""
+  if _MAX_LEARNING_RATE.value is not None:
+    if not _CAPPED.value:
+      raise app.UsageError('--max_learning_rate is the η_max of --capped: '
+                           'name the optimizers to cap with --capped.')
+    if not _MAX_LEARNING_RATE.value > 0:
+      raise app.UsageError('--max_learning_rate must be > 0; got '
+                           f'{_MAX_LEARNING_RATE.value!r}.')
   for optimizer in _CAPPED.value:
     if optimizer not in ('fa_sgd', 'cf_sgd'):
       raise app.UsageError(f'--capped takes fa_sgd, cf_sgd; got {optimizer}')
+    if _MAX_LEARNING_RATE.value is not None:
+      continue  # Capped at the given η_max, not at SGD's rate.
     for model in MODELS.value:
       if 'sgd' not in _OPTIMIZERS.value and not any(
           r['model'] == model and r['optimizer'] == 'sgd'
@@ -204,7 +217,9 @@ def run_sweep(path: str) -> None:
     for gradient, (optimizer, cap_from) in (
         (g, p) for g in variants(model) for p in plan):
       cap = None
-      if cap_from is not None:
+      if cap_from is not None and _MAX_LEARNING_RATE.value is not None:
+        cap = _MAX_LEARNING_RATE.value
+      elif cap_from is not None:
         trained = best_runs(sweep, model, gradient)
         if cap_from not in trained:
           raise app.UsageError(

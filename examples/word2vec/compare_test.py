@@ -70,6 +70,19 @@ class CompareTest(absltest.TestCase):
         f'{os.path.join(self.out, "sweep.json")} has no skipgram SGD run '
         'that trained: add sgd to --optimizers. (--helpfull lists the flags)')
 
+  def test_max_learning_rate_needs_capped_and_a_positive_value(self):
+    for flags, message in (
+        (('--max_learning_rate=500',),
+         'error: --max_learning_rate is the η_max of --capped: name the '
+         'optimizers to cap with --capped.'),
+        (('--capped=cf_sgd', '--max_learning_rate=-5'),
+         'error: --max_learning_rate must be > 0; got -5.0.')):
+      completed = self.compare('--models=cbow', '--optimizers=cf_sgd', *flags)
+      self.assertNotEqual(completed.returncode, 0)
+      self.assertEqual(completed.stderr.strip().splitlines()[-1],
+                       f'{message} (--helpfull lists the flags)')
+      self.assertEqual(os.listdir(self.out), [])  # Nothing read or written.
+
 
 if __name__ == '__main__':
   absltest.main()
