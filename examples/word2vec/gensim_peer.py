@@ -30,6 +30,7 @@ import json
 import os
 import tempfile
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -95,13 +96,23 @@ def heldout_losses(config: train.Config, data: train.Data, input_table,
 
 
 def best_run(sweep: dict, model: str, optimizer: str,
-             cbow_gradient: str = 'word2vec', capped: bool = False) -> dict:
-  """The sweep's best run (CBOW: of that convention), capped or not."""
-  runs = [r for r in sweep['runs']
-          if r['model'] == model and r['optimizer'] == optimizer and
-          (r.get('max_learning_rate') is not None) == capped and
-          (model != 'cbow' or
-           r.get('cbow_gradient', 'autodiff') == cbow_gradient)]
+             cbow_gradient: str = 'word2vec',
+             capped: Optional[bool] = False) -> dict:
+  """The sweep's best run (CBOW: of that convention), capped or not.
+
+  `capped=None`: the best uncapped run if the sweep has one, else the best
+  capped one (a sweep of `compare.py --capped` alone).
+  """
+  def runs_capped(capped):
+    return [r for r in sweep['runs']
+            if r['model'] == model and r['optimizer'] == optimizer and
+            (r.get('max_learning_rate') is not None) == capped and
+            (model != 'cbow' or
+             r.get('cbow_gradient', 'autodiff') == cbow_gradient)]
+
+  if capped is None:
+    capped = not runs_capped(False) and bool(runs_capped(True))
+  runs = runs_capped(capped)
   if not runs:
     variant = f', {cbow_gradient} gradient' if model == 'cbow' else ''
     raise ValueError(f'The sweep has no {model}{variant} {optimizer} runs '
@@ -395,9 +406,10 @@ if __name__ == '__main__':
       'CBOW\'s gradient convention (and the sweep runs it takes the '
       'learning rate from).')
   _CAPPED = flags.DEFINE_bool(
-      'capped', False, 'Take the sweep\'s best run of --optimizer with '
-      'η_max (compare.py --capped), with its η_max; default the best '
-      'uncapped one.')
+      'capped', None, 'Take the sweep\'s best run of --optimizer with '
+      'η_max (compare.py --capped), with its η_max (--nocapped: the best '
+      'uncapped one); default the best uncapped one if the sweep has any, '
+      'else the best capped one.')
   _EPOCHS = flags.DEFINE_integer(
       'epochs', None, 'Passes for both systems; default the sweep\'s.')
   _SEEDS = flags.DEFINE_list(

@@ -981,6 +981,18 @@ class PeerTableTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'no cbow, word2vec gradient sgd '
                                 'runs without max_learning_rate'):
       gensim_peer.best_run(sweep, 'cbow', 'sgd')
+    # capped=None: uncapped where the sweep has such runs, else capped.
+    self.assertEqual(gensim_peer.best_run(sweep, 'cbow', 'cf_sgd',
+                                          capped=None)['learning_rate'], 3.0)
+    capped_only = {'runs': sweep['runs'][2:4]}
+    best = gensim_peer.best_run(capped_only, 'cbow', 'cf_sgd', capped=None)
+    self.assertEqual((best['learning_rate'], best['max_learning_rate']),
+                     (30.0, 5.0))
+    with self.assertRaisesRegex(ValueError, 'runs without max_learning_rate'):
+      gensim_peer.best_run(capped_only, 'cbow', 'cf_sgd')
+    with self.assertRaisesRegex(ValueError, 'no cbow, word2vec gradient sgd '
+                                'runs without max_learning_rate'):
+      gensim_peer.best_run(sweep, 'cbow', 'sgd', capped=None)
 
   def test_compiled_and_cached_runs_get_their_own_rows(self):
     from examples.word2vec import gensim_peer  # pylint: disable=g-import-not-at-top
