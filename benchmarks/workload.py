@@ -85,7 +85,10 @@ def expand(names: list[str], duplicate_modes: list[str]) -> list[Optimizer]:
 
   ``expand(['sgd', 'sparse_cf_sgd'], ['auto', 'reduce'])`` is sgd,
   sparse_cf_sgd and sparse_cf_sgd@reduce. Names that carry their own
-  ``@mode`` are kept as they are.
+  ``@mode`` are kept as they are. A name that comes twice (``sgd,sgd``, or
+  ``sparse_cf_sgd@reduce`` beside ``sparse_cf_sgd`` with ``reduce`` among the
+  modes) is a ValueError naming it: results are told apart by name, so a
+  second timing of it would only cost time and collide with the first.
   """
   for mode in duplicate_modes:
     if mode not in DUPLICATE_MODES:
@@ -99,6 +102,11 @@ def expand(names: list[str], duplicate_modes: list[str]) -> list[Optimizer]:
       continue
     for mode in duplicate_modes:
       optimizers.append(parse(name if mode == 'auto' else f'{name}@{mode}'))
+  seen = set()
+  for optimizer in optimizers:
+    if optimizer.name in seen:
+      raise ValueError(f'{optimizer.name!r} is named twice')
+    seen.add(optimizer.name)
   return optimizers
 
 

@@ -167,11 +167,26 @@ class BenchmarkScriptTest(absltest.TestCase):
     for name, message in (
         ('no_update@reduce', 'only .* take @<duplicates>'),
         ('sparse_cf_sgd@sorted', 'duplicates must be one of'),
-        ('momentum', "unknown optimizer 'momentum'")):
+        ('momentum', "unknown optimizer 'momentum'"),
+        # Timed twice, the second result collided with the first.
+        ('sgd,sparse_cf_sgd,sgd', "--optimizers/--duplicates: 'sgd' is "
+         'named twice')):
       completed = self._run('--num_rows=1000', f'--optimizers={name}',
                             check=False)
       self.assertNotEqual(completed.returncode, 0)
       self.assertRegex(completed.stderr, message)
+
+  def test_an_optimizer_named_twice_through_its_modes_is_refused(self):
+    self.assertEqual(
+        [o.name for o in workload.expand(['sparse_cf_sgd@scatter'],
+                                         ['auto', 'scatter'])],
+        ['sparse_cf_sgd@scatter'])
+    with self.assertRaisesRegex(ValueError,
+                                "'sparse_cf_sgd@scatter' is named twice"):
+      workload.expand(['sparse_cf_sgd', 'sparse_cf_sgd@scatter'],
+                      ['auto', 'scatter'])
+    with self.assertRaisesRegex(ValueError, "'sparse_sgd' is named twice"):
+      workload.expand(['sparse_sgd'], ['auto', 'auto'])
 
   def test_no_donation_counts_fresh_outputs_in_memory_estimate(self):
     # 1000 × 8 floats are 32 kB: sparse CF-SGD needs 1 table donated and 2
