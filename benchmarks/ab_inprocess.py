@@ -39,10 +39,20 @@ BEFORE_NAME = 'fasgd_optax_before'
 
 
 def import_before(commit: str, repo: str, directory: str):
-  """`fasgd_optax` of `commit`, importable as `fasgd_optax_before`."""
-  archive = subprocess.run(
+  """`fasgd_optax` of `commit`, importable as `fasgd_optax_before`.
+
+  Raises:
+    ValueError: `commit` is no revision of `repo`, or has no `fasgd_optax`
+      (git's message).
+  """
+  archived = subprocess.run(
       ['git', '-C', repo, 'archive', '--format=tar', commit, 'fasgd_optax'],
-      capture_output=True, check=True).stdout
+      capture_output=True, check=False)
+  if archived.returncode:
+    message = archived.stderr.decode(errors='replace').strip().splitlines()
+    raise ValueError(message[-1] if message else
+                     f'git archive exited with status {archived.returncode}')
+  archive = archived.stdout
   extract_to = os.path.join(directory, 'extracted')
   with tempfile.TemporaryFile() as f:
     f.write(archive)
@@ -125,10 +135,32 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    sizes = workload.parse_sizes(_NUM_ROWS.value)
+  except ValueError as error:
+    raise app.UsageError(f'--num_rows={",".join(_NUM_ROWS.value)}: '
+                         f'{error}') from None
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  directory = tempfile.mkdtemp(prefix='ab_inprocess_')
-  before = import_before(_BEFORE.value, repo, directory)
+  # The earlier package, for the run only: removed however the run ends.
+  with tempfile.TemporaryDirectory(prefix='ab_inprocess_') as directory:
+    try:
+      before = import_before(_BEFORE.value, repo, directory)
+    except ValueError as error:
+      raise app.UsageError(f'--before={_BEFORE.value}: {error}') from None
+    report = compare(before, sizes)
+  markdown = render(report)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'w') as f:
+      f.write(markdown)
+    with open(os.path.splitext(_OUTPUT.value)[0] + '.json', 'w') as f:
+      json.dump(report, f, indent=1)
+  print(markdown)
+
+
+def compare(before, sizes: list[int]) -> dict[str, Any]:
+  """The report: `before`'s sparse steps against this code's, per size."""
   report = {'command': ' '.join(['python'] + sys.argv),
             'machine': machine_lib.describe_machine(),
             'load_average_before': os.getloadavg()[0],
@@ -139,7 +171,7 @@ def main(argv):
             'results': []}
   rng = np.random.default_rng(0)
   num_steps = 1000
-  for num_rows in (int(float(n)) for n in _NUM_ROWS.value):
+  for num_rows in sizes:
     inputs = workload.make_inputs(num_rows, dim=_DIM.value, batch=_BATCH.value,
                                   zipf_exponent=_ZIPF.value, num_batches=8,
                                   seed=0)
@@ -159,13 +191,7 @@ def main(argv):
             f'{row["now_ms"]:.3f} ms, ratio {row["median_ratio"]:.3f}',
             flush=True)
   report['load_average_after'] = os.getloadavg()[0]
-  markdown = render(report)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      f.write(markdown)
-    with open(os.path.splitext(_OUTPUT.value)[0] + '.json', 'w') as f:
-      json.dump(report, f, indent=1)
-  print(markdown)
+  return report
 
 
 if __name__ == '__main__':
@@ -177,11 +203,16 @@ if __name__ == '__main__':
       'optimizers', ['sparse_cf_sgd', 'sparse_fa_sgd',
                      'sparse_rowwise_adagrad', 'no_update'],
       'Sparse steps both codes have.')
-  _BATCH = flags.DEFINE_integer('batch', 4096, 'Ids per step B.')
-  _DIM = flags.DEFINE_integer('dim', 64, 'Embedding dimension d.')
-  _ZIPF = flags.DEFINE_float('zipf_exponent', 1.1, 'Zipf exponent of ids.')
-  _ROUNDS = flags.DEFINE_integer('rounds', 30, 'Timed blocks per code.')
-  _BLOCK = flags.DEFINE_integer('block', 50, 'Back-to-back steps per block.')
+  _BATCH = flags.DEFINE_integer('batch', 4096, 'Ids per step B.',
+                                lower_bound=1)
+  _DIM = flags.DEFINE_integer('dim', 64, 'Embedding dimension d.',
+                              lower_bound=1)
+  _ZIPF = flags.DEFINE_float('zipf_exponent', 1.1, 'Zipf exponent of ids.',
+                             lower_bound=0.0)
+  _ROUNDS = flags.DEFINE_integer('rounds', 30, 'Timed blocks per code.',
+                                 lower_bound=1)
+  _BLOCK = flags.DEFINE_integer('block', 50, 'Back-to-back steps per block.',
+                                lower_bound=1)
   _TOLERANCE = flags.DEFINE_float('tolerance', 0.10,
                                   'Flag a median ratio above 1 + this.')
   _OUTPUT = flags.DEFINE_string('output', None,

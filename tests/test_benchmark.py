@@ -468,6 +468,26 @@ class AcceleratorTargetsTest(absltest.TestCase):
 
 class AbInProcessTest(absltest.TestCase):
 
+  def test_bad_flags_are_usage_errors_and_leave_no_temporary_folder(self):
+    for flag, message in (
+        ('--before=no-such-revision',
+         '--before=no-such-revision: fatal: not a valid object name'),
+        ('--num_rows=-5', "--num_rows=-5: '-5' is not a whole number"),
+        ('--rounds=0', 'flag --rounds=0: 0 is not a positive integer')):
+      with tempfile.TemporaryDirectory() as scratch:
+        env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu',
+                   TMPDIR=scratch)
+        completed = subprocess.run(
+            [sys.executable, os.path.join(_ROOT, 'benchmarks',
+                                          'ab_inprocess.py'),
+             '--before=HEAD', '--num_rows=1000', '--batch=8', '--dim=2',
+             flag],
+            check=False, env=env, capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(completed.returncode, 0, flag)
+        self.assertIn(message, completed.stderr)
+        self.assertNotIn('Traceback', completed.stderr)
+        self.assertEqual(os.listdir(scratch), [], flag)
+
   def test_ratios_are_taken_per_round(self):
     summary = ab_inprocess.summarise({'now': [1.0, 2.0, 3.0, 4.0],
                                       'before': [1.0, 1.0, 3.0, 8.0]})
