@@ -16,11 +16,21 @@ import glob
 import json
 import os
 import re
+import sys
 from typing import Any
 
+if __package__ in (None, ''):
+  # Run as a script: `examples.*` is found from the repository root.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 import numpy as np
+
+from examples.common import files
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 REFERENCE = 'no_update'
 
@@ -114,11 +124,11 @@ def main(argv):
   if _OUTPUT.value == '-':
     print(markdown)
     return
-  with open(_OUTPUT.value, 'w') as f:
-    f.write(markdown)
-  with open(os.path.splitext(_OUTPUT.value)[0] + '.json', 'w') as f:
-    json.dump({'now': _NOW.value, 'before': _BEFORE.value,
-               'machine': machine, 'rows': rows}, f, indent=1)
+  # Each file whole or not at all: a kill mid-write keeps the old one.
+  files.write_text(_OUTPUT.value, markdown)
+  files.write_json(os.path.splitext(_OUTPUT.value)[0] + '.json',
+                   {'now': _NOW.value, 'before': _BEFORE.value,
+                    'machine': machine, 'rows': rows}, indent=1)
   print(markdown)
 
 

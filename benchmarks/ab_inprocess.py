@@ -15,7 +15,6 @@ median per-step time; `no_update` (identical in both) shows the noise floor.
       --output=benchmarks/results/cpu_ab_7aa868b.md
 """
 
-import json
 import os
 import re
 import subprocess
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fasgd_optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workload  # pylint: disable=g-import-not-at-top,wrong-import-position
+from examples.common import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples.common import machine as machine_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BEFORE_NAME = 'fasgd_optax_before'
@@ -150,13 +150,18 @@ def main(argv):
     except ValueError as error:
       raise app.UsageError(f'--before={_BEFORE.value}: {error}') from None
     report = compare(before, sizes)
-  markdown = render(report)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      f.write(markdown)
-    with open(os.path.splitext(_OUTPUT.value)[0] + '.json', 'w') as f:
-      json.dump(report, f, indent=1)
-  print(markdown)
+    write(report, _OUTPUT.value)
+  print(render(report))
+
+
+def write(report: dict[str, Any], output: str) -> None:
+  """`report` as Markdown to `output` and as JSON beside it.
+
+  Each file whole or not at all: a run killed mid-write keeps the old one.
+  """
+  files.write_text(output, render(report))
+  files.write_json(os.path.splitext(output)[0] + '.json', report, indent=1)
 
 
 def compare(before, sizes: list[int]) -> dict[str, Any]:

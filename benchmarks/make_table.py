@@ -9,10 +9,20 @@ r"""Renders `embedding_step.py`'s JSON as a Markdown report with the targets.
 
 import json
 import os
+import sys
 from typing import Any, Optional
 
+if __package__ in (None, ''):
+  # Run as a script: `examples.*` is found from the repository root.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
+
+from examples.common import files
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _INPUT = flags.DEFINE_string('input', 'benchmarks/results/cpu.json',
                              'JSON written by embedding_step.py.')
@@ -425,8 +435,7 @@ def main(argv):
   if _OUTPUT.value == '-':
     print(markdown)
   else:
-    with open(_OUTPUT.value, 'w') as f:
-      f.write(markdown)
+    files.write_text(_OUTPUT.value, markdown)  # A kill keeps the old one.
     print(f'Wrote {_OUTPUT.value}')
 
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from benchmarks import workload
+from examples.common import files
 
 
 def plot(results: list[dict[str, Any]], path: str, title: str) -> None:
@@ -31,5 +32,8 @@ def plot(results: list[dict[str, Any]], path: str, title: str) -> None:
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  # Whole or not at all: a run killed mid-write keeps the old plot. The
+  # temporary file's name does not end in .png, so the format is named.
+  with files.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=120, format='png')
   plt.close(fig)

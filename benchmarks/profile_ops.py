@@ -15,7 +15,6 @@ the benchmark misses is made of, e.g. a scatter that hot rows serialize:
 Prints a block per (N, optimizer); --output also writes them as JSON.
 """
 
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import jax
 
 from benchmarks import workload
 from benchmarks import workload_flags
+from examples.common import files
 from examples.common import machine
 from examples.common import profiling
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -129,8 +129,7 @@ def main(argv):
       report['results'].append(result)
       print(render(result), flush=True)
       if _OUTPUT.value:  # Each result kept, should a later one never end.
-        with open(_OUTPUT.value, 'w') as f:
-          json.dump(report, f, indent=1)
+        files.write_json(_OUTPUT.value, report, indent=1)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from benchmarks import ab_compare
 from benchmarks import ab_inprocess
 from benchmarks import isolation
 from benchmarks import make_table
+from benchmarks import plotting
 from benchmarks import timing
 from benchmarks import workload
 
@@ -382,6 +383,100 @@ class MemoryAndFailureTest(absltest.TestCase):
     self.assertEqual(results[0]['median_ms'], 1.0)
     self.assertEqual(results[1]['optimizer'], 'adam')
     self.assertIn('exited with status 137', results[1]['error'])
+
+
+# Runs the code after it in a process killed (SIGKILL) the moment it opens a
+# file under the folder sys.argv[1] for writing: a kill mid-write. In place,
+# that file is then empty; written aside and renamed, it is the old one.
+_KILLED_MID_WRITE = """
+import builtins, os, signal, sys
+folder = os.path.realpath(sys.argv[1])
+real_open = builtins.open
+def open_then_die(file, mode='r', *args, **kwargs):
+  opened = real_open(file, mode, *args, **kwargs)
+  if ('w' in mode and
+      os.path.realpath(os.fspath(file)).startswith(folder + os.sep)):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return opened
+builtins.open = open_then_die
+"""
+
+
+class KilledMidWriteTest(absltest.TestCase):
+  """A script killed while writing its output leaves the old output whole."""
+
+  def _kill_mid_write(self, code: str, *outputs: str) -> None:
+    """Runs `code` killed mid-write into `outputs`' folder; checks them."""
+    for output in outputs:
+      with open(output, 'w') as f:
+        f.write('old')
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+    completed = subprocess.run(
+        [sys.executable, '-c', _KILLED_MID_WRITE + code,
+         os.path.dirname(outputs[0])],
+        check=False, env=env, capture_output=True, text=True, timeout=120)
+    self.assertEqual(completed.returncode, -9, completed.stderr[-3000:])
+    for output in outputs:
+      with open(output) as f:
+        self.assertEqual(f.read(), 'old', output)
+
+  def test_make_table(self):
+    report = os.path.join(_ROOT, 'benchmarks', 'results', 'cpu_reduce.json')
+    with tempfile.TemporaryDirectory() as folder:
+      self._kill_mid_write(
+          'import runpy\n'
+          f'sys.argv = ["make_table.py", "--input={report}", '
+          f'"--output={folder}/table.md"]\n'
+          f'runpy.run_path("{_ROOT}/benchmarks/make_table.py", '
+          'run_name="__main__")\n', os.path.join(folder, 'table.md'))
+
+  def test_ab_compare(self):
+    with tempfile.TemporaryDirectory() as folder:
+      for code in ('now', 'before'):
+        os.makedirs(os.path.join(folder, f'{code}1'))
+        with open(os.path.join(folder, f'{code}1', 'x.json'), 'w') as f:
+          json.dump({'results': [{'optimizer': 'no_update', 'num_rows': 10,
+                                  'median_ms': 1.0}]}, f)
+      output = os.path.join(folder, 'out', 'ab.md')
+      os.makedirs(os.path.dirname(output))
+      self._kill_mid_write(
+          'import runpy\n'
+          f'sys.argv = ["ab_compare.py", "--now={folder}/now*/x.json", '
+          f'"--before={folder}/before*/x.json", "--output={output}"]\n'
+          f'runpy.run_path("{_ROOT}/benchmarks/ab_compare.py", '
+          'run_name="__main__")\n',
+          output, os.path.join(folder, 'out', 'ab.json'))
+
+  def test_ab_inprocess(self):
+    report = {'command': 'c', 'machine': 'm', 'load_average_before': 0.5,
+              'load_average_after': 0.6,
+              'config': {'before': 'abc', 'batch': 8, 'dim': 2,
+                         'zipf_exponent': 1.1, 'rounds': 1, 'block': 2,
+                         'tolerance': 0.1},
+              'results': [{'optimizer': 'no_update', 'num_rows': 10,
+                           **ab_inprocess.summarise({'now': [1.0],
+                                                     'before': [1.0]})}]}
+    with tempfile.TemporaryDirectory() as folder:
+      self._kill_mid_write(
+          'from benchmarks import ab_inprocess\n'
+          f'ab_inprocess.write({report!r}, "{folder}/ab.md")\n',
+          os.path.join(folder, 'ab.md'), os.path.join(folder, 'ab.json'))
+
+  def test_plot(self):
+    results = [{'optimizer': 'sgd', 'num_rows': n, 'median_ms': 1.0}
+               for n in (10, 100)]
+    with tempfile.TemporaryDirectory() as folder:
+      self._kill_mid_write(
+          'from benchmarks import plotting\n'
+          f'plotting.plot({results!r}, "{folder}/plot.png", "t")\n',
+          os.path.join(folder, 'plot.png'))
+    # And unkilled, the plot is a PNG.
+    with tempfile.TemporaryDirectory() as folder:
+      path = os.path.join(folder, 'plot.png')
+      plotting.plot(results, path, 't')
+      with open(path, 'rb') as f:
+        self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+      self.assertEqual(os.listdir(folder), ['plot.png'])
 
 
 class AbCompareTest(absltest.TestCase):
