@@ -19,6 +19,7 @@ or fails never loses the others' results. Results go to ``<output>/<name>.json``
 
 import os
 import platform
+import signal
 import sys
 import time
 from typing import Any, Optional
@@ -221,6 +222,21 @@ def main(argv):
 
   os.makedirs(_OUTPUT.value, exist_ok=True)
   json_path = os.path.join(_OUTPUT.value, f'{_NAME.value}.json')
+  if _ISOLATE.value:  # SIGTERM or SIGINT stops the measuring child too.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, isolation.raise_stopped)
+  try:
+    return run(sizes, optimizers, settings, json_path)
+  except isolation.Stopped as stopped:
+    print(f'Stopped by {stopped}, and its measuring process with it; '
+          f'{json_path} holds the sizes finished before, if any.',
+          file=sys.stderr)
+    return 128 + stopped.signum  # What the signal's default would give.
+
+
+def run(sizes: list[int], optimizers: list[workload.Optimizer],
+        settings: timing.Settings, json_path: str) -> int:
+  """Measures every size, writing `json_path` after each; the exit status."""
   load_before = load_average()
   started = time.time()
   results = []

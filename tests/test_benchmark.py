@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 import jax
@@ -22,6 +24,21 @@ from benchmarks import workload
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = timing.Settings(dim=8, batch=64, steps=2, warmup=1, num_batches=2,
                         min_seconds=0.0, back_to_back_steps=4)
+
+
+def _children(pid: int) -> list[int]:
+  """The ids of process `pid`'s children (Linux's /proc)."""
+  children = []
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        # 'pid (command) state ppid ...': the command may hold spaces.
+        parent = int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+      continue
+    if parent == pid:
+      children.append(int(entry))
+  return children
 
 
 class BenchmarkScriptTest(absltest.TestCase):
@@ -95,6 +112,40 @@ class BenchmarkScriptTest(absltest.TestCase):
     # Ruled out by the flag in the parent: the dense child never saw Adam.
     self.assertNotIn('"optimizer": "adam"', completed.stdout)
     self.assertIn('"optimizer": "sgd"', completed.stdout)
+
+  def test_a_stopped_run_stops_its_measuring_process(self):
+    env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      with tempfile.TemporaryDirectory() as output:
+        # A child that would measure for a minute.
+        parent = subprocess.Popen(
+            [sys.executable,
+             os.path.join(_ROOT, 'benchmarks', 'embedding_step.py'),
+             '--dim=8', '--batch=64', '--num_rows=1000', '--noplot',
+             '--optimizers=sparse_cf_sgd', '--min_seconds=60',
+             '--steps=1000000000', '--max_steps=1000000000',
+             f'--output={output}', '--name=tiny'],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        children = []
+        try:
+          deadline = time.monotonic() + 120
+          while not children and parent.poll() is None:
+            self.assertLess(time.monotonic(), deadline, 'no child started')
+            time.sleep(0.05)
+            children = _children(parent.pid)
+          parent.send_signal(signum)
+          _, stderr = parent.communicate(timeout=60)
+        finally:
+          parent.kill()
+          left_measuring = [child for child in children
+                            if os.path.exists(f'/proc/{child}')]
+          for child in left_measuring:
+            os.kill(child, signal.SIGKILL)
+        self.assertEqual(left_measuring, [])
+        self.assertEqual(parent.returncode, 128 + signum, stderr[-3000:])
+        self.assertIn(f'Stopped by {signum.name}', stderr)
+        self.assertNotIn('Traceback', stderr)
 
   def test_tiny_benchmark_and_table(self):
     report, markdown, wrote_png = self._run(
