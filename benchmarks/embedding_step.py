@@ -183,15 +183,20 @@ def unknown_machine() -> dict[str, Any]:
 
 def write_report(json_path: str, results: list[dict[str, Any]],
                  settings: timing.Settings, load_before: list[float],
-                 started: float, sizes_done: list[int],
+                 started: float, sizes: list[int], sizes_done: list[int],
                  machine_fields: dict[str, Any]) -> dict[str, Any]:
-  """Writes the JSON report of the results so far; returns it."""
+  """Writes the JSON report of the results so far; returns it.
+
+  `sizes` (asked for) beside `sizes_done` tells `make_table.py` that a run
+  was stopped midway, and which sizes it lacks.
+  """
   report = {
       'command': ' '.join(['python'] + sys.argv),
       'machine': machine_fields,
       'load_average_before': load_before,
       'load_average_after': load_average(),
       'total_seconds': round(time.time() - started, 1),
+      'sizes': sizes,
       'sizes_done': sizes_done,
       'config': {
           'dim': settings.dim, 'batch': settings.batch,
@@ -265,7 +270,7 @@ def run(sizes: list[int], optimizers: list[workload.Optimizer],
         results += [by_name[o.name] for o in chosen]
     # Written after every size, so a run stopped midway keeps what it did.
     report = write_report(json_path, results, settings, load_before, started,
-                          sizes_done=sizes[:done],
+                          sizes=sizes, sizes_done=sizes[:done],
                           machine_fields=machine_fields or unknown_machine())
   if _PLOT.value:
     machine_fields = report['machine']

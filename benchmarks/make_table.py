@@ -7,6 +7,7 @@ r"""Renders `embedding_step.py`'s JSON as a Markdown report with the targets.
       --baseline benchmarks/results/cpu.json --output -
 """
 
+from collections.abc import Sequence
 import json
 import os
 import sys
@@ -161,13 +162,62 @@ def memory_table(results) -> list[str]:
   return lines
 
 
-def _verdict(ok: Optional[bool]) -> str:
+def _verdict(ok: Optional[bool], lacking: Sequence[int] = ()) -> str:
+  """'met', '**not met**' or 'not measured'; withheld if sizes are `lacking`.
+
+  Args:
+    ok: whether the target is met; None if it was not measured.
+    lacking: sizes the target needs that the run was asked for but stopped
+      before: a verdict on the sizes done could be overturned by them.
+  """
+  if lacking:
+    return ('not judged (the run stopped before N = '
+            + ', '.join(_rows_label(n) for n in lacking) + ')')
   return {True: 'met', False: '**not met**', None: 'not measured'}[ok]
 
 
-def targets(results, dim: int) -> list[str]:
-  """The issue's targets, each computed from the measurements."""
+def missing_sizes(report: dict[str, Any]) -> list[int]:
+  """The sizes the run was asked for and did not finish: it was stopped.
+
+  A report names the sizes asked for (`sizes`); an older one only in its
+  command's --num_rows, if it gave the flag (if not, none count as missing).
+  """
+  asked = report.get('sizes') or _sizes_in_command(report['command'])
+  done = set(report.get('sizes_done', _sizes(report['results'])))
+  return [n for n in asked if n not in done]
+
+
+def _sizes_in_command(command: str) -> list[int]:
+  """--num_rows in `command` (the last one, as absl reads it); [] if none."""
+  words = command.split()  # The report joined sys.argv with spaces.
+  sizes = []
+  for word, following in zip(words, words[1:] + ['']):
+    if word.startswith('--num_rows='):
+      value = word.partition('=')[2]
+    elif word == '--num_rows':
+      value = following
+    else:
+      continue
+    try:
+      sizes = [int(float(n)) for n in value.split(',')]
+    except ValueError:
+      sizes = []
+  return sizes
+
+
+def targets(results, dim: int, missing: Sequence[int] = ()) -> list[str]:
+  """The issue's targets, each computed from the measurements.
+
+  Args:
+    results: the report's results.
+    dim: the table's d.
+    missing: sizes asked for that a stopped run did not finish; a target
+      that needs one is not judged.
+  """
   lines = ['| target | measured | verdict |', '|---|---|---|']
+
+  def verdict(ok, *needs):
+    return _verdict(ok, [n for n in needs if n in missing])
 
   def ratio(numerator, denominator):
     if numerator is None or denominator is None:
@@ -179,11 +229,13 @@ def targets(results, dim: int) -> list[str]:
   value = ratio(cf, sgd)
   lines.append('| CF-SGD dense step ≤ 1.1× `optax.sgd`, N = 1e6 | '
                + ('' if value is None else f'{value:.2f}×') + ' | '
-               + _verdict(None if value is None else value <= 1.1) + ' |')
+               + verdict(None if value is None else value <= 1.1, 1_000_000)
+               + ' |')
   value = ratio(cf, adagrad)
   lines.append('| CF-SGD dense step ≤ 0.5× `optax.adagrad`, N = 1e6 | '
                + ('' if value is None else f'{value:.2f}×') + ' | '
-               + _verdict(None if value is None else value <= 0.5) + ' |')
+               + verdict(None if value is None else value <= 0.5, 1_000_000)
+               + ' |')
 
   excess = []
   for result in results:
@@ -199,7 +251,8 @@ def targets(results, dim: int) -> list[str]:
   value = ratio(sgd, _median(results, 'sparse_cf_sgd', 1_000_000))
   lines.append('| CF-SGD sparse step ≥ 100× faster than `optax.sgd`, N = 1e6 | '
                + ('' if value is None else f'{value:.0f}×') + ' | '
-               + _verdict(None if value is None else value >= 100) + ' |')
+               + verdict(None if value is None else value >= 100, 1_000_000)
+               + ' |')
   large, small = (_find(results, 'sparse_cf_sgd', n)
                   for n in (10_000_000, 100_000))
   value = ratio(_median(results, 'sparse_cf_sgd', 10_000_000),
@@ -215,18 +268,21 @@ def targets(results, dim: int) -> list[str]:
               f'{max(round_ratios):.2f}×)')
   lines.append('| CF-SGD sparse step grows < 1.5× from N = 1e5 to 1e7 | '
                + ('' if value is None else f'{value:.2f}×{spread}') + ' | '
-               + _verdict(None if value is None else value < 1.5) + ' |')
+               + verdict(None if value is None else value < 1.5, 100_000,
+                         10_000_000) + ' |')
   return lines
 
 
 def _target_line(target: str, measured: str, ok: Optional[bool],
-                 judged: bool = True, run: str = 'a CPU run') -> str:
-  verdict = _verdict(ok) if judged else f'not judged ({run})'
+                 judged: bool = True, run: str = 'a CPU run',
+                 lacking: Sequence[int] = ()) -> str:
+  verdict = _verdict(ok, lacking) if judged else f'not judged ({run})'
   return f'| {target} | {measured} | {verdict} |'
 
 
 def accelerator_targets(results, judged: bool = True,
-                        run: str = 'a CPU run') -> list[str]:
+                        run: str = 'a CPU run',
+                        missing: Sequence[int] = ()) -> list[str]:
   """Issue 10's targets for the sparse path on an accelerator.
 
   Args:
@@ -234,6 +290,8 @@ def accelerator_targets(results, judged: bool = True,
     judged: whether the run was on an accelerator. Other runs' ratios are
       shown without a verdict: the targets are not for CPUs.
     run: what the run was, for a verdict withheld.
+    missing: sizes asked for that a stopped run did not finish; a target
+      that needs one is not judged.
   """
   lines = ['| target | measured | verdict |', '|---|---|---|']
   sizes = (100_000, 1_000_000, 10_000_000, 100_000_000)
@@ -253,14 +311,15 @@ def accelerator_targets(results, judged: bool = True,
       ok = True
     lines.append(_target_line(
         f'{_label(name)} ≤ 2× `no_update`, every N in 1e5 … 1e8', measured,
-        ok, judged, run))
+        ok, judged, run, [n for n in sizes if n in missing]))
   sgd, sparse = (_median(results, n, 10_000_000)
                  for n in ('sgd', 'sparse_cf_sgd'))
   value = None if sgd is None or sparse is None else sgd / sparse
   lines.append(_target_line(
       'CF-SGD sparse step ≥ 10× faster than `optax.sgd`, N = 1e7',
       '' if value is None else f'{value:.1f}×',
-      None if value is None else value >= 10, judged, run))
+      None if value is None else value >= 10, judged, run,
+      [n for n in (10_000_000,) if n in missing]))
   return lines
 
 
@@ -349,9 +408,10 @@ def render(report: dict[str, Any], json_name: str,
   results = report['results']
   config = report['config']
   machine = report['machine']
+  missing = missing_sizes(report)
   back_to_back = any('back_to_back_ms' in r for r in results)
   lines = [
-      '# Embedding step benchmark',
+      '# Embedding step benchmark' + (' (a partial run)' if missing else ''),
       '',
       _method(config),
       '',
@@ -363,6 +423,10 @@ def render(report: dict[str, Any], json_name: str,
       f'`{os.path.splitext(json_name)[0]}.png`.',
       '',
   ]
+  if missing:
+    lines += [f'**A partial run**: {partial_run(missing)}. The tables cover '
+              'the sizes it finished; targets that need a missing size are '
+              'not judged.', '']
   if back_to_back:
     lines += ['## ms per step, steps back to back', '']
     lines += time_table(results, 'back_to_back_ms')
@@ -386,7 +450,7 @@ def render(report: dict[str, Any], json_name: str,
   lines += ['', '² FA-SGD\'s per-row frequencies (float32), which it holds '
             'outside its state; the other optimizers have none.']
   lines += ['', '## Targets (issue 3)', '']
-  lines += targets(results, config['dim'])
+  lines += targets(results, config['dim'], missing)
   lines += ['', '## Targets for accelerators (issue 10)', '']
   # Judged only for a run known to be on an accelerator: 'unknown' is what
   # a run whose every measuring process crashed records.
@@ -401,12 +465,19 @@ def render(report: dict[str, Any], json_name: str,
               f'{machine["jax_backend"]!r}, so its ratios are shown without a '
               'verdict.', '']
   lines += accelerator_targets(results, judged=on_accelerator,
-                               run='a CPU run' if on_accelerator else run)
+                               run='a CPU run' if on_accelerator else run,
+                               missing=missing)
   if baseline is not None:
     lines += ['', f'## Against `{baseline[1]}` (synced medians)', '']
     lines += baseline_targets(results, *baseline)
   lines.append('')
   return '\n'.join(lines)
+
+
+def partial_run(missing: Sequence[int]) -> str:
+  """What a stopped run lacks, in words."""
+  return ('stopped before N = ' + ', '.join(_rows_label(n) for n in missing)
+          + ', which it was asked for')
 
 
 def _load(path: str, flag: str) -> dict[str, Any]:
@@ -431,6 +502,10 @@ def main(argv):
   if _BASELINE.value:
     baseline = (_load(_BASELINE.value, 'baseline'),
                 os.path.basename(_BASELINE.value))
+  missing = missing_sizes(report)
+  if missing:  # Said where a caller's log shows it, not only in the table.
+    print(f'{_INPUT.value}: a partial run, {partial_run(missing)}.',
+          file=sys.stderr)
   markdown = render(report, os.path.basename(_INPUT.value), baseline)
   if _OUTPUT.value == '-':
     print(markdown)
