@@ -347,15 +347,20 @@ class Checkpointer:
     writes data or builds a model. A corrupt record passes: `restore` says
     what is wrong with it (and, with `fallback`, goes back past it).
     """
+    record = self.latest_record()
+    if record is not None and record.get('config') != self.config:
+      raise CheckpointError(self._config_mismatch(record.get('config') or {}))
+
+  def latest_record(self) -> Optional[dict[str, Any]]:
+    """The newest checkpoint's record, or None: no checkpoint, or a corrupt
+    record (`restore` says what is wrong with it). Reads no array."""
     step = self._manager.latest_step()
     if step is None:
-      return
+      return None
     try:
-      record = self._read_record(step)
+      return self._read_record(step)
     except _CorruptCheckpoint:
-      return
-    if record.get('config') != self.config:
-      raise CheckpointError(self._config_mismatch(record.get('config') or {}))
+      return None
 
   def _read_record(self, step: int) -> dict[str, Any]:
     """One checkpoint's record, its checksum checked."""

@@ -99,6 +99,31 @@ class MeshTest(parameterized.TestCase):
                                    log_every=2)
         self.assertIsNone(saver.latest_step())
 
+  def test_a_resume_on_another_device_count_needs_the_same_table(self):
+    # 4 and 2 devices pad the table to 2048 rows, 3 devices to 3072: the
+    # refusal said the checkpoint came from "different code".
+    config = tiny_config(batch_size=48)
+    with tempfile.TemporaryDirectory() as workdir:
+
+      def run_on(num_devices, **kwargs):
+        mesh = placement.make_mesh((num_devices,),
+                                   self.devices[:num_devices])
+        with checkpointing.Checkpointer(
+            workdir, train.checkpoint_record(config, log_every=2)) as saver:
+          return train.train_and_evaluate(config, self.data, mesh,
+                                          checkpointer=saver, log_every=2,
+                                          **kwargs)
+
+      run_on(4, stop_after_step=2)
+      with self.assertRaisesRegex(
+          checkpointing.CheckpointError,
+          r'written on 4 devices, and this run has 3: .* 2048 there and 3072 '
+          r'here, .* Resume on 4 devices, or on another count that gives 2048 '
+          r'rows \(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024\)'):
+        run_on(3)
+      self.assertEqual(
+          [step for step, _ in run_on(2)['train_loss']], [2, 4])
+
   @parameterized.named_parameters(
       ('sparse_cf_sgd', dict(optimizer='cf_sgd', learning_rate=2.0,
                              dense_optimizer='adam',

@@ -34,6 +34,7 @@ import optax
 
 from fasgd_optax import nnx_sparse
 
+from examples.common import checkpointing
 from examples.common import metrics
 from examples.common import optimizers
 from examples.common import progress
@@ -315,6 +316,36 @@ def checkpoint_record(config: config_lib.Config, log_every: int, *,
   return record
 
 
+def _check_device_count(checkpointer: Any, config: config_lib.Config,
+                        mesh: jax.sharding.Mesh) -> None:
+  """Refuses a resume on a device count that pads the table otherwise.
+
+  The stacked table's rows are padded to a multiple of lcm(ROW_MULTIPLE,
+  devices) (`placement.padded_rows`), and a checkpoint's state fits only a
+  table of its own rows. Checkpoints record their device count.
+  """
+  record = checkpointer.latest_record()
+  saved = (record or {}).get('devices')
+  if saved is None:
+    return
+  saved_rows = placement.padded_rows(config.table_rows, saved)
+  rows = placement.padded_rows(config.table_rows, mesh.size)
+  if rows == saved_rows:
+    return
+  counts = [count for count in range(
+      1, max(placement.ROW_MULTIPLE, saved) + 1)
+            if placement.padded_rows(config.table_rows, count) == saved_rows]
+  listed = ', '.join(map(str, counts[:12])) + (', ...' if len(counts) > 12
+                                               else '')
+  raise checkpointing.CheckpointError(
+      f'Checkpoints in {checkpointer.directory} were written on {saved} '
+      f'devices, and this run has {mesh.size}: the stacked table is padded '
+      f'to a multiple of lcm({placement.ROW_MULTIPLE}, devices) rows, '
+      f'{saved_rows} there and {rows} here, so its state does not fit. '
+      f'Resume on {saved} devices, or on another count that gives '
+      f'{saved_rows} rows ({listed}), or use a new --workdir.')
+
+
 def train_and_evaluate(
     config: config_lib.Config,
     data: Data,
@@ -360,6 +391,8 @@ def train_and_evaluate(
     raise ValueError(
         f'log_every={log_every}, but the checkpointer\'s record says '
         f'{checkpointer.config["log_every"]} (checkpoint_record).')
+  if checkpointer is not None:
+    _check_device_count(checkpointer, config, mesh)
   trainer = Trainer(config, mesh)
   hashing = criteo_format.Hashing(config.table_rows)
   log = input_pipeline.BadLineLog()
@@ -480,6 +513,7 @@ def train_and_evaluate(
               'loss_window': [float(loss)
                               for loss in jax.device_get(window)],
               'validation_history': history,
+              'devices': mesh.size,  # `_check_device_count`
           }, force=last)
           if timer['start'] is not None:
             timer['checkpoint'] += time.perf_counter() - save_start
