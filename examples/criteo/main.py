@@ -252,19 +252,23 @@ def _check_same_flags() -> None:
 
   Each process would train its own part of the tables with its own settings
   (another --learning_rate gave a silently mixed state and a record naming
-  process 0's), or wait in a collective that never comes. Every process
-  gathers every other's flag values (all of this module's but --process_id
-  and --coordinator_address, by a hash each) and names the ones that
+  process 0's), or wait in a collective that never comes (another
+  --save_interval_steps: a save that the others never join). Every process
+  gathers every other's flag values (this module's and the shared
+  checkpointing flags of `cli`, by a hash each) and names the ones that
   differ.
   """
   import hashlib  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  # The coordinator's address may be spelt differently on each host.
+  # The coordinator's address may be spelt differently on each host, and
+  # the compilation cache and library logs are each host's own.
+  own = ('process_id', 'coordinator_address', 'compilation_cache_dir',
+         'verbose_libraries')
   names = sorted(
-      flag.name for flag in flags.FLAGS.get_flags_for_module(
-          sys.modules[__name__])
-      if flag.name not in ('process_id', 'coordinator_address'))
+      flag.name for module in (sys.modules[__name__], cli)
+      for flag in flags.FLAGS.get_flags_for_module(module)
+      if flag.name not in own)
   hashes = np.array([int.from_bytes(hashlib.sha256(
       repr(flags.FLAGS[name].value).encode()).digest()[:3], 'little')
                      for name in names], np.int32)

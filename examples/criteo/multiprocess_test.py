@@ -99,15 +99,18 @@ class MultiProcessTest(absltest.TestCase):
     return restored
 
   def test_processes_with_different_flags_are_refused(self):
-    # Another --learning_rate on one process trained a silently mixed state.
+    # Another --learning_rate on one process trained a silently mixed state;
+    # another --save_interval_steps (a shared flag of examples.common.cli)
+    # hung in the save the other process never joined.
     data = sharding_test.write_data(self.tmp, 100)
     outputs = run_processes(
         (*FLAGS, f'--data={data}'), os.path.join(self.tmp, 'run'),
-        per_process=((), ('--learning_rate=0.1', '--eval_every=2')),
+        per_process=((), ('--learning_rate=0.1', '--eval_every=2',
+                          '--save_interval_steps=2')),
         check=False)
     for output in outputs:
       self.assertIn('these differ between them: --eval_every, '
-                    '--learning_rate.', output)
+                    '--learning_rate, --save_interval_steps.', output)
       self.assertNotIn('step 1:', output)
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'run')))
 
