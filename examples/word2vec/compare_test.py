@@ -1,4 +1,5 @@
-"""compare.py: reports with diverged optimizers, and --capped's usage errors.
+"""compare.py: reports with diverged optimizers, and --capped's usage errors;
+cap_study.py: its table and usage errors.
 
 Runs `python -m examples.word2vec.compare` in a subprocess (`examples.common.testing` says why).
 """
@@ -82,6 +83,53 @@ class CompareTest(absltest.TestCase):
       self.assertEqual(completed.stderr.strip().splitlines()[-1],
                        f'{message} (--helpfull lists the flags)')
       self.assertEqual(os.listdir(self.out), [])  # Nothing read or written.
+
+
+class CapStudyTest(absltest.TestCase):
+
+  def test_caps_parse_and_bad_ones_are_usage_errors(self):
+    from examples.word2vec import cap_study  # pylint: disable=g-import-not-at-top
+    self.assertEqual(cap_study.parse_caps(['none', '500', 'None', '1e3']),
+                     [None, 500.0, None, 1000.0])
+    for bad in ('0', '-3', 'inf', 'nan', 'big'):
+      with self.assertRaisesRegex(Exception, f"got '{bad}'"):
+        cap_study.parse_caps([bad])
+
+  def test_report_has_each_seed_and_the_means(self):
+    from examples.word2vec import cap_study  # pylint: disable=g-import-not-at-top
+    study = {'sweep': 's.json', 'model': 'cbow', 'learning_rate': 56200.0,
+             'machine': 'a CPU', 'max_learning_rates': [None, 500.0, 100.0],
+             'runs': [
+                 dict(seed=0, max_learning_rate=None, wordsim353=0.1,
+                      final_test_loss=2.2),
+                 dict(seed=1, max_learning_rate=None, wordsim353=0.2,
+                      final_test_loss=2.4),
+                 dict(seed=0, max_learning_rate=500.0, wordsim353=0.3,
+                      final_test_loss=2.3),
+                 dict(seed=1, max_learning_rate=500.0, diverged='nan'),
+                 dict(seed=0, max_learning_rate=100.0, diverged='nan')]}
+    lines = cap_study.report_lines(study)
+    self.assertIn('| none | 0.100 / 2.2000 | 0.200 / 2.4000 | 0.150 | '
+                  '2.3000 |', lines)
+    self.assertIn('| 500 | 0.300 / 2.3000 | diverged | 0.300 | 2.3000 |',
+                  lines)
+    self.assertIn('| 100 | diverged | – | – | – |', lines)
+
+  def test_bad_flags_are_one_line_errors(self):
+    out = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, out)
+    for flag, message in (('--max_learning_rates=none,-1',
+                           '--max_learning_rates takes positive numbers or '
+                           '"none"; got \'-1\'.'),
+                          ('--seeds=0,x', "--seeds takes integers; got "
+                           "['0', 'x'].")):
+      completed = testing.run_module(
+          'examples.word2vec.cap_study', f'--sweep={_SWEEP}',
+          f'--out={out}/study', flag)
+      self.assertNotEqual(completed.returncode, 0)
+      self.assertEqual(completed.stderr.strip().splitlines()[-1],
+                       f'error: {message} (--helpfull lists the flags)')
+      self.assertEqual(os.listdir(out), [])
 
 
 if __name__ == '__main__':
