@@ -311,6 +311,47 @@ class BadStateTest(parameterized.TestCase):
       cf.update(_grads(), fa.init(_params()), _params())
     with self.assertRaisesRegex(TypeError, 'fa_sgd.*got ScaleByCountedFreq'):
       fa.update(_grads(), cf.init(_params()), _params())
+    rowwise = fasgd_optax.rowwise_adagrad(0.1)
+    with self.assertRaisesRegex(TypeError,
+                                'rowwise_adagrad.*got ScaleByCountedFreq'):
+      rowwise.update(_grads(), cf.init(_params()), _params())
+    with self.assertRaisesRegex(TypeError, 'cf_sgd.*got ScaleByRowwise'):
+      cf.update(_grads(), rowwise.init(_params()), _params())
+
+  def test_sparse_state_hint_names_each_transformations_state(self):
+    table = jnp.zeros((4, 2))
+    sparse = fasgd_optax.sparse_rowwise_adagrad(0.1)
+    # Its state is rowwise_adagrad's whole state, not its first element.
+    with self.assertRaisesRegex(ValueError, "sparse_rowwise_adagrad's and "
+                                "sparse_sgd's is rowwise_adagrad.*whole"):
+      sparse.apply(table, fasgd_optax.rowwise_adagrad(0.1).init(table)[0],
+                   jnp.array([1]), jnp.ones((1, 2)))
+    sparse.apply(table, fasgd_optax.rowwise_adagrad(0.1).init(table),
+                 jnp.array([1]), jnp.ones((1, 2)))
+
+  @parameterized.parameters(jnp.complex64, jnp.int32, jnp.bool_)
+  def test_sparse_row_grads_must_be_floating(self, dtype):
+    sparse = fasgd_optax.sparse_cf_sgd(0.1, num_steps=10)
+    table = jnp.zeros((6, 2))
+    state = sparse.init(table)
+    with self.assertRaisesRegex(TypeError, 'row_grads must be floating-point'
+                                f'.*got {jnp.dtype(dtype)}'):
+      sparse.apply(table, state, jnp.array([1]), jnp.ones((1, 2), dtype))
+    self.assertFalse(table.is_deleted())
+
+  def test_hyperparameters_cast_to_float16_by_inject_hyperparams(self):
+    params = {'embed': jnp.zeros((4, 2), jnp.float16)}
+    # epsilon=1e-8 is 0 in float16, a half-life of 1e5 is inf.
+    for tx in (optax.inject_hyperparams(fasgd_optax.rowwise_adagrad)(
+        learning_rate=0.1), optax.inject_hyperparams(fasgd_optax.cf_sgd)(
+            learning_rate=0.1, num_steps=10, count_half_life=1e5)):
+      with self.assertRaisesRegex(ValueError, 'float16 value: optax.inject_'
+                                  'hyperparams casts.*hyperparam_dtype'):
+        tx.update(params, tx.init(params), params, ids={'embed': [0]})
+    tx = optax.inject_hyperparams(fasgd_optax.rowwise_adagrad,
+                                  hyperparam_dtype=jnp.float32)(
+                                      learning_rate=0.1)
+    tx.update(params, tx.init(params), params)
 
   @parameterized.named_parameters(
       ('cf_sgd', lambda: fasgd_optax.sparse_cf_sgd(0.1, num_steps=10),

@@ -60,7 +60,17 @@ def check_positive(name: str, value: Any, *, integer: bool = False,
     if not (np.isfinite(concrete) and float(concrete).is_integer()):
       raise ValueError(f'`{name}` must be a positive integer; got {value!r}.')
   if not np.isfinite(concrete) or concrete <= 0:
-    raise ValueError(f'`{name}` must be a positive number; got {value!r}.')
+    hint = ''
+    if (np.issubdtype(concrete.dtype, np.inexact) or
+        concrete.dtype == jnp.bfloat16) and concrete.dtype.itemsize < 4 and (
+            concrete == 0 or np.isinf(concrete)):
+      # What `optax.inject_hyperparams` makes of epsilon=1e-8 or a half-life
+      # of 1e5 for float16 parameters: it casts hyperparameters to their type.
+      hint = (f' A {concrete.dtype} value: optax.inject_hyperparams casts '
+              'hyperparameters to the parameters\' dtype, where this one '
+              'does not fit; pass it hyperparam_dtype=jnp.float32.')
+    raise ValueError(
+        f'`{name}` must be a positive number; got {value!r}.{hint}')
 
 
 def check_ids_dtype(ids: Any, leaf_path: str) -> jax.Array:

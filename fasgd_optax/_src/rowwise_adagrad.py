@@ -84,6 +84,11 @@ def scale_by_rowwise_adagrad(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    if not isinstance(state, ScaleByRowwiseAdagradState):
+      raise TypeError(
+          'scale_by_rowwise_adagrad (rowwise_adagrad) needs the state its '
+          '`init` made, a ScaleByRowwiseAdagradState; got '
+          f'{type(state).__name__}.')
 
     def accumulate(path, grad, acc):
       counting.check_row_state(tree_args.path_to_str(path), grad, acc,

@@ -65,6 +65,11 @@ def _checked_arguments(table, ids, row_grads, checkify_ids: bool,
         f'row_grads must have shape ids.shape + table.shape[1:] = {expected} '
         f'(ids shape {tuple(ids.shape)}, table shape {tuple(table.shape)}); '
         f'got {tuple(row_grads.shape)}.')
+  if not jnp.issubdtype(row_grads.dtype, jnp.floating):
+    # A complex gradient would lose its imaginary part, an integer or bool
+    # one is no gradient of a floating-point table.
+    raise TypeError(f'row_grads must be floating-point, as the table is; got '
+                    f'{row_grads.dtype}.')
   # Concrete ids raise a ValueError naming the bad value; traced ones get a
   # checkify check if asked for. Either way `flat_batch` sends them out of
   # bounds.
@@ -118,8 +123,10 @@ def _check_state(init: Callable[[Any], Any], table: Any, state: Any) -> None:
     raise ValueError(
         'state does not match this sparse transformation: it must have the '
         f'structure of init(table), {jax.tree.structure(expected)}; got '
-        f'{structure}. (The state of a dense chain such as cf_sgd(...) is a '
-        'tuple whose first element is the sparse state.)')
+        f'{structure}. (sparse_cf_sgd\'s and sparse_fa_sgd\'s state is the '
+        'first element of cf_sgd(...)\'s and fa_sgd(...)\'s; '
+        'sparse_rowwise_adagrad\'s and sparse_sgd\'s is rowwise_adagrad(...)'
+        '\'s and optax.sgd(...)\'s whole state.)')
   for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(state),
                                 jax.tree.leaves(expected)):
     if tuple(jnp.shape(leaf)) != tuple(want.shape):
