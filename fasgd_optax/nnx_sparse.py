@@ -41,7 +41,9 @@ to `value_and_grad`; a lookup inside a lifted NNX transform over the model
 (``nnx.vmap``, ``nnx.scan``, ``nnx.remat``) sees copies of them and is
 rejected with an error. Look rows up outside such transforms (and outside
 plain ``jax.vmap``/``lax.scan`` bodies, whose ids this module cannot see
-whole), and in no branch of a ``lax.cond`` that may not run: every lookup
+whole: a lookup in one is an error naming this, except that a ``lax.scan``
+body's under ``jit`` may surface as JAX's own leaked-tracer error), and in no
+branch of a ``lax.cond`` that may not run: every lookup
 traced is counted.
 
 This module imports Flax; the core package `fasgd_optax` does not.
@@ -251,6 +253,20 @@ def value_and_grad(
   """
 
   def wrapped(model, *args, **kwargs):
+    try:
+      return traced(model, *args, **kwargs)
+    except jax.errors.UnexpectedTracerError as error:
+      # A lookup inside a `jax.vmap` or `lax.scan` body records a tracer of
+      # that body, which escapes it: JAX's own message does not say why.
+      raise ValueError(
+          'A traced value escaped while value_and_grad traced the loss '
+          'function. The usual cause: a lookup (a SparseEmbed call, say) '
+          'inside a jax.vmap or lax.scan body, or another transformation, '
+          'in the loss function; its ids cannot be recorded from there. Look '
+          'the rows up outside such bodies (all ids at once) and pass the '
+          'rows in. JAX\'s error follows.') from error
+
+  def traced(model, *args, **kwargs):
     graphdef, state = nnx.split(model)
     lookup_paths = []
 

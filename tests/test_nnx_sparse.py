@@ -355,6 +355,28 @@ class NnxSparseTest(parameterized.TestCase):
                                 "'user_embed/embedding'.*integer.*float32"):
       nnx_sparse.value_and_grad(loss)(model, next(batches(1)))
 
+  def test_a_lookup_inside_vmap_or_scan_is_named(self):
+    model = TwoTower(nnx.Rngs(0))
+    users = next(batches(1))['users']
+
+    def vmapped(model, users):
+      return jnp.sum(jax.vmap(model.user_embed)(users))
+
+    def scanned(model, users):
+      def body(total, user):
+        return total + jnp.sum(model.user_embed(user)), None
+      return jax.lax.scan(body, 0.0, users)[0]
+
+    # Eager, and vmap under jit: JAX's leaked-tracer error comes with ours.
+    # (A lax.scan under jit leaks its tracer past value_and_grad: JAX's own
+    # error, not tested here.)
+    for grad_fn in (nnx_sparse.value_and_grad(vmapped),
+                    nnx_sparse.value_and_grad(scanned),
+                    nnx.jit(nnx_sparse.value_and_grad(vmapped))):
+      with self.assertRaisesRegex(ValueError, 'inside a jax.vmap or lax.scan '
+                                  'body.*Look the rows up outside'):
+        grad_fn(model, users)
+
 
 if __name__ == '__main__':
   absltest.main()
