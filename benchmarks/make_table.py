@@ -454,18 +454,16 @@ def render(report: dict[str, Any], json_name: str,
   lines += ['', '## Targets for accelerators (issue 10)', '']
   # Judged only for a run known to be on an accelerator: 'unknown' is what
   # a run whose every measuring process crashed records.
-  on_accelerator = machine['jax_backend'] in ('gpu', 'tpu', 'cuda', 'rocm')
-  if machine['jax_backend'] == 'cpu':
-    run = 'a CPU run'
+  backend = machine['jax_backend']
+  on_accelerator = backend in ('gpu', 'tpu', 'cuda', 'rocm')
+  run = 'a CPU run' if backend == 'cpu' else f'backend {backend!r}'
+  if backend == 'cpu':
     lines += ['These targets are for GPUs and TPUs; this run was on a CPU, so '
               'its ratios are shown without a verdict.', '']
   elif not on_accelerator:
-    run = f'backend {machine["jax_backend"]!r}'
     lines += ['These targets are for GPUs and TPUs; this run\'s backend is '
-              f'{machine["jax_backend"]!r}, so its ratios are shown without a '
-              'verdict.', '']
-  lines += accelerator_targets(results, judged=on_accelerator,
-                               run='a CPU run' if on_accelerator else run,
+              f'{backend!r}, so its ratios are shown without a verdict.', '']
+  lines += accelerator_targets(results, judged=on_accelerator, run=run,
                                missing=missing)
   if baseline is not None:
     lines += ['', f'## Against `{baseline[1]}` (synced medians)', '']

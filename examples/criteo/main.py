@@ -277,8 +277,9 @@ def _check_same_flags() -> None:
                if len(set(every[:, column].tolist())) > 1]
   if differing:
     raise app.UsageError(
-        'The processes of one run need the same flags (but --process_id); '
-        f'these differ between them: --{", --".join(differing)}.')
+        'The processes of one run need the same flags (but each one\'s '
+        f'{", ".join("--" + name for name in own)}); these differ between '
+        f'them: --{", --".join(differing)}.')
 
 
 def main(argv):

@@ -26,7 +26,6 @@ import numpy as np
 from examples.common import cli
 from examples.common import files
 from examples.common import machine as machine_lib
-from examples.common import training
 from examples.word2vec import corpora
 from examples.word2vec import gensim_peer
 from examples.word2vec import quality
@@ -128,12 +127,9 @@ def main(argv):
         data = train.prepare_data(config, sentences)
       run = {'seed': seed, 'max_learning_rate': cap,
              'load_average_before': os.getloadavg()[0]}
-      try:
-        results = train.train_and_evaluate(
-            config, sentences, data=data, wordsim_rows=wordsim_rows,
-            show_progress=False)
-      except training.Diverged as error:
-        run['diverged'] = str(error)
+      results = train.sweep_run(config, sentences, data, wordsim_rows)
+      if 'diverged' in results:
+        run['diverged'] = results['diverged']
       else:
         run.update(final_validation_loss=results['final_validation_loss'],
                    final_test_loss=results['final_test_loss'],

@@ -28,7 +28,6 @@ from examples.common import cli
 from examples.common import files
 from examples.common import machine as machine_lib
 from examples.common import plotting
-from examples.common import training
 from examples.word2vec import corpora
 from examples.word2vec import gensim_peer
 from examples.word2vec import quality
@@ -245,17 +244,7 @@ def run_sweep(path: str) -> None:
                'learning_rate': learning_rate, 'max_learning_rate': cap,
                'update': config.update, 'cbow_gradient': gradient,
                'load_average_before': os.getloadavg()[0]}
-        try:
-          results = train.train_and_evaluate(
-              config, sentences, data=data, wordsim_rows=wordsim_rows,
-              show_progress=False)
-        except training.Diverged as error:
-          run.update(diverged=str(error), final_validation_loss=float('inf'),
-                     final_test_loss=float('inf'))
-        else:
-          results.pop('train_state')
-          results.pop('config')
-          run.update(results)
+        run.update(train.sweep_run(config, sentences, data, wordsim_rows))
         logging.info('%s %s lr=%g: validation %.4f test %.4f',
                      variant_name(model, gradient), label(run),
                      learning_rate, run['final_validation_loss'],

@@ -508,5 +508,26 @@ def train_and_evaluate(
   return results
 
 
+def sweep_run(config: Config, sentences: corpora.Sentences, data: Data,
+              wordsim_rows: Optional[list[tuple[str, str, float]]]
+              ) -> dict[str, Any]:
+  """One run as the experiments record it (`compare.py`, `cap_study.py`).
+
+  `train_and_evaluate`'s results without the trained state and the config;
+  for a run that diverged, the divergence (`diverged`, its message) and
+  infinite held-out losses, so that the experiment goes on to its next run.
+  """
+  try:
+    results = train_and_evaluate(config, sentences, data=data,
+                                 wordsim_rows=wordsim_rows,
+                                 show_progress=False)
+  except training.Diverged as error:
+    return {'diverged': str(error), 'final_validation_loss': float('inf'),
+            'final_test_loss': float('inf')}
+  results.pop('train_state')
+  results.pop('config')
+  return results
+
+
 class Interrupted(Exception):
   """Raised by `stop_after_rounds` to stop a run as a kill would."""

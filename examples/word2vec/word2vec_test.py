@@ -339,6 +339,23 @@ class CorpusReadersTest(absltest.TestCase):
       train.train_and_evaluate(tiny_config(batch_size=100_000),
                                generated_corpus(50), show_progress=False)
 
+  def test_sweep_run_records_a_run_or_its_divergence(self):
+    corpus = generated_corpus(200)
+    config = tiny_config(model='cbow', optimizer='sgd',
+                         learning_rate=CBOW_WORD2VEC_SGD_LEARNING_RATE)
+    data = train.prepare_data(config, corpus)
+    run = train.sweep_run(config, corpus, data, None)
+    self.assertNotIn('train_state', run)
+    self.assertNotIn('config', run)
+    self.assertNotIn('diverged', run)
+    self.assertTrue(np.isfinite(run['final_test_loss']))
+    config.learning_rate = 1e6
+    run = train.sweep_run(config, corpus, data, None)
+    self.assertRegex(run['diverged'], 'sgd with learning_rate=1000000.0 '
+                     'diverged')
+    self.assertEqual(run['final_validation_loss'], float('inf'))
+    self.assertEqual(run['final_test_loss'], float('inf'))
+
   def test_wordsim_reader_names_a_bad_line(self):
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, 'ws.tsv')
