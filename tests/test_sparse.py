@@ -661,6 +661,19 @@ class DuplicateModesTest(parameterized.TestCase):
       for line in self._scatters(text, num_rows):
         self.assertIn('unique_indices = true', line)
 
+  @parameterized.parameters('cf_sgd', 'sgd', 'rowwise_adagrad')
+  def test_scatter_tags_the_table_only_on_cpu(self, name):
+    # Elsewhere the tags' writes made XLA copy the table (H200, 2026-11-28):
+    # the rows' slots come from a sort, and the table is written once.
+    num_rows = 100_003
+    for platform in ('cpu', 'cuda', 'rocm', 'tpu'):
+      text = self._lowered(name, 'scatter', num_rows, platform)
+      table_scatters = [line for line in self._scatters(text, num_rows)
+                        if f'tensor<{num_rows}x{DIM}xf32>' in line]
+      self.assertLen(table_scatters, 3 if platform == 'cpu' else 1, platform)
+      self.assertIn('unique_indices = true', table_scatters[-1])
+      self.assertEqual('stablehlo.sort' in text, platform != 'cpu', platform)
+
   @parameterized.parameters('cf_sgd', 'rowwise_adagrad')
   def test_resolve_duplicates_names_the_design_auto_takes(self, name):
     num_rows = 100_003
@@ -743,7 +756,12 @@ class DuplicateModesTest(parameterized.TestCase):
     for duplicates in ('scatter', 'reduce'):
       self.assertAlmostEqual(moved[duplicates], expected,
                              delta=np.spacing(np.float32(0.5)))
-    if name != 'rowwise_adagrad':  # It always sums first.
+    # rowwise_adagrad always sums first. On a GPU, the suite's scatter
+    # determinism expander (conftest.py) sorts and sums a scatter-add's
+    # repeats itself:
+    # 'occurrences' moved the row within 0.4% of the others on an H200
+    # (2026-11-28); XLA's CPU scatter adds them one at a time.
+    if name != 'rowwise_adagrad' and jax.default_backend() == 'cpu':
       self.assertGreater(abs(moved['occurrences'] / expected - 1), 0.1)
 
   def test_bad_duplicates_argument(self):

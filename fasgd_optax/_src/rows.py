@@ -7,13 +7,17 @@ and backends differ in how cheaply they combine repeats (DESIGN.md §6):
 - ``'scatter'``: scatter-adds sum each row's occurrences into a batch-sized
   buffer, then each distinct row is written once. The rows' slots in the
   buffer are found without a sort (`sum_duplicates_by_tagging`): fastest on
-  CPU, where a scatter is a serial loop and a sort costs more.
+  CPU, where a scatter is a serial loop and a sort costs more. Compiled for
+  another backend, it finds them by a sort (`sum_duplicates_for_scatter`).
 - ``'occurrences'``: each occurrence's scaled gradient goes straight into
   the table, as word2vec.c and Hogwild-style trainers (FBGEMM's non-exact
   optimizers) do: about half the update's cost on CPU, but each add rounds
   against the row's value, so a hot row's many small steps lose precision
   (tests/test_sparse.py: 4096 steps of 2.4e-9 on a float32 row of 0.5 move
-  it more than 10% off; the other designs within one float32 spacing).
+  it more than 10% off on a CPU; the other designs within one float32
+  spacing). On a GPU, XLA's scatter determinism expander
+  (``--xla_gpu_enable_scatter_determinism_expander``, which the test suite
+  turns on) sums the repeats first.
   Rules that need each row's summed gradient, and tables narrower than
   float32, take ``'scatter'`` instead.
 - ``'reduce'``: repeats are summed without scatter-adds (a sort, then blocked
@@ -147,7 +151,10 @@ def _spare_rows(size: int, num_rows: int) -> jax.Array:
 
 def sum_duplicates_by_scatter(keys: jax.Array, grads: jax.Array,
                               num_rows: int) -> DistinctRows:
-  """`DistinctRows` for CPUs: a sort of the keys alone, then scatter-adds.
+  """`DistinctRows` by a sort of the keys alone, then scatter-adds.
+
+  The ``'scatter'`` design where the table cannot be tagged (`can_tag`), or
+  is not on a CPU (`sum_duplicates_for_scatter`).
 
   Args:
     keys: (B,) ids from `flat_batch`, out-of-range ones set to `num_rows`.
@@ -235,6 +242,37 @@ def sum_duplicates_by_tagging(table: jax.Array, keys: jax.Array,
       grads.astype(jnp.float32), mode='drop')
   rows = jnp.where(slot == slots, keys, _spare_rows(size, num_rows))
   return table, DistinctRows(rows, multiplicities, summed)
+
+
+def sum_duplicates_for_scatter(table: jax.Array, keys: jax.Array,
+                               grads: jax.Array
+                               ) -> tuple[jax.Array, DistinctRows]:
+  """The ``'scatter'`` design's `DistinctRows`, found as suits the backend.
+
+  Compiled for a CPU, `sum_duplicates_by_tagging` where `can_tag` allows:
+  no sort. Compiled for any other backend, `sum_duplicates_by_scatter`,
+  whose sort leaves the table alone: the tags' writes to the table and reads
+  from it, ordered by data, kept XLA's CPU compiler from copying the table,
+  but on an H200 (JAX 0.11.2) the GPU compiler copied it three times a step,
+  O(N) each (tests/test_sparse.py's compiled-copies test, run there on
+  2026-11-28).
+
+  Args:
+    table: (N, ...) table.
+    keys: (B,) ids from `flat_batch`, out-of-range ones set to N.
+    grads: (B,) + row shape, each occurrence's gradient.
+
+  Returns:
+    The table as it was, and `DistinctRows`.
+  """
+  def by_sorting(table, keys, grads):
+    return table, sum_duplicates_by_scatter(keys, grads, table.shape[0])
+
+  if not can_tag(table, keys.shape[0]):
+    return by_sorting(table, keys, grads)
+  return lax.platform_dependent(table, keys, grads,
+                                cpu=sum_duplicates_by_tagging,
+                                default=by_sorting)
 
 
 def run_totals(sorted_keys: jax.Array, values: jax.Array) -> jax.Array:

@@ -206,10 +206,7 @@ def make_apply(
   rows_lib.check_duplicates(duplicates)
 
   def scatter(table, state, ids, grads, *constants):
-    if rows_lib.can_tag(table, ids.shape[0]):
-      table, batch = rows_lib.sum_duplicates_by_tagging(table, ids, grads)
-    else:
-      batch = rows_lib.sum_duplicates_by_scatter(ids, grads, table.shape[0])
+    table, batch = rows_lib.sum_duplicates_for_scatter(table, ids, grads)
     return each_row(table, state, batch, *constants)
 
   def occurrences(table, state, ids, grads, *constants):
