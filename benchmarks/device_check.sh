@@ -240,6 +240,7 @@ print(datapath("wordsim353.tsv"))') || return 1
       || status=$?
     [[ -f $out.json ]] || continue
     cat "$out.json"
+    echo  # The JSON ends without a newline; the next sweep's line starts one.
     # Sweep, model, system, words/s, compile s, ours/gensim, WordSim ρ, test
     # loss (medians of the repeats: 2 unless WORD2VEC_FLAGS says otherwise).
     # (Only the "Against gensim" table's rows: not the first-round or
