@@ -58,16 +58,26 @@
 #       GENSIM_WHEELS=data_cache/wheels.
 #   WORD2VEC_SWEEPS  (word2vec) the sweeps whose settings (epochs included)
 #       and tuned learning rates the comparisons take, one comparison each;
-#       default examples/word2vec/results/batch16384/sweep.json (2 passes),
-#       batch16384_5_epochs_linear/sweep.json (5 with a linear decay,
+#       default, in examples/word2vec/results/,
+#       batch16384_5_epochs_linear/sweep.json (5 passes with a linear decay,
 #       word2vec.c's and gensim's defaults, over which fixed costs weigh
 #       less), cbow_batch16384_5_epochs_linear_capped500/sweep.json (CBOW
 #       alone, CF-SGD's steps capped at η_max = 500, where its WordSim-353
-#       beats gensim's on a CPU) and cbow_batch8192_5_epochs_linear/sweep.json
-#       (CBOW alone at batch 8192, the same);
-#       batch16384_5_epochs/sweep.json (5, constant) is another: CF-SGD
-#       tuned at large batches, as on a GPU a batch of 1024 is mostly
-#       kernel-launch overhead. A sweep without one of the models skips it.
+#       beats gensim's on a CPU) and
+#       skipgram_batch16384_5_epochs_linear_capped1000/sweep.json (Skip-gram
+#       alone, capped at η_max = 1000, the same). Others:
+#       batch16384/sweep.json (2 passes, mostly fixed costs: 2.0-2.1× on an
+#       H200 on 2026-11-28), cbow_batch8192_5_epochs_linear/sweep.json (CBOW
+#       at batch 8192: 3.06× there), batch16384_5_epochs/sweep.json (5,
+#       constant). All CF-SGD tuned at large batches, as on a GPU a batch of
+#       1024 is mostly kernel-launch overhead. A sweep without one of the
+#       models skips it.
+#   WORD2VEC_SEEDS  (word2vec) the seeds of each comparison, default
+#       0,1,2,3,4: one gensim/ours pair per seed (the first of ours compiles
+#       the step, the others load it from the compilation cache); a single
+#       seed gets two pairs, so that one of ours is cached. gensim's
+#       WordSim-353 moves by up to 0.09 between two runs of one seed with 16
+#       threads, so one seed does not settle which is higher.
 #   WORD2VEC_FLAGS  more flags for examples.word2vec.gensim_peer.
 #   <PART>_TIMEOUT  seconds a part may run (TESTS_TIMEOUT=330,
 #       BENCHMARK_TIMEOUT=240, MOVIELENS_TIMEOUT=180, WORD2VEC_TIMEOUT=300,
@@ -181,12 +191,13 @@ part_movielens() {
 }
 
 # Word2Vec against gensim on this machine (examples.word2vec.gensim_peer):
-# Skip-gram, then CBOW (word2vec.c's gradient), 2 and then 5 passes over Brown
-# (the 5 with gensim's linear decay; then CBOW again with CF-SGD's steps
-# capped at η_max = 500, and at batch 8192; WORD2VEC_SWEEPS), ours on the
-# accelerator with a recorded sweep's settings and tuned CF-SGD rates, gensim 4.4.0 with one worker thread per CPU core,
+# Skip-gram, then CBOW (word2vec.c's gradient), 5 passes over Brown with
+# gensim's linear decay; then CBOW with CF-SGD's steps capped at η_max = 500
+# and Skip-gram capped at 1000 (WORD2VEC_SWEEPS); each over five seeds
+# (WORD2VEC_SEEDS). Ours on the accelerator with a recorded sweep's settings
+# and tuned CF-SGD rates, gensim 4.4.0 with one worker thread per CPU core,
 # back to back in one process; words/s, held-out loss and WordSim-353 of
-# both. Reports land in the log (each comparison's table, then the JSON of
+# both. Reports land in the log (each comparison's tables, then the JSON of
 # every run), not in more files: tools that copy OUTDIR back may copy few.
 part_word2vec() {
   local brown=${BROWN_CACHE_DIR:-$HOME/.cache/fasgd_optax/brown}
@@ -224,25 +235,26 @@ print(datapath("wordsim353.tsv"))') || return 1
     return 2
   fi
   mkdir -p "$WORKDIR/word2vec"
-  local sweep status=0 out
-  for sweep in ${WORD2VEC_SWEEPS:-examples/word2vec/results/batch16384/sweep.json
-                examples/word2vec/results/batch16384_5_epochs_linear/sweep.json
+  local sweep status=0 out seeds=${WORD2VEC_SEEDS:-0,1,2,3,4} repeats=1
+  [[ $seeds == *,* ]] || repeats=2
+  for sweep in ${WORD2VEC_SWEEPS:-examples/word2vec/results/batch16384_5_epochs_linear/sweep.json
                 examples/word2vec/results/cbow_batch16384_5_epochs_linear_capped500/sweep.json
-                examples/word2vec/results/cbow_batch8192_5_epochs_linear/sweep.json}
+                examples/word2vec/results/skipgram_batch16384_5_epochs_linear_capped1000/sweep.json}
   do
     out=$WORKDIR/word2vec/peer_$(basename "$(dirname "$sweep")")
     rm -f "$out.json" "$out.md"  # A reused WORKDIR's, from an earlier check.
     echo "--- $sweep"
     # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
     "$PYTHON" -m examples.word2vec.gensim_peer --sweep="$sweep" \
-      --out="$out.json" --workers="$(nproc)" --repeats=2 \
+      --out="$out.json" --workers="$(nproc)" --seeds="$seeds" \
+      --repeats="$repeats" \
       --brown_cache_dir="$brown" --wordsim="$wordsim" ${WORD2VEC_FLAGS:-} \
       || status=$?
     [[ -f $out.json ]] || continue
     cat "$out.json"
     echo  # The JSON ends without a newline; the next sweep's line starts one.
     # Sweep, model, system, words/s, compile s, ours/gensim, WordSim ρ, test
-    # loss (medians of the repeats: 2 unless WORD2VEC_FLAGS says otherwise).
+    # loss (medians over the seeds and their repeats).
     # (Only the "Against gensim" table's rows: not the first-round or
     # per-seed tables', which the log has in full.)
     awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
@@ -260,6 +272,13 @@ print(datapath("wordsim353.tsv"))') || return 1
         printf "%s %-8s %-48s first round %s s: setup %s, lowering %s, pass wait %s\n",
           sweep, substr($1, 3), $2, $3, $4, $5, $6}' \
       "$out.md" >> "$OUTDIR/word2vec.summary"
+    # With several seeds, the means over them.
+    awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
+        '/^## / {seeded = /^## Quality by seed/}
+         seeded && /^[|] (skipgram|cbow) [|] mean [|]/ {
+        printf "%s %-8s mean over seeds: test loss gensim / ours %s, rho gensim / ours %s\n",
+          sweep, substr($1, 3), $3, $4}' \
+      "$out.md" | sed 's/ |$//' >> "$OUTDIR/word2vec.summary"
   done
   return $status
 }

@@ -127,6 +127,7 @@ class DeviceCheckTest(absltest.TestCase):
             '#!/bin/sh\n'
             'case "$*" in\n'
             '  *gensim_peer*)\n'
+            f'    echo "$*" >> "{tmp}/peer_args"\n'
             '    for arg in "$@"; do case "$arg" in --out=*) '
             'out="${arg#--out=}";; esac; done\n'
             f'    cp "{tmp}/report.md" "${{out%.json}}.md"; echo {{}} > "$out";;\n'
@@ -147,14 +148,33 @@ class DeviceCheckTest(absltest.TestCase):
       with open(os.path.join(outdir, 'summary.txt')) as f:
         lines = [line.strip() for line in f
                  if line.strip().startswith(('first ', 'second '))]
+      # Five seeds by default, one pair each; one seed gets two pairs.
+      completed = self._run(
+          os.path.join(tmp, 'out_one_seed'), 'word2vec', PYTHON=python,
+          BROWN_CACHE_DIR=brown, DEVICE_CHECK_WORKDIR=os.path.join(tmp, 'w'),
+          WORD2VEC_SWEEPS='a/first/sweep.json', WORD2VEC_SEEDS='3')
+      self.assertEqual(completed.returncode, 0, completed.stdout)
+      with open(os.path.join(tmp, 'peer_args')) as f:
+        args = [line.split() for line in f]
+    self.assertLen(args, 3)
+    for call, seeds, repeats in ((args[0], '0,1,2,3,4', '1'),
+                                 (args[1], '0,1,2,3,4', '1'),
+                                 (args[2], '3', '2')):
+      self.assertIn(f'--seeds={seeds}', call)
+      self.assertIn(f'--repeats={repeats}', call)
     for sweep in ('first', 'second'):
       mine = [line for line in lines if line.startswith(sweep + ' ')]
-      self.assertLen(mine, 3, lines)  # Two comparison rows, one first round.
+      # Two comparison rows, one first round, the mean over seeds.
+      self.assertLen(mine, 4, lines)
       self.assertRegex(mine[0], r'cbow +gensim +2,000 words/s')
       self.assertRegex(mine[1], r'ours, compile cached +7,000 words/s +compile '
                        r'0.30 s +ratio 3.50 +rho 0.120 +loss 2.2000')
       self.assertRegex(mine[2], r'ours, compile cached +first round 0.400 s: '
                        r'setup 0.300, lowering 0.150, pass wait 0.020')
+      self.assertEqual(
+          mine[3].split(maxsplit=1)[1],
+          'cbow     mean over seeds: test loss gensim / ours 2.5000 / '
+          '2.2000, rho gensim / ours 0.100 / 0.120 (ours ≥ gensim in 1 of 1)')
 
   def test_unknown_part_is_an_error(self):
     with tempfile.TemporaryDirectory() as tmp:
