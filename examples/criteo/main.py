@@ -95,6 +95,17 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'Multi-process: this process\'s index.')
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+    'initialization_timeout', 300,
+    'Multi-process: seconds a process waits for all the others to join '
+    '(jax.distributed.initialize\'s initialization_timeout). A process that '
+    'is never started, or stops before joining, ends the others when this '
+    'runs out, by JAX\'s abort.', lower_bound=1)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', 100,
+    'Multi-process: seconds without word from a process after which the '
+    'others take it for dead and abort (jax.distributed.initialize\'s '
+    'heartbeat_timeout_seconds).', lower_bound=1)
 _BAD_LINES = flags.DEFINE_enum(
     'bad_lines', 'skip', ['skip', 'fail'],
     'Malformed lines: skip (count them; the report names the first few) or '
@@ -262,9 +273,9 @@ def _check_same_flags() -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   # The coordinator's address may be spelt differently on each host, and
-  # the compilation cache and library logs are each host's own.
+  # the compilation cache, library logs and patience are each host's own.
   own = ('process_id', 'coordinator_address', 'compilation_cache_dir',
-         'verbose_libraries')
+         'verbose_libraries', 'initialization_timeout', 'heartbeat_timeout')
   names = sorted(
       flag.name for module in (sys.modules[__name__], cli)
       for flag in flags.FLAGS.get_flags_for_module(module)
@@ -305,9 +316,11 @@ def main(argv):
     # run as it does a single process (`cli.run`).
     if hasattr(jax.config, 'jax_enable_preemption_service'):
       jax.config.update('jax_enable_preemption_service', False)
-    jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR_ADDRESS.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+        initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+        heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
     _check_same_flags()
   from examples.common import machine  # pylint: disable=g-import-not-at-top
   from examples.criteo import input_pipeline  # pylint: disable=g-import-not-at-top

@@ -106,13 +106,31 @@ class MultiProcessTest(absltest.TestCase):
     outputs = run_processes(
         (*FLAGS, f'--data={data}'), os.path.join(self.tmp, 'run'),
         per_process=((), ('--learning_rate=0.1', '--eval_every=2',
-                          '--save_interval_steps=2')),
+                          '--save_interval_steps=2',
+                          # Each process's own, not compared:
+                          '--initialization_timeout=200',
+                          '--heartbeat_timeout=50')),
         check=False)
     for output in outputs:
       self.assertIn('these differ between them: --eval_every, '
                     '--learning_rate, --save_interval_steps.', output)
       self.assertNotIn('step 1:', output)
     self.assertFalse(os.path.exists(os.path.join(self.tmp, 'run')))
+
+  def test_a_process_whose_peer_never_joins_stops_at_its_timeout(self):
+    # JAX's default is to wait 300 s; --initialization_timeout shortens it.
+    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=_REPOSITORY)
+    completed = subprocess.run(
+        [sys.executable, '-m', 'examples.criteo.main', *FLAGS,
+         f'--workdir={os.path.join(self.tmp, "run")}',
+         f'--coordinator_address=localhost:{free_port()}',
+         f'--num_processes={NUM_PROCESSES}', '--process_id=1',
+         '--compilation_cache_dir=', '--initialization_timeout=3'],
+        cwd=_REPOSITORY, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=120, check=False)
+    self.assertNotEqual(completed.returncode, 0)
+    self.assertNotIn('Unknown command line flag', completed.stdout)
+    self.assertNotIn('step 1:', completed.stdout)
 
   def test_two_processes_resume_exactly_and_match_one_process(self):
     data = sharding_test.write_data(self.tmp, 300)
