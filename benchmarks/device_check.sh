@@ -235,13 +235,14 @@ print(datapath("wordsim353.tsv"))') || return 1
     return 2
   fi
   mkdir -p "$WORKDIR/word2vec"
-  local sweep status=0 out seeds=${WORD2VEC_SEEDS:-0,1,2,3,4} repeats=1
+  local sweep name status=0 out seeds=${WORD2VEC_SEEDS:-0,1,2,3,4} repeats=1
   [[ $seeds == *,* ]] || repeats=2
   for sweep in ${WORD2VEC_SWEEPS:-examples/word2vec/results/batch16384_5_epochs_linear/sweep.json
                 examples/word2vec/results/cbow_batch16384_5_epochs_linear_capped500/sweep.json
                 examples/word2vec/results/skipgram_batch16384_5_epochs_linear_capped1000/sweep.json}
   do
-    out=$WORKDIR/word2vec/peer_$(basename "$(dirname "$sweep")")
+    name=$(basename "$(dirname "$sweep")")
+    out=$WORKDIR/word2vec/peer_$name
     rm -f "$out.json" "$out.md"  # A reused WORKDIR's, from an earlier check.
     echo "--- $sweep"
     # shellcheck disable=SC2086  # WORD2VEC_FLAGS is a list of flags.
@@ -257,7 +258,7 @@ print(datapath("wordsim353.tsv"))') || return 1
     # loss (medians over the seeds and their repeats).
     # (Only the "Against gensim" table's rows: not the first-round or
     # per-seed tables', which the log has in full.)
-    awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
+    awk -F' [|] ' -v sweep="$name" \
         '/^## / {peer = /^## Against gensim/}
          peer && /^[|] (skipgram|cbow) [|]/ {
         split($3, speed, " "); split($8, rho, " ")
@@ -266,14 +267,14 @@ print(datapath("wordsim353.tsv"))') || return 1
       "$out.md" | sed 's/ |$//' >> "$OUTDIR/word2vec.summary"
     # And where our first round went (its table: first round, setup,
     # lowering, pass wait, full collections).
-    awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
+    awk -F' [|] ' -v sweep="$name" \
         '/^## / {first = /^## Our first round/}
          first && /^[|] (skipgram|cbow) [|]/ {
         printf "%s %-8s %-48s first round %s s: setup %s, lowering %s, pass wait %s\n",
           sweep, substr($1, 3), $2, $3, $4, $5, $6}' \
       "$out.md" >> "$OUTDIR/word2vec.summary"
     # With several seeds, the means over them.
-    awk -F' [|] ' -v sweep="$(basename "$(dirname "$sweep")")" \
+    awk -F' [|] ' -v sweep="$name" \
         '/^## / {seeded = /^## Quality by seed/}
          seeded && /^[|] (skipgram|cbow) [|] mean [|]/ {
         printf "%s %-8s mean over seeds: test loss gensim / ours %s, rho gensim / ours %s\n",

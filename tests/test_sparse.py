@@ -758,9 +758,8 @@ class DuplicateModesTest(parameterized.TestCase):
                              delta=np.spacing(np.float32(0.5)))
     # rowwise_adagrad always sums first. On a GPU, the suite's scatter
     # determinism expander (conftest.py) sorts and sums a scatter-add's
-    # repeats itself:
-    # 'occurrences' moved the row within 0.4% of the others on an H200
-    # (2026-11-28); XLA's CPU scatter adds them one at a time.
+    # repeats itself: 'occurrences' moved the row within 0.4% of the others
+    # on an H200 (2026-11-28). XLA's CPU scatter adds them one at a time.
     if name != 'rowwise_adagrad' and jax.default_backend() == 'cpu':
       self.assertGreater(abs(moved['occurrences'] / expected - 1), 0.1)
 
