@@ -4,7 +4,7 @@
 # against gensim on the machine's CPU cores. Each part
 # logs to OUTDIR; a part that fails or runs out of time does not stop the
 # others; a summary with each part's time ends the output (and summary.txt).
-# Sized to finish in under 8 minutes on one H100 or H200 with 16 CPU cores.
+# Sized at first to finish in under 8 minutes on one H100 or H200 with 16 CPU cores (see below).
 # On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
 # 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
 # 37 s (2 passes only), profile 15 s (without trace_cost.py); the next day (gpu_h200_word2vec) tests
