@@ -4,17 +4,10 @@
 # against gensim on the machine's CPU cores. Each part
 # logs to OUTDIR; a part that fails or runs out of time does not stop the
 # others; a summary with each part's time ends the output (and summary.txt).
-# Sized at first to finish in under 8 minutes on one H100 or H200 with 16 CPU cores (see below).
-# On an H200 (2026-11-27, benchmarks/results/gpu_h200) the parts took: tests
-# 124 s, benchmark 113 s (one round; now three), movielens 63 s, word2vec
-# 37 s (2 passes only), profile 15 s (without trace_cost.py); the next day (gpu_h200_word2vec) tests
-# 137 s and word2vec 134 s with three sweeps (another three by default now;
-# the 134 s from the device tool's report, device_tool_output.md there).
-# At 27c5c0a (2026-11-28, gpu_h200_20261128_27c5c0a) tests took 218 s, the
-# benchmark's three rounds more than 218 s (1e5-1e7; 1e8 alone 106 s),
-# movielens 70 s, and the five-seed word2vec default 207 s (that morning):
-# all parts no longer fit one call of a device tool capped at 10 minutes;
-# give the benchmark, or word2vec, a call of its own.
+# What each part took on H200s: benchmarks/README.md, "On an accelerator".
+# At 27c5c0a: tests 218 s, the benchmark's three rounds more than 218 s,
+# MovieLens 70 s, and Word2Vec's five seeds 207 s that morning. All the parts
+# no longer fit one 10-minute call: give the benchmark, or Word2Vec, its own.
 # DEVICE_CHECK_BUDGET below bounds it whatever happens.
 #
 #   benchmarks/device_check.sh OUTDIR [PART ...]

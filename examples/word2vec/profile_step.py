@@ -5,7 +5,9 @@ Times making Brown's first pass on the host and on the device
 the run's own update path) on it, times rounds of steps back to back with
 one sync at the end, and, with --ops, reads a `jax.profiler` trace of one
 round and lists the compiled program's costliest operations (XLA's fusion
-names, with what each computes). --ops turns XLA's GPU command buffers off
+names, with what each computes). Each timed round also records how many cores
+the process kept busy (`cores_busy`: its CPU time over the round's wall time).
+--ops turns XLA's GPU command buffers off
 for the whole process (a trace of them shows no kernels), so its step times
 are of kernels launched one by one; without --ops they are the default
 runtime's, as a training run sees them (each run's `command_buffers` says
@@ -102,17 +104,22 @@ def profile(model: str, batch_size: int, sentences) -> dict:
     losses.block_until_ready()
 
   run_round()  # Warm-up.
-  times = []
+  times, cores_busy = [], []
   for _ in range(_REPEATS.value):
-    start = time.perf_counter()
+    cpu_start, start = time.process_time(), time.perf_counter()
     run_round()
-    times.append((time.perf_counter() - start) / num_steps)
+    wall = time.perf_counter() - start
+    times.append(wall / num_steps)
+    # This process's CPU time (all its threads) over the wall time: how many
+    # of the machine's cores the round kept busy (host cores, on a GPU).
+    cores_busy.append((time.process_time() - cpu_start) / wall)
   step_seconds = min(times)
   result = {
       'model': model, 'batch_size': batch_size, 'optimizer': config.optimizer,
       'update': config.update, 'compile_seconds': compile_seconds,
       'step_ms': 1e3 * step_seconds, 'step_ms_all': [1e3 * t for t in times],
       'ms_per_1024_examples': 1e3 * step_seconds * 1024 / batch_size,
+      'cores_busy': cores_busy,
       'steady_raw_words_per_second': data.train.num_raw_words / (
           step_seconds * num_batches),
       'pass_seconds': pass_seconds,
@@ -142,7 +149,9 @@ def main(argv):
       print(f'{model} batch {batch_size}: {run["step_ms"]:.3f} ms/step '
             f'({run["ms_per_1024_examples"]:.3f} ms per 1024 examples, '
             f'{run["steady_raw_words_per_second"]:,.0f} words/s without '
-            f'the input pipeline), compile {run["compile_seconds"]:.2f} s, '
+            f'the input pipeline), cores busy '
+            f'{min(run["cores_busy"]):.2f}-{max(run["cores_busy"]):.2f}, '
+            f'compile {run["compile_seconds"]:.2f} s, '
             f'load {run["load_average_before"]:.2f}; a pass made on the '
             f'host {run["pass_seconds"]["host"]:.3f} s, on the device '
             f'{run["pass_seconds"]["device"]:.3f} s (first call '
