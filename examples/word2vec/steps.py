@@ -5,8 +5,8 @@ Three update paths (`UPDATES`):
 - 'dense': autodiff through the model and an Optax update of both whole
   tables (any optimizer); frequency-aware ones get the rows each table read
   as ``ids={INPUT_TABLE: ..., OUTPUT_TABLE: ...}``.
-- 'sparse': gradients with respect to the gathered rows, and only those rows
-  updated, through `fasgd_optax`'s sparse path (`SPARSE_OPTIMIZERS`).
+- 'sparse': gradients with respect to the gathered rows (in closed form,
+  `model.loss_and_row_grads`), and only those rows updated, through `fasgd_optax`'s sparse path (`SPARSE_OPTIMIZERS`).
   Repeated ids (`library_duplicates`): by default each occurrence is added
   on a CPU, as word2vec.c and gensim do (``duplicates='occurrences'``), and
   each row's occurrences are summed first on accelerators (``'reduce'``).
@@ -21,6 +21,7 @@ whole pass, with negatives drawn inside from (key, step).
 
 from typing import Any, Callable, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,15 +152,10 @@ def sparse_step(model: str, sparse_txs, *,
   def step_fn(train_state, inputs, targets, negatives):
     input_table, output_table = model_lib.tables(train_state['params'])
     out_ids = model_lib.output_ids(targets, negatives)
-
-    def loss_fn(input_rows, output_rows):
-      return model_lib.loss_from_rows(
-          model, inputs, input_rows, targets, negatives, output_rows,
-          cbow_gradient=cbow_gradient).mean()
-
-    loss, (input_grads, output_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1))(model_lib.lookup(input_table, inputs),
-                                 model_lib.lookup(output_table, out_ids))
+    loss, input_grads, output_grads = model_lib.loss_and_row_grads(
+        model, inputs, model_lib.lookup(input_table, inputs), targets,
+        negatives, model_lib.lookup(output_table, out_ids),
+        cbow_gradient=cbow_gradient)
     opt_state = dict(train_state['opt_state'])
     input_table, opt_state[INPUT_TABLE] = sparse_txs[INPUT_TABLE].apply(
         input_table, opt_state[INPUT_TABLE], inputs, input_grads)
@@ -234,6 +230,33 @@ def make_train_round(step_fn: StepFn, num_negatives: int):
     return jax.lax.fori_loop(begin, end, body, (train_state, losses))
 
   return jax.jit(train_round, donate_argnums=(0,))
+
+
+# XLA's CPU compiler (JAX 0.10 and 0.11) hands reductions to YNNPACK by
+# default. The closed-form gradients' products and sums (`model.
+# loss_and_row_grads`) then took twice as long as autodiff's batched matrix
+# products; without YNNPACK, XLA fuses them into its own loops, and a CBOW
+# step took about half as long (`profile_step.py`, README).
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def compile_round(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+  """Compiles a lowered round, with `CPU_COMPILER_OPTIONS` on a CPU.
+
+  An XLA that no longer has these options compiles without them, and says
+  so: the step is the same, only slower.
+  """
+  if jax.default_backend() != 'cpu':
+    return lowered.compile()
+  try:
+    return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+  except jax.errors.JaxRuntimeError as error:
+    if 'compile option' not in str(error):
+      raise
+    logging.warning('This XLA refuses the CPU compile options %s (%s); the '
+                    'step compiles without them, and may be slower.',
+                    CPU_COMPILER_OPTIONS, error)
+    return lowered.compile()
 
 
 def make_evaluate(graphdef) -> Callable[[Any, Any], float]:

@@ -369,7 +369,7 @@ def train_and_evaluate(
           jax.ShapeDtypeStruct(batch_shape.shape[:2], jnp.int32),
           np.int32(0), np.int32(0), key, accept, alias)
       lower_seconds = time.perf_counter() - compile_start
-      train_round_fn = lowered.compile()
+      train_round_fn = steps_lib.compile_round(lowered)
       compile_seconds = time.perf_counter() - compile_start
 
       setup_seconds = time.perf_counter() - clock_start

@@ -30,6 +30,7 @@ from examples.word2vec import input_pipeline
 from examples.word2vec import model as model_lib
 from examples.word2vec import negatives as negatives_lib
 from examples.word2vec import quality
+from examples.word2vec import steps as steps_lib
 from examples.word2vec import train
 
 # Learning rates that train the tiny model below in one epoch (batch 64 mean
@@ -650,6 +651,81 @@ class CbowGradientTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "cbow_gradient must be one of "
                                 "word2vec, autodiff; got 'mean'"):
       train.check_config(tiny_config(model='cbow', cbow_gradient='mean'))
+
+
+class ClosedFormGradientTest(parameterized.TestCase):
+  """`loss_and_row_grads` is autodiff's value and gradients, written out."""
+
+  def _example(self, model):
+    rng = np.random.default_rng(1)
+    # A window with a repeated word, empty slots, an empty window; a negative
+    # equal to its target (example 1), which the loss skips.
+    inputs = (np.array([[3, -1, 5, 3], [-1, -1, 2, -1], [1, 4, 0, 6],
+                        [-1, -1, -1, -1]], np.int32)
+              if model == 'cbow' else np.array([3, 2, 1, 0], np.int32))
+    input_rows = rng.normal(size=inputs.shape + (5,)).astype(np.float32)
+    targets = np.array([7, 8, 9, 6], np.int32)
+    negatives = np.array([[1, 2], [8, 3], [4, 5], [2, 2]], np.int32)
+    output_rows = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    return inputs, input_rows, targets, negatives, output_rows
+
+  @parameterized.parameters(('skipgram', 'word2vec'), ('cbow', 'word2vec'),
+                            ('cbow', 'autodiff'))
+  def test_equals_autodiff(self, model, gradient):
+    inputs, input_rows, targets, negatives, output_rows = self._example(model)
+    loss, (input_grads, output_grads) = jax.value_and_grad(
+        lambda i, o: model_lib.loss_from_rows(
+            model, inputs, i, targets, negatives, o,
+            cbow_gradient=gradient).mean(), argnums=(0, 1))(input_rows,
+                                                            output_rows)
+    closed_loss, closed_input, closed_output = model_lib.loss_and_row_grads(
+        model, inputs, input_rows, targets, negatives, output_rows,
+        cbow_gradient=gradient)
+    np.testing.assert_allclose(closed_loss, loss, rtol=1e-6)
+    np.testing.assert_allclose(closed_input, input_grads, rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(closed_output, output_grads, rtol=1e-5,
+                               atol=1e-7)
+    # Not vacuous: every output row moves but the skipped negative's and,
+    # for CBOW, the empty window's (its hidden vector is 0).
+    self.assertEqual(int((np.abs(closed_output).sum(-1) > 1e-6).sum()),
+                     11 if model == 'skipgram' else 8)
+
+  def test_unknown_convention_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "cbow_gradient must be one of "
+                                "word2vec, autodiff; got 'sum'"):
+      model_lib.loss_and_row_grads('cbow', *self._example('cbow'),
+                                   cbow_gradient='sum')
+
+
+class CompileRoundTest(absltest.TestCase):
+
+  def _lowered(self):
+    def sums(x):
+      return (x[:, None, :] * x[:, :, None]).sum(-1)
+    return jax.jit(sums).lower(jnp.ones((64, 32), jnp.float32))
+
+  def test_cpu_round_compiles_without_ynnpack_fusions(self):
+    if jax.default_backend() != 'cpu':
+      self.skipTest('CPU compile options; this backend compiles as is.')
+    lowered = self._lowered()
+    if '__ynn_fusion' not in lowered.compile().as_text():
+      self.skipTest('This XLA makes no YNNPACK fusions to turn off.')
+    compiled = steps_lib.compile_round(lowered)
+    self.assertNotIn('__ynn_fusion', compiled.as_text())
+    np.testing.assert_allclose(compiled(np.ones((64, 32), np.float32)),
+                               np.full((64, 32), 32.0))
+
+  def test_unknown_option_compiles_without_it_and_says_so(self):
+    if jax.default_backend() != 'cpu':
+      self.skipTest('CPU compile options; this backend compiles as is.')
+    with mock.patch.object(steps_lib, 'CPU_COMPILER_OPTIONS',
+                           {'xla_cpu_no_such_option': ''}), \
+        self.assertLogs(level='WARNING') as logs:
+      compiled = steps_lib.compile_round(self._lowered())
+    self.assertIn('xla_cpu_no_such_option', '\n'.join(logs.output))
+    np.testing.assert_allclose(compiled(np.ones((64, 32), np.float32)),
+                               np.full((64, 32), 32.0))
 
 
 class NegativesTest(absltest.TestCase):
