@@ -37,6 +37,8 @@ OUTPUT_TABLE = model_lib.OUTPUT_TABLE
 UPDATES = ('dense', 'sparse', 'scatter')
 SPARSE_OPTIMIZERS = optimizers.SPARSE
 DUPLICATES = ('auto', 'scatter', 'reduce', 'occurrences')
+# How the sparse step gets the rows' gradients (`sparse_step`).
+GRADIENTS = ('closed_form', 'autodiff')
 # The held-out loss is computed in fixed-size chunks so it compiles once.
 EVAL_CHUNK = 8192
 
@@ -145,17 +147,40 @@ def dense_step(graphdef, tx) -> StepFn:
   return step_fn
 
 
-def sparse_step(model: str, sparse_txs, *,
-                cbow_gradient: str = 'word2vec') -> StepFn:
-  """Gradients with respect to the gathered rows; only those rows updated."""
+def sparse_step(model: str, sparse_txs, *, cbow_gradient: str = 'word2vec',
+                gradients: str = 'closed_form') -> StepFn:
+  """Gradients with respect to the gathered rows; only those rows updated.
+
+  `gradients`: 'closed_form' (`model.loss_and_row_grads`, what training
+  runs) or 'autodiff' (``jax.value_and_grad`` through
+  `model.loss_from_rows`: the same values, kept for `profile_step`'s
+  comparison).
+  """
+  if gradients not in GRADIENTS:
+    raise ValueError(f'gradients must be one of {", ".join(GRADIENTS)}; got '
+                     f'{gradients!r}.')
+
+  def loss_and_grads(inputs, input_rows, targets, negatives, output_rows):
+    if gradients == 'closed_form':
+      return model_lib.loss_and_row_grads(
+          model, inputs, input_rows, targets, negatives, output_rows,
+          cbow_gradient=cbow_gradient)
+
+    def loss_fn(input_rows, output_rows):
+      return model_lib.loss_from_rows(
+          model, inputs, input_rows, targets, negatives, output_rows,
+          cbow_gradient=cbow_gradient).mean()
+
+    loss, (input_grads, output_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1))(input_rows, output_rows)
+    return loss, input_grads, output_grads
 
   def step_fn(train_state, inputs, targets, negatives):
     input_table, output_table = model_lib.tables(train_state['params'])
     out_ids = model_lib.output_ids(targets, negatives)
-    loss, input_grads, output_grads = model_lib.loss_and_row_grads(
-        model, inputs, model_lib.lookup(input_table, inputs), targets,
-        negatives, model_lib.lookup(output_table, out_ids),
-        cbow_gradient=cbow_gradient)
+    loss, input_grads, output_grads = loss_and_grads(
+        inputs, model_lib.lookup(input_table, inputs), targets, negatives,
+        model_lib.lookup(output_table, out_ids))
     opt_state = dict(train_state['opt_state'])
     input_table, opt_state[INPUT_TABLE] = sparse_txs[INPUT_TABLE].apply(
         input_table, opt_state[INPUT_TABLE], inputs, input_grads)
@@ -168,7 +193,8 @@ def sparse_step(model: str, sparse_txs, *,
 
 
 def make_step(config, graphdef, params, *, num_steps: int,
-              frequencies: Optional[dict] = None) -> tuple[StepFn, Any]:
+              frequencies: Optional[dict] = None,
+              gradients: str = 'closed_form') -> tuple[StepFn, Any]:
   """(step function, initial optimizer state) for `config`'s update path.
 
   Args:
@@ -179,6 +205,7 @@ def make_step(config, graphdef, params, *, num_steps: int,
     params: `model.split`'s params.
     num_steps: the horizon T of fa_sgd and cf_sgd.
     frequencies: fa_sgd's per-table frequencies.
+    gradients: the sparse step's (`sparse_step`).
   """
   check_update(config.update, config.optimizer, config.duplicates)
   check_cap(config.optimizer, config.max_learning_rate)
@@ -196,8 +223,8 @@ def make_step(config, graphdef, params, *, num_steps: int,
                           schedule=config.learning_rate_schedule)
   opt_state = {path: txs[path].init(table) for path, table in
                zip((INPUT_TABLE, OUTPUT_TABLE), model_lib.tables(params))}
-  return (sparse_step(config.model, txs, cbow_gradient=config.cbow_gradient),
-          opt_state)
+  return (sparse_step(config.model, txs, cbow_gradient=config.cbow_gradient,
+                      gradients=gradients), opt_state)
 
 
 def make_train_round(step_fn: StepFn, num_negatives: int):
@@ -240,13 +267,15 @@ def make_train_round(step_fn: StepFn, num_negatives: int):
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
-def compile_round(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+def compile_round(lowered: jax.stages.Lowered, *,
+                  cpu_options: bool = True) -> jax.stages.Compiled:
   """Compiles a lowered round, with `CPU_COMPILER_OPTIONS` on a CPU.
 
   An XLA that no longer has these options compiles without them, and says
-  so: the step is the same, only slower.
+  so: the step is the same, only slower. `cpu_options=False`: XLA's
+  defaults (`profile_step`'s comparison).
   """
-  if jax.default_backend() != 'cpu':
+  if jax.default_backend() != 'cpu' or not cpu_options:
     return lowered.compile()
   try:
     return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)

@@ -698,6 +698,45 @@ class ClosedFormGradientTest(parameterized.TestCase):
                                    cbow_gradient='sum')
 
 
+class SparseStepGradientsTest(parameterized.TestCase):
+
+  @parameterized.parameters('skipgram', 'cbow')
+  def test_closed_form_and_autodiff_steps_agree(self, model):
+    config = tiny_config(model=model, optimizer='cf_sgd', update='sparse',
+                         learning_rate=LEARNING_RATES['cf_sgd'])
+    data = train.prepare_data(config, generated_corpus(200))
+    num_batches = train.steps_per_epoch(data, config)
+    epoch = train.make_epoch(data, config, 0, num_batches)
+    graphdef, params = model_lib.split(model_lib.Word2Vec(
+        len(data.vocab), config.dim, model=model, rngs=nnx.Rngs(0)))
+    params['output_embed']['embedding'] = jax.random.normal(
+        jax.random.key(1), params['output_embed']['embedding'].shape)
+    finals = {}
+    for gradients in steps_lib.GRADIENTS:
+      step_fn, opt_state = steps_lib.make_step(
+          config, graphdef, params, num_steps=num_batches,
+          gradients=gradients)
+      state = jax.tree.map(jnp.array, {'params': params,
+                                       'opt_state': opt_state})
+      round_fn = steps_lib.make_train_round(step_fn, config.negatives)
+      finals[gradients], losses = round_fn(
+          state, epoch.inputs, epoch.targets, np.int32(0),
+          np.int32(num_batches), jax.random.key(2),
+          jnp.asarray(data.noise.accept), jnp.asarray(data.noise.alias))
+      finals[gradients]['losses'] = losses
+    chex.assert_trees_all_close(finals['closed_form'], finals['autodiff'],
+                                rtol=1e-4, atol=1e-6)
+    moved = np.abs(np.asarray(
+        finals['closed_form']['params']['input_embed']['embedding']) -
+                   np.asarray(params['input_embed']['embedding'])).max()
+    self.assertGreater(moved, 1e-3)
+
+  def test_unknown_gradients_are_refused(self):
+    with self.assertRaisesRegex(ValueError, "gradients must be one of "
+                                "closed_form, autodiff; got 'numeric'"):
+      steps_lib.sparse_step('cbow', {}, gradients='numeric')
+
+
 class CompileRoundTest(absltest.TestCase):
 
   def _lowered(self):
