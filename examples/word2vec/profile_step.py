@@ -56,7 +56,7 @@ _STEPS = flags.DEFINE_integer('steps', 200, 'Steps per timed round.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (the best '
                                 'counts: the machine is shared).')
 _GRADIENTS = flags.DEFINE_list(
-    'gradients', ['closed_form'],
+    'gradients', ['auto'],
     f'The sparse step\'s gradients to time, taking turns in one process: '
     f'{", ".join(steps_lib.GRADIENTS)} (`steps.sparse_step`).')
 _COMPILE_OPTIONS = flags.DEFINE_list(
@@ -118,7 +118,8 @@ def profile(model: str, batch_size: int, sentences) -> list[dict]:
       start = time.perf_counter()
       compiled = steps_lib.compile_round(lowered,
                                          cpu_options=options == 'tuned')
-      variants.append({'gradients': gradients, 'compile_options': options,
+      variants.append({'gradients': steps_lib.resolve_gradients(gradients),
+                       'compile_options': options,
                        'compiled': compiled, 'state': state,
                        'compile_seconds': time.perf_counter() - start,
                        'times': [], 'cores_busy': []})
