@@ -167,7 +167,7 @@ def loss_from_rows(model: str, inputs, input_rows, targets, negatives,
 def loss_and_row_grads(model: str, inputs, input_rows, targets, negatives,
                        output_rows, *, cbow_gradient: str = 'word2vec'
                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The batch's mean loss and its gradients with respect to the rows, written out.
+  """The batch's mean loss and its gradients with respect to the rows.
 
   The same as ``jax.value_and_grad`` of ``loss_from_rows(...).mean()`` with
   respect to `input_rows` and `output_rows` (the tests check it), in
@@ -179,7 +179,7 @@ def loss_and_row_grads(model: str, inputs, input_rows, targets, negatives,
 
   Written as products and sums over the batch's axes, with no batched matrix
   products: on a CPU, compiled with `steps.CPU_COMPILER_OPTIONS`, XLA fuses
-  them into a few loops, and a CBOW step took about half the time of
+  them into a few loops, and a CBOW step took 0.57–0.76× the time of
   autodiff through `loss_from_rows` (`profile_step.py`, README).
 
   Args: as `loss_from_rows`.

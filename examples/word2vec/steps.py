@@ -151,7 +151,7 @@ def dense_step(graphdef, tx) -> StepFn:
 def resolve_gradients(gradients: str = 'auto') -> str:
   """'auto': 'closed_form' on a CPU, 'autodiff' on accelerators.
 
-  On a CPU the closed form took a CBOW step in about half the time
+  On a CPU the closed form took a CBOW step in 0.57–0.76× the time
   (`profile_step --gradients`, README); the accelerators' speed against
   gensim was measured with autodiff's, and the closed form is not measured
   there.
@@ -274,10 +274,11 @@ def make_train_round(step_fn: StepFn, num_negatives: int):
 
 
 # XLA's CPU compiler (JAX 0.10 and 0.11) hands reductions to YNNPACK by
-# default. The closed-form gradients' products and sums (`model.
-# loss_and_row_grads`) then took twice as long as autodiff's batched matrix
-# products; without YNNPACK, XLA fuses them into its own loops, and a CBOW
-# step took about half as long (`profile_step.py`, README).
+# default, and the closed-form gradients' products and sums (`model.
+# loss_and_row_grads`) then made a CBOW step 3.5 times slower; without it,
+# XLA fuses them into its own loops, and the step took 0.57× (JAX 0.10.2)
+# and 0.76× (0.11.2) the time of autodiff's (`profile_step --gradients`,
+# README).
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
