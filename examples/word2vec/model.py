@@ -159,7 +159,16 @@ def loss_from_rows(model: str, inputs, input_rows, targets, negatives,
   # reduction over the last axis, and so is its transpose in the backward
   # pass.
   scores = jnp.einsum('bd,bkd->bk', hidden, output_rows)
-  distinct = (negatives != targets[:, None]).astype(scores.dtype)
+  return _loss_from_scores(scores, _distinct(targets, negatives, scores.dtype))
+
+
+def _distinct(targets: jax.Array, negatives: jax.Array, dtype) -> jax.Array:
+  """1 for each negative that is not its example's target, else 0."""
+  return (negatives != targets[:, None]).astype(dtype)
+
+
+def _loss_from_scores(scores: jax.Array, distinct: jax.Array) -> jax.Array:
+  """Per example, from the (batch, 1 + K) scores h·u: the target's first."""
   return -jax.nn.log_sigmoid(scores[:, 0]) - (
       jax.nn.log_sigmoid(-scores[:, 1:]) * distinct).sum(-1)
 
@@ -188,6 +197,7 @@ def loss_and_row_grads(model: str, inputs, input_rows, targets, negatives,
     (mean loss, gradient of `input_rows`' shape, gradient of `output_rows`'
     shape).
   """
+  check_model(model, cbow_gradient)
   if model == 'skipgram':
     hidden = input_rows
   else:
@@ -195,9 +205,8 @@ def loss_and_row_grads(model: str, inputs, input_rows, targets, negatives,
     context_size = jnp.maximum(weights.sum(-1), 1.0)
     hidden = (input_rows * weights[..., None]).sum(-2) / context_size[:, None]
   scores = (hidden[:, None, :] * output_rows).sum(-1)
-  distinct = (negatives != targets[:, None]).astype(scores.dtype)
-  loss = (-jax.nn.log_sigmoid(scores[:, 0]) -
-          (jax.nn.log_sigmoid(-scores[:, 1:]) * distinct).sum(-1)).mean()
+  distinct = _distinct(targets, negatives, scores.dtype)
+  loss = _loss_from_scores(scores, distinct).mean()
   score_grads = jnp.concatenate(
       [jax.nn.sigmoid(scores[:, :1]) - 1.0,
        jax.nn.sigmoid(scores[:, 1:]) * distinct], axis=1) / scores.shape[0]
@@ -205,13 +214,8 @@ def loss_and_row_grads(model: str, inputs, input_rows, targets, negatives,
   hidden_grad = (score_grads[:, :, None] * output_rows).sum(1)
   if model == 'skipgram':
     return loss, hidden_grad, output_grads
-  if cbow_gradient == 'word2vec':
-    slot_weights = weights
-  elif cbow_gradient == 'autodiff':
-    slot_weights = weights / context_size[:, None]
-  else:
-    raise ValueError(f'cbow_gradient must be one of '
-                     f'{", ".join(CBOW_GRADIENTS)}; got {cbow_gradient!r}.')
+  slot_weights = (weights if cbow_gradient == 'word2vec'
+                  else weights / context_size[:, None])
   return loss, hidden_grad[:, None, :] * slot_weights[..., None], output_grads
 
 
